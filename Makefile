@@ -1,0 +1,31 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   := /tmp/kerasssl-demo
+
+.PHONY: install test test-all demo bench clean
+
+install: $(STAMP)
+
+# Re-install when the dependency declarations change.
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[all]'
+	touch $(STAMP)
+
+test: install
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q
+
+test-all: install
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q -m 'slow or not slow'
+
+demo: install
+	rm -rf $(DEMO)
+	$(BIN)/kerasssl simulate $(DEMO)/data --format three-band --n-lenses 300 --n-nonlenses 200 --size 32 --seed 0 --nan-fraction 0.1
+	$(BIN)/kerasssl inspect $(DEMO)/data
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,3 @@
+from kerasssl.cli import main
+
+main()
