@@ -1,0 +1,76 @@
+"""Shared fixtures: small synthetic data folders in every layout the loader reads.
+
+The images are cheap NumPy fakes (a central galaxy, plus a ring for lenses) so
+that tests need neither lenstronomy nor much time. Simulator tests make real
+lenstronomy data themselves.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+def fake_image(rng, size, lens, channels=1):
+    """A (size, size, channels) float32 image: Sersic-ish galaxy, ring if lens, noise."""
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2.0
+    r = np.hypot(xx, yy)
+    image = 50.0 * np.exp(-r / (0.08 * size))
+    if lens:
+        radius = rng.uniform(0.2, 0.35) * size
+        image = image + 20.0 * np.exp(-0.5 * ((r - radius) / (0.03 * size)) ** 2)
+    image = image[..., None] * rng.uniform(0.5, 1.5, size=channels)
+    image = image + rng.normal(0.0, 2.0, size=image.shape)  # sky noise: negatives too
+    return image.astype(np.float32)
+
+
+def write_hst_folder(root, n_lenses, n_nonlenses, size=32, nan_files=0, seed=0):
+    """DeepLense HST layout: flat folder, 2-D arrays, `nl_` prefix for non-lenses."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n_lenses):
+        paths.append((root / f"{i}_hst.npy", True))
+    for i in range(n_nonlenses):
+        paths.append((root / f"nl_{i}_hst.npy", False))
+    for k, (path, lens) in enumerate(paths):
+        image = fake_image(rng, size, lens)[..., 0]
+        if k < nan_files:
+            idx = rng.choice(image.size, size=3, replace=False)
+            image.flat[idx] = np.nan
+        np.save(path, image)
+    return root
+
+
+def write_class_folders(root, counts, size=32, channels=3, channels_first=True, seed=0):
+    """One sub-folder per class; arrays (C, H, W) when channels_first else (H, W, C)."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    for name, n in counts.items():
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        lens = name not in ("nonlenses", "nonlens", "no_sub")
+        for i in range(n):
+            image = fake_image(rng, size, lens, channels)
+            if channels_first:
+                image = np.moveaxis(image, -1, 0)
+            np.save(folder / f"{name}_{i}.npy", image)
+    return root
+
+
+@pytest.fixture
+def hst_folder(tmp_path):
+    """24 lenses + 12 non-lenses, 32x32 single band, 4 files with NaN pixels."""
+    return write_hst_folder(tmp_path / "hst", 24, 12, size=32, nan_files=4)
+
+
+@pytest.fixture
+def three_band_folder(tmp_path):
+    """`lenses/` and `nonlenses/`, (3, 32, 32) channels-first arrays."""
+    return write_class_folders(tmp_path / "3b", {"lenses": 20, "nonlenses": 16})
