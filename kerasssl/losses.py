@@ -1,0 +1,201 @@
+"""Self-supervised losses as pure functions on ``keras.ops`` (TF and JAX).
+
+Every function casts its inputs to float32 first and returns a float32
+scalar, whatever the mixed-precision policy the projections were computed
+under. Masks are applied *after* that cast by subtracting a large finite
+float32 value, never as a +-1e9 constant in the compute dtype (float16
+overflows at 65504).
+
+Functions:
+    - :func:`nt_xent`: SimCLR's normalised-temperature cross-entropy.
+    - :func:`negative_cosine`: -cos(p, stopgrad(z)), the SimSiam/BYOL core.
+    - :func:`simsiam_loss`, :func:`byol_loss`: the symmetrised forms.
+    - :func:`barlow_twins`: cross-correlation towards the identity.
+    - :func:`vicreg`: variance-invariance-covariance regularisation.
+    - :func:`embedding_std`: the collapse monitor (not a loss).
+
+Example:
+    >>> import numpy as np
+    >>> z1 = np.random.randn(8, 16).astype("float32")
+    >>> float(nt_xent(z1, z1 + 0.01, temperature=0.1)) < float(nt_xent(z1, -z1))
+    True
+"""
+
+from keras import ops
+
+# Subtracted from masked logits (after the float32 cast): exp() of it is 0.
+_MASK_OFFSET = 1e9
+
+
+def _f32(x):
+    return ops.cast(x, "float32")
+
+
+def l2_normalize(x, axis=-1, epsilon=1e-12):
+    """x / max(||x||, epsilon) along ``axis``, in float32."""
+    x = _f32(x)
+    norm = ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=True))
+    return x / ops.maximum(norm, epsilon)
+
+
+def nt_xent(z1, z2, temperature=0.1):
+    """SimCLR NT-Xent over both views with intra- and cross-view negatives.
+
+    For a batch of N pairs the 2N embeddings are L2-normalised; row i's
+    positive is its other view, its negatives are the other 2N-2 embeddings
+    (both views). The loss is the mean cross-entropy over all 2N rows.
+
+    Args:
+        z1: (N, D) projections of view 1 (any float dtype).
+        z2: (N, D) projections of view 2.
+        temperature: softmax temperature (> 0).
+
+    Returns:
+        float32 scalar.
+
+    Example:
+        >>> loss = nt_xent(z1, z2, temperature=0.2)
+    """
+    z = l2_normalize(ops.concatenate([z1, z2], axis=0))
+    n2 = ops.shape(z)[0]
+    n = n2 // 2
+    logits = ops.matmul(z, ops.transpose(z)) / temperature
+    # Remove self-similarity from the softmax (finite offset, float32).
+    logits = logits - _MASK_OFFSET * ops.eye(n2, dtype="float32")
+    # Row i's positive sits at column (i + N) mod 2N.
+    positive_index = (ops.arange(n2) + n) % n2
+    positives = ops.take_along_axis(
+        logits, ops.expand_dims(positive_index, 1), axis=1
+    )[:, 0]
+    return ops.mean(ops.logsumexp(logits, axis=1) - positives)
+
+
+def negative_cosine(p, z):
+    """Mean of -cos(p_i, z_i) with no gradient through ``z``.
+
+    Args:
+        p: (N, D) predictions.
+        z: (N, D) targets (gradient stopped).
+
+    Returns:
+        float32 scalar in [-1, 1].
+
+    Example:
+        >>> negative_cosine(p1, z2)
+    """
+    p = l2_normalize(p)
+    z = l2_normalize(ops.stop_gradient(z))
+    return -ops.mean(ops.sum(p * z, axis=-1))
+
+
+def simsiam_loss(p1, p2, z1, z2):
+    """SimSiam: 0.5 * (D(p1, sg(z2)) + D(p2, sg(z1))) with D = negative cosine.
+
+    Args:
+        p1, p2: predictor outputs for views 1 and 2.
+        z1, z2: projector outputs for views 1 and 2.
+
+    Example:
+        >>> simsiam_loss(p1, p2, z1, z2)  # -1 at perfect alignment
+    """
+    return 0.5 * (negative_cosine(p1, z2) + negative_cosine(p2, z1))
+
+
+def byol_loss(p1, p2, t1, t2):
+    """BYOL: mean over both directions of ||p_hat - t_hat||^2 = 2 - 2 cos.
+
+    Args:
+        p1, p2: online predictions of views 1 and 2.
+        t1, t2: target-network projections of views 1 and 2 (no gradient).
+
+    Example:
+        >>> byol_loss(p1, p2, t1, t2)  # 0 at perfect alignment, <= 4
+    """
+    return 0.5 * ((2.0 + 2.0 * negative_cosine(p1, t2)) + (2.0 + 2.0 * negative_cosine(p2, t1)))
+
+
+def _standardize_columns(z, epsilon):
+    mean = ops.mean(z, axis=0, keepdims=True)
+    std = ops.sqrt(ops.var(z, axis=0, keepdims=True) + epsilon)
+    return (z - mean) / std
+
+
+def barlow_twins(z1, z2, lambda_offdiag=5e-3, epsilon=1e-5):
+    """Barlow Twins: push the views' cross-correlation matrix to the identity.
+
+    Each dimension is standardised over the batch; C = z1n^T z2n / N;
+    loss = sum_i (1 - C_ii)^2 + lambda * sum_{i != j} C_ij^2.
+
+    Args:
+        z1, z2: (N, D) projections.
+        lambda_offdiag: weight of the redundancy-reduction (off-diagonal) term.
+        epsilon: added to the variance before the square root.
+
+    Example:
+        >>> barlow_twins(z1, z2, lambda_offdiag=5e-3)
+    """
+    z1 = _standardize_columns(_f32(z1), epsilon)
+    z2 = _standardize_columns(_f32(z2), epsilon)
+    n = ops.cast(ops.shape(z1)[0], "float32")
+    c = ops.matmul(ops.transpose(z1), z2) / n
+    d = ops.shape(c)[0]
+    eye = ops.eye(d, dtype="float32")
+    on_diag = ops.sum(ops.square(ops.diagonal(c) - 1.0))
+    off_diag = ops.sum(ops.square(c * (1.0 - eye)))
+    return on_diag + lambda_offdiag * off_diag
+
+
+def _off_diagonal_cov_penalty(z):
+    n = ops.cast(ops.shape(z)[0], "float32")
+    d = ops.shape(z)[1]
+    zc = z - ops.mean(z, axis=0, keepdims=True)
+    cov = ops.matmul(ops.transpose(zc), zc) / (n - 1.0)
+    off = cov * (1.0 - ops.eye(d, dtype="float32"))
+    return ops.sum(ops.square(off)) / ops.cast(d, "float32")
+
+
+def vicreg(z1, z2, sim_weight=25.0, var_weight=25.0, cov_weight=1.0, epsilon=1e-4):
+    """VICReg: invariance (MSE) + variance hinge + covariance decorrelation.
+
+    loss = sim_weight * mean((z1 - z2)^2)
+         + var_weight * (mean(relu(1 - std(z1))) + mean(relu(1 - std(z2)))) / 2
+         + cov_weight * (offdiag(cov(z1))^2.sum() + offdiag(cov(z2))^2.sum()) / D
+    with std = sqrt(var + epsilon) per dimension over the batch (unbiased var).
+
+    Args:
+        z1, z2: (N, D) projections (N >= 2).
+        sim_weight, var_weight, cov_weight: the three coefficients.
+        epsilon: numerical floor inside the standard deviation.
+
+    Example:
+        >>> vicreg(z1, z2, sim_weight=25.0, var_weight=25.0, cov_weight=1.0)
+    """
+    z1 = _f32(z1)
+    z2 = _f32(z2)
+    n = ops.cast(ops.shape(z1)[0], "float32")
+    invariance = ops.mean(ops.square(z1 - z2))
+
+    def std_term(z):
+        unbiased_var = ops.var(z, axis=0) * n / (n - 1.0)
+        return ops.mean(ops.relu(1.0 - ops.sqrt(unbiased_var + epsilon)))
+
+    variance = 0.5 * (std_term(z1) + std_term(z2))
+    covariance = _off_diagonal_cov_penalty(z1) + _off_diagonal_cov_penalty(z2)
+    return sim_weight * invariance + var_weight * variance + cov_weight * covariance
+
+
+def embedding_std(z):
+    """Collapse monitor: mean over dimensions of the batch std of L2-normalised z.
+
+    About 1/sqrt(D) for well-spread embeddings, near 0 when all inputs map to
+    the same point (collapse).
+
+    Args:
+        z: (N, D) embeddings.
+
+    Example:
+        >>> float(embedding_std(np.ones((8, 4))))  # collapsed
+        0.0
+    """
+    z = l2_normalize(ops.stop_gradient(z))
+    return ops.mean(ops.std(z, axis=0))

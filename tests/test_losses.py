@@ -1,0 +1,136 @@
+"""Losses vs straightforward NumPy references on random inputs (float32 and float16)."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kerasssl import losses
+
+
+def _norm(x):
+    x = x.astype(np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def ref_nt_xent(z1, z2, t):
+    z = _norm(np.concatenate([z1, z2]))
+    n2 = len(z)
+    sim = z @ z.T / t
+    total = 0.0
+    for i in range(n2):
+        j = (i + n2 // 2) % n2
+        others = [sim[i, k] for k in range(n2) if k != i]
+        total += -sim[i, j] + np.log(np.sum(np.exp(others)))
+    return total / n2
+
+
+def ref_neg_cos(p, z):
+    return -np.mean(np.sum(_norm(p) * _norm(z), axis=1))
+
+
+def ref_barlow(z1, z2, lam, eps=1e-5):
+    def st(z):
+        z = z.astype(np.float64)
+        return (z - z.mean(0)) / np.sqrt(z.var(0) + eps)
+
+    c = st(z1).T @ st(z2) / len(z1)
+    on = np.sum((np.diag(c) - 1) ** 2)
+    off = np.sum(c**2) - np.sum(np.diag(c) ** 2)
+    return on + lam * off
+
+
+def ref_vicreg(z1, z2, s, v, c, eps=1e-4):
+    z1 = z1.astype(np.float64)
+    z2 = z2.astype(np.float64)
+    inv = np.mean((z1 - z2) ** 2)
+
+    def std_term(z):
+        return np.mean(np.maximum(0, 1 - np.sqrt(z.var(0, ddof=1) + eps)))
+
+    def cov_term(z):
+        cov = np.cov(z, rowvar=False)
+        return (np.sum(cov**2) - np.sum(np.diag(cov) ** 2)) / z.shape[1]
+
+    return s * inv + v * 0.5 * (std_term(z1) + std_term(z2)) + c * (cov_term(z1) + cov_term(z2))
+
+
+@pytest.fixture
+def pair():
+    rng = np.random.default_rng(0)
+    z1 = rng.normal(size=(12, 16)).astype(np.float32)
+    z2 = (z1 + 0.5 * rng.normal(size=z1.shape)).astype(np.float32)
+    return z1, z2
+
+
+@pytest.mark.parametrize("temperature", [0.1, 0.5])
+def test_nt_xent_matches_numpy(pair, temperature):
+    z1, z2 = pair
+    got = losses.nt_xent(z1, z2, temperature=temperature)
+    assert got.dtype == tf.float32
+    np.testing.assert_allclose(float(got), ref_nt_xent(z1, z2, temperature), rtol=1e-5)
+
+
+def test_nt_xent_float16_inputs_do_not_overflow(pair):
+    # Large-magnitude float16 projections and a small temperature: the mask
+    # must live in float32, or the result is inf/nan.
+    z1, z2 = pair
+    h1, h2 = (z1 * 300).astype(np.float16), (z2 * 300).astype(np.float16)
+    got = float(losses.nt_xent(h1, h2, temperature=0.05))
+    ref = ref_nt_xent(h1.astype(np.float32), h2.astype(np.float32), 0.05)
+    assert np.isfinite(got)
+    np.testing.assert_allclose(got, ref, rtol=1e-3)
+
+
+def test_nt_xent_prefers_aligned_views(pair):
+    z1, z2 = pair
+    aligned = float(losses.nt_xent(z1, z1, 0.1))
+    shuffled = float(losses.nt_xent(z1, z2[::-1], 0.1))
+    assert aligned < shuffled
+
+
+def test_negative_cosine_and_symmetric_forms(pair):
+    z1, z2 = pair
+    rng = np.random.default_rng(1)
+    p1, p2 = rng.normal(size=z1.shape), rng.normal(size=z1.shape)
+    np.testing.assert_allclose(float(losses.negative_cosine(p1, z2)), ref_neg_cos(p1, z2), rtol=1e-5)
+    sims = 0.5 * (ref_neg_cos(p1, z2) + ref_neg_cos(p2, z1))
+    np.testing.assert_allclose(float(losses.simsiam_loss(p1, p2, z1, z2)), sims, rtol=1e-5)
+    # BYOL's ||a_hat - b_hat||^2 == 2 - 2 cos.
+    byol = 0.5 * (
+        np.mean(np.sum((_norm(p1) - _norm(z2)) ** 2, 1)) + np.mean(np.sum((_norm(p2) - _norm(z1)) ** 2, 1))
+    )
+    np.testing.assert_allclose(float(losses.byol_loss(p1, p2, z1, z2)), byol, rtol=1e-5)
+
+
+def test_negative_cosine_stops_gradient_through_target(pair):
+    z1, z2 = pair
+    p = tf.Variable(z1)
+    z = tf.Variable(z2)
+    with tf.GradientTape() as tape:
+        loss = losses.negative_cosine(p, z)
+    gp, gz = tape.gradient(loss, [p, z])
+    assert gz is None or np.all(np.asarray(gz) == 0)
+    assert np.abs(np.asarray(gp)).sum() > 0
+
+
+@pytest.mark.parametrize("lam", [5e-3, 0.1])
+def test_barlow_twins_matches_numpy(pair, lam):
+    z1, z2 = pair
+    np.testing.assert_allclose(float(losses.barlow_twins(z1, z2, lam)), ref_barlow(z1, z2, lam), rtol=1e-4)
+
+
+def test_vicreg_matches_numpy(pair):
+    z1, z2 = pair
+    got = float(losses.vicreg(z1, z2, 25.0, 15.0, 2.0))
+    np.testing.assert_allclose(got, ref_vicreg(z1, z2, 25.0, 15.0, 2.0), rtol=1e-4)
+    # float16 inputs give the same value up to float16 input rounding.
+    got16 = float(losses.vicreg(z1.astype(np.float16), z2.astype(np.float16), 25.0, 15.0, 2.0))
+    np.testing.assert_allclose(got16, got, rtol=2e-2)
+
+
+def test_embedding_std_detects_collapse(pair):
+    z1, _ = pair
+    collapsed = np.tile(z1[:1], (12, 1))
+    assert float(losses.embedding_std(collapsed)) < 1e-6
+    ref = np.mean(np.std(_norm(z1), axis=0))
+    np.testing.assert_allclose(float(losses.embedding_std(z1)), ref, rtol=1e-5)
