@@ -1,0 +1,494 @@
+"""Honest evaluation of a classifier: ROC-AUC with a bootstrap CI, PR-AUC, a ROC plot.
+
+Binary sets: the positive class is label 1 (the lens class, see
+docs/ARCHITECTURE.md) and the score is column 1 of the softmax output.
+Multi-class sets (e.g. no_sub / cdm / axion): macro one-vs-rest ROC-AUC and
+macro average precision; accuracy is the arg-max accuracy.
+
+The Youden threshold (max TPR - FPR) is chosen on the validation split when
+it is given, and applied to the test split; otherwise it is chosen on the test
+split itself, which is optimistic, and the report says which it was.
+
+Honesty guard (:func:`training_overlap`): the run directory records which files
+trained the model (``split.json``; ``finetune.json``); evaluating on any of them
+is refused unless ``allow_overlap`` is set, and then the report says so.
+
+Example:
+    >>> report = evaluate_classifier(model, images, labels, ["nonlens", "lens"],
+    ...                              plot_path="roc.png")
+    >>> report["roc_auc"], report["roc_auc_ci"]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from kerasssl.errors import KerassslError
+from kerasssl.runinfo import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+# Splits a user may evaluate on; "all" is every file in DATA.
+SPLIT_NAMES = ("test", "val", "train", "labeled", "unlabeled", "all")
+
+
+# -- predictions -------------------------------------------------------------
+def predict_probabilities(model, images, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (N, K) from a classifier taking raw pixels.
+
+    Args:
+        model: a Keras classifier (raw images in, softmax out).
+        images: float32 array (N, H, W, C) of raw pixels.
+        batch_size: prediction batch size.
+    """
+    probs = model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
+    probs = np.asarray(probs, np.float64)
+    if probs.ndim != 2:
+        raise KerassslError(f"classifier output has shape {probs.shape}; expected (N, classes)")
+    return probs
+
+
+# -- metrics -------------------------------------------------------------------
+def roc_auc(labels, probs) -> float:
+    """ROC-AUC: binary on column 1, macro one-vs-rest for more than two classes."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels)
+    probs = np.asarray(probs)
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    return float(
+        roc_auc_score(labels, probs, multi_class="ovr", average="macro",
+                      labels=np.arange(probs.shape[1]))
+    )
+
+
+def pr_auc(labels, probs) -> float:
+    """Average precision of the positive class (macro one-vs-rest for multi-class)."""
+    from sklearn.metrics import average_precision_score
+
+    labels = np.asarray(labels)
+    probs = np.asarray(probs)
+    if probs.shape[1] == 2:
+        return float(average_precision_score(labels == 1, probs[:, 1]))
+    onehot = np.eye(probs.shape[1])[labels]
+    return float(average_precision_score(onehot, probs, average="macro"))
+
+
+def bootstrap_auc_ci(labels, probs, n_resamples: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> list:
+    """Percentile bootstrap confidence interval of :func:`roc_auc`.
+
+    Test examples are resampled with replacement; resamples that miss a class
+    (AUC undefined) are redrawn, not dropped, so every interval is built from
+    ``n_resamples`` values.
+
+    Args:
+        labels: int array (N,).
+        probs: probabilities (N, K).
+        n_resamples: number of bootstrap resamples.
+        seed: seed of the resampling.
+        level: coverage of the interval.
+
+    Returns:
+        ``[low, high]``.
+    """
+    labels = np.asarray(labels)
+    probs = np.asarray(probs)
+    n_classes = probs.shape[1]
+    present = np.unique(labels)
+    if len(present) < 2:
+        raise KerassslError("ROC-AUC needs both classes in the evaluated split")
+    rng = np.random.default_rng(seed)
+    values = []
+    n = len(labels)
+    max_draws = 20 * n_resamples
+    draws = 0
+    while len(values) < n_resamples and draws < max_draws:
+        draws += 1
+        idx = rng.integers(0, n, size=n)
+        sample = labels[idx]
+        if len(np.unique(sample)) < (2 if n_classes == 2 else n_classes):
+            continue
+        values.append(roc_auc(sample, probs[idx]))
+    if not values:
+        raise KerassslError("bootstrap failed: too few examples of a class in the split")
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return [float(low), float(high)]
+
+
+def youden_threshold(labels, scores) -> float:
+    """Threshold on the positive-class score that maximises TPR - FPR (Youden's J)."""
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, thresholds = roc_curve(np.asarray(labels) == 1, np.asarray(scores))
+    best = int(np.argmax(tpr - fpr))
+    # roc_curve's first threshold is +inf (predict nothing positive).
+    return float(min(thresholds[best], 1.0))
+
+
+def confusion(labels, predictions, n_classes: int) -> list:
+    """Confusion matrix as nested lists: rows = true class, columns = predicted."""
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
+    return matrix.tolist()
+
+
+def metrics_report(labels, probs, class_names: Sequence[str], *, val_labels=None,
+                   val_probs=None, bootstrap: int = 1000, seed: int = 0) -> dict:
+    """All metrics for one split as a JSON-ready dict.
+
+    Args:
+        labels: true labels (N,) of the evaluated split.
+        probs: predicted probabilities (N, K).
+        class_names: names by label index.
+        val_labels / val_probs: the validation split, used to choose the
+            Youden threshold (binary only). Without them it is chosen on the
+            evaluated split and the report says so.
+        bootstrap: resamples for the ROC-AUC confidence interval.
+        seed: bootstrap seed.
+    """
+    labels = np.asarray(labels, np.int64)
+    probs = np.asarray(probs, np.float64)
+    n_classes = len(class_names)
+    if probs.shape != (len(labels), n_classes):
+        raise KerassslError(
+            f"classifier gives {probs.shape[1]} classes, data has {n_classes} ({list(class_names)})"
+        )
+    counts = np.bincount(labels, minlength=n_classes)
+    report = {
+        "n_test": int(len(labels)),
+        "class_names": list(class_names),
+        "class_counts": {name: int(c) for name, c in zip(class_names, counts)},
+        "roc_auc": roc_auc(labels, probs),
+        "roc_auc_ci": bootstrap_auc_ci(labels, probs, bootstrap, seed),
+        "roc_auc_ci_method": f"percentile bootstrap, {bootstrap} resamples, seed {seed}, 95%",
+        "pr_auc": pr_auc(labels, probs),
+    }
+    if n_classes == 2:
+        scores = probs[:, 1]
+        at_half = (scores >= 0.5).astype(np.int64)
+        if val_labels is not None and len(np.unique(val_labels)) == 2:
+            threshold = youden_threshold(val_labels, np.asarray(val_probs)[:, 1])
+            source = "val"
+        else:
+            threshold = youden_threshold(labels, scores)
+            source = "evaluated split (optimistic: no validation split given)"
+        at_youden = (scores >= threshold).astype(np.int64)
+        report.update(
+            positive_class=class_names[1],
+            accuracy=float(np.mean(at_half == labels)),
+            accuracy_threshold=0.5,
+            confusion_matrix=confusion(labels, at_half, 2),
+            youden={
+                "threshold": threshold,
+                "chosen_on": source,
+                "accuracy": float(np.mean(at_youden == labels)),
+                "confusion_matrix": confusion(labels, at_youden, 2),
+            },
+        )
+    else:
+        predictions = np.argmax(probs, axis=1)
+        report.update(
+            roc_auc_average="macro one-vs-rest",
+            roc_auc_per_class=_per_class_auc(labels, probs, class_names),
+            accuracy=float(np.mean(predictions == labels)),
+            accuracy_threshold="argmax",
+            confusion_matrix=confusion(labels, predictions, n_classes),
+        )
+    report["confusion_matrix_axes"] = "rows: true class, columns: predicted class"
+    return report
+
+
+def _per_class_auc(labels, probs, class_names):
+    from sklearn.metrics import roc_auc_score
+
+    out = {}
+    for k, name in enumerate(class_names):
+        positives = labels == k
+        out[name] = float(roc_auc_score(positives, probs[:, k])) if 0 < positives.sum() < len(labels) else None
+    return out
+
+
+# -- plot ----------------------------------------------------------------------
+def plot_roc(path, labels, probs, class_names: Sequence[str], *, auc: float, ci,
+             baseline: Optional[dict] = None, title: Optional[str] = None) -> Path:
+    """Write a ROC curve PNG: labelled axes, AUC with CI in the legend, chance line.
+
+    Args:
+        path: output PNG path (written atomically).
+        labels / probs: evaluated labels (N,) and probabilities (N, K).
+        class_names: names by label index; more than two draws one curve per class.
+        auc / ci: the ROC-AUC and its ``[low, high]`` interval for the legend.
+        baseline: optional ``{"labels", "probs", "auc", "ci", "name"}`` of a
+            baseline model on the same split, drawn dashed.
+        title: plot title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    labels = np.asarray(labels)
+    probs = np.asarray(probs)
+    fig, ax = plt.subplots(figsize=(5.5, 5.0), dpi=120)
+    if probs.shape[1] == 2:
+        fpr, tpr, _ = roc_curve(labels == 1, probs[:, 1])
+        ax.plot(fpr, tpr, lw=2, color="C0",
+                label=f"model: AUC {auc:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f})")
+    else:
+        ax.plot([], [], " ", label=f"macro OvR AUC {auc:.3f} (95% CI {ci[0]:.3f}-{ci[1]:.3f})")
+        for k, name in enumerate(class_names):
+            if 0 < np.sum(labels == k) < len(labels):
+                fpr, tpr, _ = roc_curve(labels == k, probs[:, k])
+                ax.plot(fpr, tpr, lw=1.5, label=f"{name} vs rest")
+    if baseline is not None:
+        b_probs = np.asarray(baseline["probs"])
+        b_labels = np.asarray(baseline["labels"])
+        name = baseline.get("name", "baseline")
+        if b_probs.shape[1] == 2:
+            fpr, tpr, _ = roc_curve(b_labels == 1, b_probs[:, 1])
+            b_ci = baseline["ci"]
+            ax.plot(fpr, tpr, lw=1.5, ls="--", color="C3",
+                    label=f"{name}: AUC {baseline['auc']:.3f} ({b_ci[0]:.3f}-{b_ci[1]:.3f})")
+        else:
+            ax.plot([], [], " ", label=f"{name}: macro AUC {baseline['auc']:.3f}")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", label="chance (AUC 0.5)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    positive = class_names[1] if len(class_names) == 2 else "class"
+    ax.set_xlabel("False positive rate")
+    ax.set_ylabel(f"True positive rate ({positive})" if len(class_names) == 2 else "True positive rate")
+    ax.set_title(title or "ROC curve")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+# -- one model on arrays -------------------------------------------------------
+def evaluate_classifier(model, images, labels, class_names, *, val_images=None,
+                        val_labels=None, bootstrap: int = 1000, seed: int = 0,
+                        baseline=None, plot_path=None, batch_size: int = 256,
+                        title: Optional[str] = None) -> dict:
+    """Evaluate a classifier on arrays; optionally write the ROC plot.
+
+    Args:
+        model: Keras classifier, raw pixels in, probabilities out.
+        images / labels: the evaluated split (raw float32 (N, H, W, C), int (N,)).
+        class_names: names by label index.
+        val_images / val_labels: validation split for the Youden threshold.
+        bootstrap / seed: bootstrap resamples and seed of the AUC CI.
+        baseline: optional baseline Keras classifier, evaluated on the same
+            images and drawn in the plot; its metrics go under ``"baseline"``.
+        plot_path: where to write the ROC PNG (skipped when None).
+        batch_size: prediction batch size.
+        title: plot title.
+
+    Returns:
+        The report dict (see :func:`metrics_report`).
+
+    Example:
+        >>> rep = evaluate_classifier(model, x_test, y_test, ["nonlens", "lens"],
+        ...                           val_images=x_val, val_labels=y_val)
+    """
+    probs = predict_probabilities(model, images, batch_size)
+    val_probs = None
+    if val_images is not None and len(val_images):
+        val_probs = predict_probabilities(model, val_images, batch_size)
+    else:
+        val_labels = None
+    report = metrics_report(labels, probs, class_names, val_labels=val_labels,
+                            val_probs=val_probs, bootstrap=bootstrap, seed=seed)
+    baseline_curve = None
+    if baseline is not None:
+        b_probs = predict_probabilities(baseline, images, batch_size)
+        b_auc = roc_auc(labels, b_probs)
+        b_ci = bootstrap_auc_ci(labels, b_probs, bootstrap, seed)
+        report["baseline"] = {"roc_auc": b_auc, "roc_auc_ci": b_ci,
+                              "pr_auc": pr_auc(labels, b_probs)}
+        baseline_curve = {"labels": labels, "probs": b_probs, "auc": b_auc, "ci": b_ci,
+                          "name": "baseline"}
+    if plot_path is not None:
+        plot_roc(plot_path, labels, probs, class_names, auc=report["roc_auc"],
+                 ci=report["roc_auc_ci"], baseline=baseline_curve, title=title)
+    return report
+
+
+# -- honesty guard -------------------------------------------------------------
+def training_files(run_dir) -> dict:
+    """Files that trained the models of a run, by stage, from the run directory.
+
+    - ``finetune``: the labelled files of every fine-tuning recorded in
+      ``RUN/finetune.json`` and the ``labeled`` list of ``RUN/split.json``.
+    - ``pretrain``: the files pretraining saw: the list it recorded in
+      ``RUN/history.json`` (key ``files``) if any, else the whole train split,
+      when the run holds a pretrained encoder.
+    """
+    run_dir = Path(run_dir)
+    split = _read_json(run_dir / "split.json") or {}
+    used = {"finetune": set(split.get("labeled") or [])}
+    record = _read_json(run_dir / "finetune.json")
+    if record:
+        used["finetune"] |= set(record.get("labeled_files") or [])
+    pretrained = (run_dir / "encoder.keras").exists() or (run_dir / "history.json").exists()
+    if pretrained:
+        history = _read_json(run_dir / "history.json") or {}
+        files = history.get("files") if isinstance(history, dict) else None
+        if isinstance(files, list) and files:
+            used["pretrain"] = set(files)
+        else:
+            used["pretrain"] = set(split.get("train") or []) | set(split.get("labeled") or []) \
+                | set(split.get("unlabeled") or [])
+    return used
+
+
+def training_overlap(eval_files: Sequence[str], run_dir) -> dict:
+    """``{stage: sorted overlapping files}`` for stages that share files with eval_files."""
+    eval_set = set(eval_files)
+    return {stage: sorted(eval_set & files)
+            for stage, files in training_files(run_dir).items() if eval_set & files}
+
+
+def _read_json(path):
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise KerassslError(f"{path}: not valid JSON") from None
+
+
+# -- the `kerasssl evaluate` job -----------------------------------------------
+def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_path=None,
+                 plot_path=None, cfg=None, allow_overlap: Optional[bool] = None,
+                 baseline_path=None, bootstrap: Optional[int] = None) -> dict:
+    """Evaluate a saved classifier on one split of DATA recorded in RUN/split.json.
+
+    Args:
+        model_path: a ``.keras`` classifier (raw pixels in, probabilities out).
+        data_path: the data folder the run was split from.
+        run_dir: run directory holding ``split.json`` (and ``config.yaml``).
+        split: one of ``test, val, train, labeled, unlabeled, all``.
+        report_path: where to write the JSON report (atomically).
+        plot_path: where to write the ROC PNG.
+        cfg: a RunConfig; default ``RUN/config.yaml`` or the defaults.
+        allow_overlap: evaluate even on files used in training (reported);
+            default ``cfg.evaluate.allow_overlap``.
+        baseline_path: optional second classifier drawn as the baseline.
+        bootstrap: resamples for the CI; default ``cfg.evaluate.bootstrap``.
+
+    Returns:
+        The report dict, also written to ``report_path``.
+    """
+    from kerasssl.config import RunConfig
+
+    run_dir = Path(run_dir)
+    if cfg is None:
+        cfg = RunConfig.load(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else RunConfig()
+    if allow_overlap is None:
+        allow_overlap = cfg.evaluate.allow_overlap
+    bootstrap = cfg.evaluate.bootstrap if bootstrap is None else bootstrap
+    if split not in SPLIT_NAMES:
+        raise KerassslError(f"unknown split {split!r}; choose from {', '.join(SPLIT_NAMES)}")
+    split_path = run_dir / "split.json"
+    if not split_path.exists():
+        raise KerassslError(f"{split_path}: no split recorded; run `kerasssl finetune` or `fit` first")
+    model_path = Path(model_path)
+    if not model_path.exists():
+        raise KerassslError(f"{model_path}: model file not found")
+
+    from kerasssl.data.load import load_images
+    from kerasssl.data.split import Split
+
+    image_set = load_images(data_path, image_size=cfg.data.image_size,
+                            allow_pickle=cfg.data.allow_pickle)
+    recorded = Split.load(split_path)
+    if split == "all":
+        idx = np.arange(len(image_set.files))
+    else:
+        idx = np.asarray(recorded.indices(image_set, split), np.int64)
+    if len(idx) == 0:
+        raise KerassslError(f"{split_path}: split {split!r} is empty")
+    eval_files = [image_set.files[i] for i in idx]
+
+    overlap = training_overlap(eval_files, run_dir)
+    if overlap and not allow_overlap:
+        stages = ", ".join(f"{len(v)} used for {k}" for k, v in overlap.items())
+        raise KerassslError(
+            f"{split_path}: split {split!r} contains files used in training ({stages}); "
+            "pass --allow-overlap to evaluate anyway (the report will say so)"
+        )
+    val_images = val_labels = None
+    if split != "val" and getattr(recorded, "val", None):
+        v_idx = np.asarray(recorded.indices(image_set, "val"), np.int64)
+        val_images, val_labels = image_set.images[v_idx], image_set.labels[v_idx]
+
+    model = _load_model(model_path)
+    baseline = _load_model(Path(baseline_path)) if baseline_path else None
+    finetune_record = _read_json(run_dir / "finetune.json") or {}
+    report = evaluate_classifier(
+        model, image_set.images[idx], image_set.labels[idx], image_set.class_names,
+        val_images=val_images, val_labels=val_labels, bootstrap=bootstrap,
+        seed=cfg.seed, baseline=baseline, plot_path=plot_path,
+        title=_plot_title(finetune_record, split),
+    )
+    report.update(
+        split=split,
+        model=str(model_path),
+        data=str(data_path),
+        run_dir=str(run_dir),
+        mode=finetune_record.get("mode"),
+        labels_fraction=finetune_record.get("labels_fraction"),
+        n_labeled=finetune_record.get("n_labeled"),
+        class_weight=finetune_record.get("class_weight"),
+        imbalance_handling=finetune_record.get("imbalance_handling"),
+        overlap={"allowed": True, **{k: {"n_files": len(v), "files": v[:20]}
+                                     for k, v in overlap.items()}} if overlap else None,
+    )
+    if baseline_path:
+        report["baseline"]["model"] = str(baseline_path)
+    if report_path is not None:
+        write_json_atomic(report_path, report)
+    return report
+
+
+def _plot_title(record, split):
+    mode = record.get("mode")
+    frac = record.get("labels_fraction")
+    if mode is None:
+        return f"ROC on the {split} split"
+    return f"ROC on the {split} split ({mode}, {frac:g} of labels)"
+
+
+def _load_model(path):
+    import importlib
+
+    import keras
+
+    # Register kerasssl's serialisable layers (Preprocess, augmentation, encoders).
+    for module in ("kerasssl.layers", "kerasssl.encoders", "kerasssl.finetune"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError:
+            pass
+    if not path.exists():
+        raise KerassslError(f"{path}: model file not found")
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except (ValueError, OSError) as e:
+        raise KerassslError(f"{path}: cannot load as a Keras model ({str(e).splitlines()[0]})") from None

@@ -1,0 +1,140 @@
+"""kerasssl.evaluate: metrics against NumPy references, the ROC plot, the honesty guard."""
+
+import json
+
+import numpy as np
+import pytest
+
+from kerasssl import evaluate as ev
+from kerasssl.errors import KerassslError
+
+
+def mann_whitney_auc(labels, scores):
+    """Reference ROC-AUC: P(score_pos > score_neg) + 0.5 P(tie), by brute force."""
+    pos = scores[labels == 1]
+    neg = scores[labels == 0]
+    diff = pos[:, None] - neg[None, :]
+    return float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
+
+
+def binary_probs(scores):
+    return np.stack([1.0 - scores, scores], axis=1)
+
+
+@pytest.fixture
+def scored():
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.ones(60, int), np.zeros(40, int)]
+    scores = 1 / (1 + np.exp(-(labels * 1.5 + rng.normal(0, 1, 100))))
+    scores[:5] = scores[60:65]  # ties across classes
+    return labels, scores
+
+
+def test_binary_auc_matches_mann_whitney(scored):
+    labels, scores = scored
+    assert ev.roc_auc(labels, binary_probs(scores)) == pytest.approx(mann_whitney_auc(labels, scores))
+
+
+def test_multiclass_auc_is_macro_one_vs_rest():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 90)
+    logits = rng.normal(0, 1, (90, 3)) + 1.2 * np.eye(3)[labels]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    ref = np.mean([mann_whitney_auc((labels == k).astype(int), probs[:, k]) for k in range(3)])
+    assert ev.roc_auc(labels, probs) == pytest.approx(ref)
+    report = ev.metrics_report(labels, probs, ["axion", "cdm", "no_sub"], bootstrap=50)
+    assert report["roc_auc"] == pytest.approx(ref)
+    assert report["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == labels))
+    assert sum(map(sum, report["confusion_matrix"])) == 90
+    assert report["class_counts"] == {n: int(np.sum(labels == k)) for k, n in enumerate(["axion", "cdm", "no_sub"])}
+
+
+def test_pr_auc_matches_average_precision_definition(scored):
+    labels, scores = scored
+    # AP = sum over positives (ranked by score) of precision at that rank / n_pos (no ties here).
+    rng = np.random.default_rng(0)
+    scores = scores + rng.uniform(0, 1e-9, scores.shape)
+    order = np.argsort(-scores)
+    hits = labels[order] == 1
+    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    ref = precision_at[hits].sum() / hits.sum()
+    assert ev.pr_auc(labels, binary_probs(scores)) == pytest.approx(ref)
+
+
+def test_bootstrap_ci_brackets_auc_and_is_seeded(scored):
+    labels, scores = scored
+    probs = binary_probs(scores)
+    auc = ev.roc_auc(labels, probs)
+    low, high = ev.bootstrap_auc_ci(labels, probs, n_resamples=300, seed=4)
+    assert low < auc < high
+    assert ev.bootstrap_auc_ci(labels, probs, 300, seed=4) == [low, high]
+    # Width scales like 1/sqrt(n): four copies of the data give about half the width.
+    low4, high4 = ev.bootstrap_auc_ci(np.tile(labels, 4), np.tile(probs, (4, 1)), 300, seed=4)
+    assert 0.3 < (high4 - low4) / (high - low) < 0.7
+
+
+def test_bootstrap_refuses_a_single_class():
+    with pytest.raises(KerassslError):
+        ev.bootstrap_auc_ci(np.ones(10, int), binary_probs(np.linspace(0, 1, 10)), 10)
+
+
+def test_youden_threshold_maximises_tpr_minus_fpr(scored):
+    labels, scores = scored
+    t = ev.youden_threshold(labels, scores)
+    pred = scores >= t
+    j = pred[labels == 1].mean() - pred[labels == 0].mean()
+    for other in np.unique(scores):
+        p = scores >= other
+        assert j >= p[labels == 1].mean() - p[labels == 0].mean() - 1e-12
+
+
+def test_binary_report_thresholds_and_confusion(scored):
+    labels, scores = scored
+    val_labels = np.array([0, 0, 1, 1])
+    val_scores = np.array([0.1, 0.2, 0.3, 0.9])  # Youden on val: 0.3
+    report = ev.metrics_report(labels, binary_probs(scores), ["nonlens", "lens"],
+                               val_labels=val_labels, val_probs=binary_probs(val_scores),
+                               bootstrap=50)
+    assert report["youden"]["chosen_on"] == "val"
+    assert report["youden"]["threshold"] == pytest.approx(0.3)
+    assert report["youden"]["accuracy"] == pytest.approx(np.mean((scores >= 0.3) == labels))
+    assert report["accuracy"] == pytest.approx(np.mean((scores >= 0.5) == labels))
+    tn = int(np.sum((scores < 0.5) & (labels == 0)))
+    tp = int(np.sum((scores >= 0.5) & (labels == 1)))
+    cm = report["confusion_matrix"]
+    assert cm[0][0] == tn and cm[1][1] == tp and cm[0][0] + cm[0][1] == 40
+    assert report["n_test"] == 100 and report["class_counts"] == {"nonlens": 40, "lens": 60}
+    json.dumps(report)  # JSON-ready
+    no_val = ev.metrics_report(labels, binary_probs(scores), ["nonlens", "lens"], bootstrap=20)
+    assert no_val["youden"]["chosen_on"] != "val"
+
+
+def test_report_rejects_class_count_mismatch(scored):
+    labels, scores = scored
+    with pytest.raises(KerassslError):
+        ev.metrics_report(labels, binary_probs(scores), ["a", "b", "c"], bootstrap=10)
+
+
+def test_plot_roc_writes_png_with_baseline(tmp_path, scored):
+    labels, scores = scored
+    probs = binary_probs(scores)
+    baseline = {"labels": labels, "probs": binary_probs(scores[::-1].copy()), "auc": 0.5,
+                "ci": [0.4, 0.6], "name": "supervised"}
+    out = ev.plot_roc(tmp_path / "roc.png", labels, probs, ["nonlens", "lens"], auc=0.8,
+                      ci=[0.7, 0.9], baseline=baseline)
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    assert list(tmp_path.iterdir()) == [out]  # no temporary left behind
+
+
+def test_training_overlap_reads_the_run_dir(tmp_path):
+    split = {"train": ["a", "b", "c"], "val": ["v"], "test": ["t1", "t2"],
+             "labeled": ["a"], "unlabeled": ["b", "c"]}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    assert ev.training_overlap(["t1", "t2"], tmp_path) == {}
+    assert ev.training_overlap(["a", "t1"], tmp_path) == {"finetune": ["a"]}
+    # A pretrained encoder in the run means the train split was seen too.
+    (tmp_path / "encoder.keras").write_bytes(b"")
+    assert ev.training_overlap(["b", "t1"], tmp_path) == {"pretrain": ["b"]}
+    (tmp_path / "finetune.json").write_text(json.dumps({"labeled_files": ["t2"]}))
+    assert ev.training_overlap(["t2"], tmp_path) == {"finetune": ["t2"]}
