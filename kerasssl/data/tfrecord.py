@@ -25,8 +25,24 @@ Example:
 
 from __future__ import annotations
 
+import collections
+import json
+import logging
+import os
+import shutil
+import sys
+import uuid
+from pathlib import Path
+from typing import Optional
+
 import numpy as np
 import tensorflow as tf
+from tqdm import tqdm
+
+from kerasssl.errors import DataError, KerassslError
+from kerasssl.runinfo import write_json_atomic
+
+logger = logging.getLogger(__name__)
 
 #: The ``tf.Example`` features of one record, as ``tf.io.parse_example`` specs.
 #: ``shape`` is variable length because files may be 2-D or 3-D.
@@ -78,9 +94,10 @@ def encode_example(array, label, class_name, filename) -> bytes:
 def decode_image(image_bytes, shape):
     """One record's raw bytes and stored shape -> float32 (H, W, C) tensor (pure TF).
 
-    Applies the loader's layout rule: a 2-D array gets one channel; a 3-D array
-    ``(C, H, W)`` with ``C <= 4 < H`` is transposed to ``(H, W, C)``; any other
-    3-D array is taken as ``(H, W, C)``. Other ranks, or a byte count that
+    Applies the loader's layout rule (``kerasssl.data.load.to_hwc``): a 2-D
+    array gets one channel; a 3-D array ``(C, H, W)`` with ``C <= 4 < H``, or
+    with ``C < H == W`` (a cube of more than 4 bands), is transposed to
+    ``(H, W, C)``; any other 3-D array is taken as ``(H, W, C)``. Other ranks, or a byte count that
     does not match the shape, raise ``tf.errors.InvalidArgumentError``.
 
     Args:
@@ -114,8 +131,11 @@ def decode_image(image_bytes, shape):
 
     def from_3d():
         array = tf.reshape(flat, shape)
-        channels_first = tf.logical_and(
-            shape[0] <= MAX_CHANNELS_FIRST, shape[1] > MAX_CHANNELS_FIRST)
+        c, h, w = shape[0], shape[1], shape[2]
+        # Same rule as load.to_hwc: C <= 4 < H, or a cube of >4 bands (C < H == W).
+        channels_first = tf.logical_or(
+            tf.logical_and(c <= MAX_CHANNELS_FIRST, h > MAX_CHANNELS_FIRST),
+            tf.logical_and(tf.equal(h, w), c < h))
         return tf.cond(channels_first,
                        lambda: tf.transpose(array, [1, 2, 0]),
                        lambda: array)
@@ -125,7 +145,9 @@ def decode_image(image_bytes, shape):
 
 
 def center_crop(image, height, width):
-    """Centre-crop an (H, W, C) tensor like the loader (offset ``(H - height) // 2``).
+    """Centre-crop an (H, W, C) tensor like ``kerasssl.data.clean.center_crop``.
+
+    The crop starts at ``((H - height) // 2, (W - width) // 2)``.
 
     Args:
         image: (H, W, C) tensor with ``H >= height`` and ``W >= width``.
@@ -191,3 +213,571 @@ def parse_examples_to_images(serialized, image_shape):
     return tf.map_fn(
         one, (parsed["image"], shapes, lengths),
         fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
+
+
+# -- files: shard names, compression, manifest --------------------------------
+
+MANIFEST_NAME = "manifest.json"
+#: --compression choice -> TFRecord compression type.
+COMPRESSIONS = {"none": "", "gzip": "GZIP"}
+#: Human description of each feature, written into the manifest.
+FEATURE_DOCS = {
+    "image": "bytes: the array exactly as read from the file (same layout, NaN kept), "
+             "raw little-endian float32",
+    "shape": "int64 list: that array's shape",
+    "label": "int64: index into class_names",
+    "class_name": "bytes: UTF-8 class name",
+    "filename": "bytes: path of the source file relative to the data folder",
+}
+
+
+def shard_name(index: int, shards: int, compression: str = "none") -> str:
+    """File name of shard ``index`` of ``shards``, e.g. ``data-00000-of-00004.tfrecord``.
+
+    Args:
+        index: 0-based shard index.
+        shards: number of shards.
+        compression: "none" or "gzip" (adds ``.gz``).
+
+    Example:
+        >>> shard_name(0, 4, "gzip")
+        'data-00000-of-00004.tfrecord.gz'
+    """
+    suffix = ".gz" if compression == "gzip" else ""
+    return f"data-{index:05d}-of-{shards:05d}.tfrecord{suffix}"
+
+
+def _compression_of(path: str) -> str:
+    # Our shards and TFX ExampleGen's end in .gz when GZIP-compressed.
+    return "GZIP" if str(path).endswith(".gz") else ""
+
+
+def find_shards(pattern) -> list:
+    """The TFRecord files that ``pattern`` names, sorted.
+
+    Args:
+        pattern: a glob (``"rec/*.tfrecord*"``), one shard, or a folder of shards
+            (local or any ``tf.io.gfile`` file system, e.g. ``gs://``).
+
+    Raises:
+        DataError: nothing matches.
+
+    Example:
+        >>> find_shards("rec/*.tfrecord*")[:1]
+        ['rec/data-00000-of-00004.tfrecord']
+    """
+    pattern = str(pattern)
+    if tf.io.gfile.isdir(pattern):
+        pattern = pattern.rstrip("/") + "/*.tfrecord*"
+    shards = sorted(p for p in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(p))
+    if not shards:
+        raise DataError(pattern, "no TFRecord files match")
+    return shards
+
+
+def read_manifest(shards) -> tuple:
+    """The manifest written beside the shards by :func:`write_tfrecords`, if any.
+
+    Args:
+        shards: shard paths (from :func:`find_shards`).
+
+    Returns:
+        ``(manifest dict or None, its path or None)``; looked for in the first
+        shard's folder.
+
+    Raises:
+        DataError: the manifest exists but is not a JSON object.
+
+    Example:
+        >>> manifest, path = read_manifest(find_shards("rec"))
+        >>> manifest["class_names"]
+        ['nonlenses', 'lenses']
+    """
+    folder = os.path.dirname(shards[0])
+    path = os.path.join(folder, MANIFEST_NAME) if folder else MANIFEST_NAME
+    if not tf.io.gfile.exists(path):
+        return None, None
+    try:
+        with tf.io.gfile.GFile(path, "r") as f:
+            manifest = json.load(f)
+    except (ValueError, tf.errors.OpError) as e:
+        raise DataError(path, f"not a valid manifest ({e})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("class_names", []), list):
+        raise DataError(path, "not a valid manifest (expected a JSON object with class_names)")
+    return manifest, path
+
+
+# -- writing ------------------------------------------------------------------
+
+
+def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "none",
+                    allow_pickle: bool = False, progress: bool = True) -> dict:
+    """Convert a data folder to sharded TFRecord files of ``tf.Example`` plus a manifest.
+
+    Streams: one source file is in memory at a time. Record ``k`` (in the
+    loader's order) goes to shard ``k % shards``, so every shard mixes the
+    classes and the output is the same each time. Everything is written into
+    a hidden temporary folder beside ``out_dir`` that is renamed to
+    ``out_dir`` only when complete; the data folder is only read.
+
+    Args:
+        data_path: a data folder ``kerasssl.data.load.scan`` reads.
+        out_dir: new (or empty) folder for ``data-0000i-of-0000N.tfrecord[.gz]``
+            and ``manifest.json``; must not lie inside ``data_path``.
+        shards: number of shard files (1 .. number of images).
+        compression: "none" or "gzip".
+        allow_pickle: read object arrays (element 0); trusted files only.
+        progress: show a tqdm progress bar on stderr.
+
+    Returns:
+        The manifest (also written as ``out_dir/manifest.json``): counts per
+        class, class_names in label order, stored shape(s), dtype, shard files
+        and their record counts, compression, source, kerasssl version.
+
+    Raises:
+        DataError: bad data file, ``out_dir`` exists and is not empty, or lies
+            inside the data folder.
+        KerassslError: bad ``shards`` or ``compression``.
+
+    Example:
+        >>> manifest = write_tfrecords("data/3b", "data/rec", shards=4, compression="gzip")
+        >>> manifest["counts"]
+        {'nonlenses': 200, 'lenses': 200}
+    """
+    from kerasssl import __version__
+    from kerasssl.data.load import _check_finite_bands, read_array, scan, to_hwc
+
+    if compression not in COMPRESSIONS:
+        raise KerassslError(
+            f"compression must be one of {sorted(COMPRESSIONS)}, got {compression!r}")
+    if isinstance(shards, bool) or not isinstance(shards, (int, np.integer)) or shards < 1:
+        raise KerassslError(f"shards must be a positive integer, got {shards!r}")
+    shards = int(shards)
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(out, "already exists and is not an empty folder; choose a new output folder")
+
+    listing = scan(data_path)
+    root = Path(listing.root)
+    if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
+        raise DataError(out, f"is inside the data folder {root}; write the shards elsewhere")
+    n = len(listing.entries)
+    if shards > n:
+        raise KerassslError(f"--shards {shards} is more than the {n} images in {root}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Hidden sibling of OUT (same file system, so the final rename is atomic).
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    names = [shard_name(i, shards, compression) for i in range(shards)]
+    options = tf.io.TFRecordOptions(compression_type=COMPRESSIONS[compression])
+    records_per_shard = [0] * shards
+    counts = [0] * len(listing.class_names)
+    shapes = collections.Counter()
+    try:
+        writers = [tf.io.TFRecordWriter(str(tmp / name), options) for name in names]
+        try:
+            bar = tqdm(listing.entries, desc="convert", unit="file", file=sys.stderr,
+                       disable=not progress, dynamic_ncols=True)
+            for k, (rel, label) in enumerate(bar):
+                file = root / rel
+                array = read_array(file, allow_pickle=allow_pickle)
+                # Refuse here what the loader would refuse later, naming the source file.
+                _check_finite_bands(to_hwc(array, file), file)
+                record = encode_example(array, label, listing.class_names[label], rel)
+                writers[k % shards].write(record)
+                records_per_shard[k % shards] += 1
+                counts[label] += 1
+                shapes[tuple(int(d) for d in array.shape)] += 1
+        finally:
+            for writer in writers:
+                writer.close()
+        common = next(iter(shapes)) if len(shapes) == 1 else None
+        manifest = {
+            "format": "tfrecord",
+            "features": FEATURE_DOCS,
+            "num_records": n,
+            "class_names": list(listing.class_names),
+            "counts": {name: counts[i] for i, name in enumerate(listing.class_names)},
+            "shape": list(common) if common else None,
+            "shapes": {"x".join(map(str, s)): c for s, c in sorted(shapes.items())},
+            "dtype": "float32",
+            "shards": shards,
+            "compression": compression,
+            "files": names,
+            "records_per_shard": records_per_shard,
+            "source": str(root.resolve()),
+            "source_format": listing.format,
+            "kerasssl_version": __version__,
+        }
+        write_json_atomic(tmp / MANIFEST_NAME, manifest)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("wrote %d records in %d shard(s) to %s", n, shards, out)
+    return manifest
+
+
+# -- reading ------------------------------------------------------------------
+
+
+def _record_dataset(shards, *, shuffle=False, seed=0, cycle_length=None):
+    """(shard path, record index in its shard, serialized record), interleaved across shards."""
+    compressions = [_compression_of(p) for p in shards]
+    files = tf.data.Dataset.from_tensor_slices((shards, compressions))
+    if shuffle:
+        files = files.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True)
+
+    def read(path, compression):
+        records = tf.data.TFRecordDataset(path, compression_type=compression)
+        return records.enumerate().map(lambda i, record: (path, i, record))
+
+    return files.interleave(
+        read, cycle_length=cycle_length or min(len(shards), 16), block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+
+
+def _parse_record(path, index, record):
+    example = tf.io.parse_single_example(record, FEATURES)
+    shape = tf.sparse.to_dense(example["shape"])
+    return {
+        "shard": path,
+        "index": index,
+        "image": decode_image(example["image"], shape),
+        "shape": shape,
+        "label": example["label"],
+        "class_name": example["class_name"],
+        "filename": example["filename"],
+    }
+
+
+def example_problem(serialized: bytes):
+    """What is wrong with one serialized record, or None if it is a valid Example of FEATURES.
+
+    Args:
+        serialized: one TFRecord record.
+
+    Example:
+        >>> example_problem(b"garbage")
+        'not a tf.Example protocol buffer'
+    """
+    example = tf.train.Example()
+    try:
+        example.ParseFromString(serialized)
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError differs across builds
+        return "not a tf.Example protocol buffer"
+    feature = example.features.feature
+    kinds = {"image": "bytes_list", "shape": "int64_list", "label": "int64_list",
+             "class_name": "bytes_list", "filename": "bytes_list"}
+    for name, kind in kinds.items():
+        if name not in feature:
+            return f"missing feature {name!r}"
+        if feature[name].WhichOneof("kind") != kind:
+            return f"feature {name!r} is not a {kind}"
+        values = getattr(feature[name], kind).value
+        if name != "shape" and len(values) != 1:
+            return f"feature {name!r} has {len(values)} values, expected 1"
+    shape = list(feature["shape"].int64_list.value)
+    if len(shape) not in (2, 3) or min(shape) < 1:
+        return f"shape {shape} is not a 2-D or 3-D image shape"
+    size = len(feature["image"].bytes_list.value[0])
+    if size != 4 * int(np.prod(shape)):
+        return f"image has {size} bytes but shape {shape} needs {4 * int(np.prod(shape))}"
+    return None
+
+
+def check_shards(shards, manifest=None) -> None:
+    """Read every record of every shard in order and raise on the first bad one.
+
+    Slow (sequential, one pass over the data); used to name the culprit after
+    the fast parallel read failed, and by streaming users who want to validate
+    data before a long training run.
+
+    Args:
+        shards: shard paths.
+        manifest: optional manifest; shards with fewer records than it lists
+            are reported as truncated.
+
+    Raises:
+        DataError: naming the shard and the record index.
+
+    Example:
+        >>> check_shards(find_shards("rec/*.tfrecord*"))
+    """
+    expected = _expected_counts(manifest)
+    for shard in shards:
+        index = 0
+        records = tf.data.TFRecordDataset(shard, compression_type=_compression_of(shard))
+        iterator = iter(records)
+        while True:
+            try:
+                record = next(iterator)
+            except StopIteration:
+                break
+            except tf.errors.OpError as e:
+                raise DataError(shard, f"corrupt or truncated TFRecord at record {index} "
+                                       f"({_first_line(e)})") from None
+            problem = example_problem(record.numpy())
+            if problem:
+                raise DataError(shard, f"record {index}: {problem}")
+            index += 1
+        want = expected.get(os.path.basename(shard))
+        if want is not None and index != want:
+            raise DataError(shard, f"holds {index} records but the manifest lists {want} "
+                                   "(truncated or replaced shard)")
+
+
+def _expected_counts(manifest) -> dict:
+    if not manifest:
+        return {}
+    files, counts = manifest.get("files"), manifest.get("records_per_shard")
+    if not isinstance(files, list) or not isinstance(counts, list) or len(files) != len(counts):
+        return {}
+    return dict(zip(files, counts))
+
+
+def _first_line(error) -> str:
+    message = getattr(error, "message", None) or str(error)
+    return message.strip().splitlines()[0][:200] if message.strip() else type(error).__name__
+
+
+def load_tfrecords(pattern, *, image_size: Optional[int] = None) -> "ImageSet":
+    """Read TFRecord shards of :data:`FEATURES` into an ImageSet, like ``load_images``.
+
+    A tf.data read: interleaved across shards, parallel parse and decode.
+    Images get the loader's layout and centre crop; ``files`` are the
+    ``filename`` features (the source files' relative paths), so splits are
+    those of the original folder. Class names come from ``manifest.json``
+    beside the shards, else from the ``class_name`` features.
+
+    Args:
+        pattern: glob (``"rec/*.tfrecord*"``), one shard, or a folder of shards.
+        image_size: centre-crop every image to ``image_size`` square; smaller
+            images are refused (never padded). None keeps the stored size,
+            which must then be the same for all.
+
+    Returns:
+        ``kerasssl.data.load.ImageSet`` with format "tfrecord".
+
+    Raises:
+        DataError: no shards, corrupt or truncated shard, a record missing a
+            feature (naming the shard and record index), images of different
+            sizes or channels, an all-NaN band, duplicate filenames.
+
+    Example:
+        >>> data = load_tfrecords("rec/*.tfrecord*", image_size=32)
+        >>> data.images.shape, data.class_names
+        ((400, 32, 32, 3), ['nonlenses', 'lenses'])
+    """
+    from kerasssl.data.clean import center_crop as np_center_crop
+    from kerasssl.data.load import ImageSet, _check_finite_bands
+
+    if image_size is not None and (int(image_size) != image_size or image_size < 1):
+        raise KerassslError(f"image size must be a positive integer, got {image_size!r}")
+    shards = find_shards(pattern)
+    manifest, manifest_path = read_manifest(shards)
+    expected = _expected_counts(manifest)
+    known = [expected.get(os.path.basename(s)) for s in shards]
+    # Preallocate when the manifest gives the count (no 2x peak from np.stack).
+    total = sum(known) if None not in known else None
+
+    records = _record_dataset(shards).map(
+        _parse_record, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    records = records.prefetch(tf.data.AUTOTUNE)
+
+    images, labels, files, stored_shapes = None, [], [], set()
+    first_shape = None
+    names_by_label, where = {}, {}
+    per_shard = collections.Counter()
+    try:
+        for rec in records.as_numpy_iterator():
+            shard, index = rec["shard"].decode(), int(rec["index"])
+            per_shard[shard] += 1
+            want = expected.get(os.path.basename(shard))
+            if want is not None and per_shard[shard] > want:
+                raise DataError(shard, f"holds more records than the {want} the manifest lists "
+                                       "(replaced shard?)")
+            filename = rec["filename"].decode("utf-8", "replace")
+            at = f"record {index} ({filename})"
+            if filename in where:
+                raise DataError(shard, f"{at}: filename also in {where[filename]}; "
+                                       "each record needs a unique filename")
+            where[filename] = f"{shard} record {index}"
+            image = rec["image"]
+            if image_size is not None:
+                h, w = image.shape[:2]
+                if h < image_size or w < image_size:
+                    raise DataError(shard, f"{at}: image is {h}x{w}, smaller than the crop size "
+                                           f"{image_size} (images are cropped, never padded)")
+                image = np_center_crop(image, image_size)
+            if first_shape is None:
+                first_shape = image.shape
+                images = np.empty((total,) + image.shape, np.float32) if total else []
+            elif image.shape != first_shape:
+                raise DataError(shard, _mismatch(at, image.shape, first_shape, files[0],
+                                                 image_size))
+            _check_finite_bands(image, f"{shard}: {at}")
+            label, name = int(rec["label"]), rec["class_name"].decode("utf-8", "replace")
+            if names_by_label.setdefault(label, name) != name:
+                raise DataError(shard, f"{at}: class_name {name!r} but label {label} is "
+                                       f"{names_by_label[label]!r} elsewhere")
+            stored_shapes.add(tuple(int(d) for d in rec["shape"]))
+            if isinstance(images, list):
+                images.append(image)
+            else:
+                images[len(files)] = image
+            labels.append(label)
+            files.append(filename)
+    except tf.errors.OpError as e:
+        # The parallel read cannot say where; a sequential pass can.
+        check_shards(shards, manifest)
+        raise DataError(pattern, f"cannot read TFRecord data ({_first_line(e)})") from None
+
+    for shard in shards:
+        want = expected.get(os.path.basename(shard))
+        if want is not None and per_shard[shard] != want:
+            raise DataError(shard, f"holds {per_shard[shard]} records but the manifest lists "
+                                   f"{want} (truncated or replaced shard)")
+    if not files:
+        raise DataError(pattern, "the TFRecord files hold no records")
+    class_names = _class_names(manifest, manifest_path, names_by_label, pattern)
+    return ImageSet(
+        images=np.stack(images) if isinstance(images, list) else images,
+        labels=np.asarray(labels, dtype=np.int64),
+        class_names=class_names,
+        files=files,
+        format="tfrecord",
+        root=str(pattern),
+        meta={
+            "stored_dtypes": ["float32"],
+            "stored_shapes": sorted(list(s) for s in stored_shapes),
+            "shards": len(shards),
+            "manifest": manifest_path,
+            "source": (manifest or {}).get("source"),
+        },
+    )
+
+
+def _mismatch(at, shape, expected, first_file, image_size) -> str:
+    (h, w, c), (eh, ew, ec) = shape, expected
+    if c != ec:
+        return f"{at}: has {c} band(s) but {first_file} has {ec}; all images need the same bands"
+    hint = "" if image_size else "; pass --image-size (image_size=) to centre-crop all to one size"
+    return f"{at}: image is {h}x{w} but {first_file} is {eh}x{ew}{hint}"
+
+
+def _class_names(manifest, manifest_path, names_by_label, pattern) -> list:
+    """Class names in label order: the manifest's, checked against the records."""
+    if manifest and manifest.get("class_names"):
+        names = [str(n) for n in manifest["class_names"]]
+        for label, name in sorted(names_by_label.items()):
+            if not 0 <= label < len(names) or names[label] != name:
+                raise DataError(manifest_path, f"records have label {label} = {name!r}, "
+                                               f"which does not match class_names {names}")
+        return names
+    if any(label < 0 for label in names_by_label):
+        raise DataError(pattern, f"negative label {min(names_by_label)} in the records")
+    names = [names_by_label.get(k) for k in range(max(names_by_label) + 1)]
+    if None in names:
+        missing = [k for k, n in enumerate(names) if n is None]
+        logger.warning("%s: no manifest and no records for label(s) %s; naming them class_<k>",
+                       pattern, missing)
+        names = [n if n is not None else f"class_{k}" for k, n in enumerate(names)]
+    return names
+
+
+# -- streaming ----------------------------------------------------------------
+
+
+def make_tfrecord_dataset(pattern, batch_size: int, *, image_size: Optional[int] = None,
+                          labels: bool = True, files=None, shuffle: bool = True, seed: int = 0,
+                          repeat: bool = False, drop_remainder: bool = False,
+                          shuffle_buffer: int = 2048):
+    """A streaming tf.data pipeline over TFRecord shards, for data that do not fit in memory.
+
+    Shards are read in parallel (interleaved, shard order shuffled per epoch
+    when ``shuffle``), records are shuffled in a bounded buffer, decoded to the
+    loader's (H, W, C) layout and centre-cropped in parallel. Pixels stay raw:
+    the model's ``Preprocess`` layer repairs and normalises them, as for
+    in-memory data. Bad records raise TensorFlow errors during iteration; run
+    :func:`check_shards` first to get a DataError naming the record.
+
+    Args:
+        pattern: glob, one shard, or a folder of shards.
+        batch_size: images per batch.
+        image_size: centre-crop size; needed when stored sizes differ.
+        labels: yield ``(images, labels)`` instead of images only.
+        files: optional iterable of ``filename`` values to keep (e.g. a split's
+            ``train`` list from ``split.json``); others are skipped.
+        shuffle / seed: shuffle shards and records (seeded).
+        repeat: repeat forever.
+        drop_remainder: drop a last partial batch.
+        shuffle_buffer: records held in the shuffle buffer.
+
+    Returns:
+        ``tf.data.Dataset`` of float32 [batch, H, W, C] (and int64 [batch] labels).
+
+    Example:
+        >>> ds = make_tfrecord_dataset("rec/*.tfrecord*", 64, files=split.train, repeat=True)
+        >>> model.fit(ds, steps_per_epoch=100, epochs=10)
+    """
+    shards = find_shards(pattern)
+    manifest, _ = read_manifest(shards)
+    height, width, channels = _stream_shape(shards, manifest, image_size, pattern)
+
+    records = _record_dataset(shards, shuffle=shuffle, seed=seed)
+    if files is not None:
+        keep = sorted({str(f) for f in files})
+        if not keep:
+            raise KerassslError("make_tfrecord_dataset: `files` is empty")
+        table = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(keep, tf.ones(len(keep), tf.int64)), 0)
+        filename_only = {"filename": FEATURES["filename"]}
+        records = records.filter(lambda _p, _i, r: tf.equal(
+            table.lookup(tf.io.parse_single_example(r, filename_only)["filename"]), 1))
+    if shuffle:
+        records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        records = records.repeat()
+
+    def decode(path, index, record):
+        example = _parse_record(path, index, record)
+        image = center_crop(example["image"], height, width)
+        image = tf.ensure_shape(image, [height, width, channels])
+        return (image, example["label"]) if labels else image
+
+    records = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    return records.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def _stream_shape(shards, manifest, image_size, pattern):
+    """(H, W, C) the streaming pipeline yields: from the manifest, else the first record."""
+    from kerasssl.data.load import to_hwc
+
+    stored = [tuple(map(int, s.split("x"))) for s in (manifest or {}).get("shapes", {})]
+    if not stored:
+        first = next(iter(tf.data.TFRecordDataset(shards[0], _compression_of(shards[0]))), None)
+        if first is None:
+            raise DataError(shards[0], "holds no records")
+        problem = example_problem(first.numpy())
+        if problem:
+            raise DataError(shards[0], f"record 0: {problem}")
+        example = tf.train.Example.FromString(first.numpy())
+        stored = [tuple(example.features.feature["shape"].int64_list.value)]
+    hwc = {to_hwc(np.empty(s, np.float32), pattern).shape for s in stored}
+    if len({c for _, _, c in hwc}) > 1:
+        raise DataError(pattern, f"images have different band counts {sorted(hwc)}")
+    channels = next(iter(hwc))[2]
+    if image_size is None:
+        if len(hwc) > 1:
+            raise DataError(pattern, f"images differ in size {sorted(hwc)}; pass image_size")
+        height, width, _ = next(iter(hwc))
+        return height, width, channels
+    small = [s for s in hwc if s[0] < image_size or s[1] < image_size]
+    if small:
+        raise DataError(pattern, f"images of size {small[0][0]}x{small[0][1]} are smaller "
+                                 f"than the crop size {image_size}")
+    return int(image_size), int(image_size), channels

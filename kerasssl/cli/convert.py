@@ -1,0 +1,34 @@
+"""`kerasssl convert DATA OUT --to tfrecord`: a data folder -> sharded TFRecord (tf.Example)."""
+
+import click
+
+
+@click.command(name="convert")
+@click.argument("data", type=click.Path(path_type=str))
+@click.argument("out", type=click.Path(file_okay=False, path_type=str))
+@click.option("--to", "to", type=click.Choice(["tfrecord"]), default="tfrecord", show_default=True,
+              help="Output format.")
+@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Number of shard files (records go round-robin, so each mixes the classes).")
+@click.option("--compression", type=click.Choice(["none", "gzip"]), default="none",
+              show_default=True, help="Compress the shards (files end in .tfrecord.gz).")
+@click.option("--allow-pickle", is_flag=True, default=False,
+              help="Read object arrays (e.g. DeepLense axion [image, mass]); trusted files only.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Progress bar on stderr.")
+def convert(data, out, to, shards, compression, allow_pickle, progress):
+    """Convert the data folder DATA to TFRecord files of tf.Example in the new folder OUT.
+
+    Each record holds one file: `image` (the array exactly as stored, NaN kept,
+    raw float32 bytes), `shape`, `label`, `class_name` and `filename` (path in
+    DATA, so splits stay the same). OUT gets data-0000i-of-0000N.tfrecord[.gz]
+    and manifest.json; it is written atomically and must not exist yet (or be
+    empty). Afterwards every command takes 'OUT/*.tfrecord*' (or OUT) as DATA.
+    """
+    from kerasssl.data.tfrecord import write_tfrecords
+
+    manifest = write_tfrecords(data, out, shards=shards, compression=compression,
+                               allow_pickle=allow_pickle, progress=progress)
+    counts = ", ".join(f"{name} {n}" for name, n in manifest["counts"].items())
+    click.echo(f"wrote {manifest['num_records']} records ({counts}) in {manifest['shards']} "
+               f"{to} shard(s) to {out}")
