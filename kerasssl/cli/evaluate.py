@@ -1,0 +1,53 @@
+"""`kerasssl evaluate MODEL DATA --run-dir RUN`: ROC-AUC with CI, PR-AUC, ROC plot."""
+
+from pathlib import Path
+
+import click
+
+from kerasssl.evaluate import SPLIT_NAMES
+
+
+@click.command(name="evaluate")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--run-dir", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory holding split.json (which files are in which split).")
+@click.option("--split", type=click.Choice(SPLIT_NAMES), default=None,
+              help="Split to evaluate on.  [default: config, test]")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Report JSON to write.  [default: RUN/report.json]")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="ROC curve PNG to write.  [default: RUN/roc.png]")
+@click.option("--baseline", "baseline_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="A second classifier (e.g. the supervised one) drawn as the baseline.")
+@click.option("--allow-overlap", is_flag=True, default=False,
+              help="Evaluate even on files used for pretraining or fine-tuning (the report says so).")
+@click.option("--bootstrap", type=int, default=None, help="Bootstrap resamples for the CI.  [default: 1000]")
+def evaluate(model, data, run_dir, split, report_path, plot_path, baseline_path, allow_overlap, bootstrap):
+    """Evaluate classifier MODEL on a split of DATA recorded in RUN/split.json.
+
+    Refuses to evaluate on files that trained the model (pretraining or the
+    labelled fine-tuning subset) unless --allow-overlap is given.
+    """
+    from kerasssl.config import RunConfig
+    from kerasssl.evaluate import evaluate_run
+    from kerasssl.runinfo import record_invocation
+
+    cfg = RunConfig.load(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else RunConfig()
+    if bootstrap is not None and bootstrap < 10:
+        raise click.BadParameter("at least 10 resamples", param_hint="--bootstrap")
+    report_path = report_path or run_dir / "report.json"
+    plot_path = plot_path or run_dir / "roc.png"
+    report = evaluate_run(model, data, run_dir, split=split or cfg.evaluate.split,
+                          report_path=report_path, plot_path=plot_path, cfg=cfg,
+                          allow_overlap=allow_overlap or cfg.evaluate.allow_overlap,
+                          baseline_path=baseline_path, bootstrap=bootstrap)
+    record_invocation(run_dir)
+    low, high = report["roc_auc_ci"]
+    click.echo(f"ROC-AUC {report['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}), "
+               f"PR-AUC {report['pr_auc']:.3f}, accuracy {report['accuracy']:.3f} "
+               f"on {report['n_test']} {report['split']} images {report['class_counts']}")
+    if report.get("overlap"):
+        click.echo("WARNING: evaluated on files used in training (--allow-overlap); see report 'overlap'")
+    click.echo(f"report: {report_path}")
+    click.echo(f"ROC plot: {plot_path}")

@@ -1,0 +1,48 @@
+"""`kerasssl finetune RUN DATA`: pretrained encoder -> classifier (RUN/classifier.keras)."""
+
+from pathlib import Path
+
+import click
+
+
+@click.command(name="finetune")
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--mode", type=click.Choice(["linear", "full", "supervised"]), default=None,
+              help="linear: frozen encoder; full: encoder at a lower learning rate; "
+                   "supervised: same architecture from random weights.  [default: config, linear]")
+@click.option("--labels-fraction", type=float, default=None,
+              help="Fraction of the training split's labels to use (stratified, seeded).  [default: 1.0]")
+@click.option("--epochs", type=int, default=None, help="Fine-tuning epochs.  [default: config, 20]")
+@click.option("--batch-size", type=int, default=None, help="Batch size.  [default: config, 64]")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Run config YAML.  [default: RUN/config.yaml when present]")
+@click.option("--seed", type=int, default=None, help="Fine-tuning seed.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the classifier.  [default: RUN/classifier.keras]")
+def finetune(run_dir, data, mode, labels_fraction, epochs, batch_size, config_path, seed, output):
+    """Fine-tune RUN's pretrained encoder on a labelled fraction of DATA's training split.
+
+    For --mode supervised, RUN may be a fresh directory: the split and the
+    preprocessing are then created from DATA. Writes RUN/classifier.keras and
+    RUN/finetune.json (labels used, class weights, validation AUC per epoch).
+    """
+    from kerasssl.config import RunConfig
+    from kerasssl.finetune import finetune as run_finetune
+    from kerasssl.runinfo import record_invocation
+
+    if config_path is None and (run_dir / "config.yaml").exists():
+        config_path = run_dir / "config.yaml"
+    cfg = RunConfig.load(config_path) if config_path else RunConfig()
+    cfg = cfg.with_overrides({"finetune.seed": seed})
+    record_invocation(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        cfg.save(run_dir / "config.yaml")
+    record = run_finetune(cfg, data, run_dir, mode=mode, labels_fraction=labels_fraction,
+                          epochs=epochs, batch_size=batch_size, output=output)
+    best = record.get("best_val_roc_auc")
+    click.echo(f"{record['mode']} fine-tune on {record['n_labeled']} labelled images "
+               f"({record['labels_fraction']:g} of train), class weights {record['class_weight']}")
+    if best is not None:
+        click.echo(f"best validation ROC-AUC {best:.3f} at epoch {record['best_epoch']}")
+    click.echo(f"classifier: {record['model']}")

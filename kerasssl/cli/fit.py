@@ -1,0 +1,59 @@
+"""`kerasssl fit DATA --run-dir RUN`: split -> pretrain -> fine-tune -> evaluate -> export."""
+
+from pathlib import Path
+
+import click
+
+
+@click.command(name="fit")
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--run-dir", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory (config, split, models, report, plot).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="Run config YAML (see examples/).")
+@click.option("--epochs", type=int, default=None, help="Pretraining epochs (pretrain.epochs).")
+@click.option("--finetune-epochs", type=int, default=None, help="Fine-tuning epochs (finetune.epochs).")
+@click.option("--method", default=None, help="SSL method: simclr, byol, simsiam, barlow_twins, vicreg.")
+@click.option("--encoder", default=None, help="Encoder: efficientnetb0..b7, efficientnetv2*, resnet50, tiny.")
+@click.option("--image-size", type=int, default=None, help="Centre-crop images to this size (data.image_size).")
+@click.option("--batch-size", type=int, default=None, help="Pretraining batch size (pretrain.batch_size).")
+@click.option("--precision", type=click.Choice(["float32", "mixed_float16", "mixed_bfloat16"]), default=None,
+              help="Keras dtype policy for pretraining.")
+@click.option("--labels-fraction", type=float, default=None, help="Fraction of the training labels to fine-tune on.")
+@click.option("--mode", type=click.Choice(["linear", "full", "supervised"]), default=None,
+              help="Fine-tune mode (supervised skips pretraining).")
+@click.option("--seed", type=int, default=None, help="Seed of the split, pretraining and fine-tuning.")
+@click.option("--no-export", is_flag=True, default=False, help="Skip the SavedModel export.")
+def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, image_size, batch_size,
+        precision, labels_fraction, mode, seed, no_export):
+    """The whole job on DATA: split, pretrain, fine-tune, evaluate (and export).
+
+    Writes RUN/config.yaml, RUN/split.json, RUN/classifier.keras, RUN/report.json
+    and RUN/roc.png, and prints the test ROC-AUC with its 95% CI.
+    """
+    from kerasssl.config import RunConfig
+    from kerasssl.fit import fit as run_fit
+    from kerasssl.fit import summary_lines
+    from kerasssl.runinfo import record_invocation
+
+    cfg = RunConfig.load(config_path) if config_path else RunConfig()
+    cfg = cfg.with_overrides({
+        "pretrain.epochs": epochs,
+        "finetune.epochs": finetune_epochs,
+        "pretrain.method": method,
+        "pretrain.encoder": encoder,
+        "data.image_size": image_size,
+        "pretrain.batch_size": batch_size,
+        "pretrain.precision": precision,
+        "finetune.labels_fraction": labels_fraction,
+        "finetune.mode": mode,
+        "seed": seed,
+        "data.seed": seed,
+        "finetune.seed": seed,
+        "export.enabled": False if no_export else None,
+    })
+    record_invocation(run_dir)
+    summary = run_fit(cfg, data, run_dir, progress=click.echo)
+    click.echo("")
+    for line in summary_lines(summary):
+        click.echo(line)

@@ -1,0 +1,445 @@
+"""Fine-tuning: a pretrained encoder (or a random one) becomes a lens classifier.
+
+The classifier is ONE Keras model, saved as ``RUN/classifier.keras``::
+
+    raw pixels (N, H, W, C) -> Preprocess -> [light augmentation] -> encoder -> Dense softmax
+
+so ``predict``, ``evaluate`` and the exported SavedModel apply exactly the
+training transform. The augmentation is identity at inference. Output: softmax
+probabilities over the data's classes (binary sets: 2 columns, column 1 = lens).
+
+Modes (all three use the same split and the same labelled subset, so they compare):
+
+- ``linear``: frozen encoder (BatchNorm in inference mode) + a trained head.
+- ``full``: every encoder weight trains at ``learning_rate * encoder_lr_scale``
+  (per-variable learning-rate multipliers, :class:`ScaledAdamW`); BatchNorm
+  keeps its pretrained statistics (inference mode), as tiny labelled batches
+  would otherwise overwrite them with noise.
+- ``supervised``: the same architecture from random weights, everything
+  trained at ``learning_rate`` with BatchNorm in training mode.
+
+Class imbalance: class weights ``n / (K * n_k)`` over the labelled subset
+("balanced"), recorded in ``RUN/finetune.json``. The epoch with the best
+validation ROC-AUC is kept (:class:`BestValAUC`).
+
+Example:
+    >>> from kerasssl.config import RunConfig
+    >>> result = finetune(RunConfig(), "data/", "run/", mode="linear", labels_fraction=0.1)
+    >>> result["model"]
+    'run/classifier.keras'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Optional
+
+import keras
+import numpy as np
+from keras import ops
+
+from kerasssl.errors import KerassslError
+from kerasssl.runinfo import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+MODES = ("linear", "full", "supervised")
+
+
+# -- optimizer -------------------------------------------------------------------
+@keras.saving.register_keras_serializable(package="kerasssl")
+class ScaledAdamW(keras.optimizers.Adam):
+    """AdamW whose learning rate is multiplied per variable (e.g. 0.1 for the encoder).
+
+    Keras 3 optimizers have one learning rate; a lower encoder rate for full
+    fine-tuning needs a per-variable factor. Scaling the *gradient* does not
+    work with Adam (its update is invariant to gradient scale), so the factor
+    multiplies the learning rate inside :meth:`update_step`, and the decoupled
+    weight decay of that variable uses the same scaled rate.
+
+    Args:
+        learning_rate: float or ``LearningRateSchedule``.
+        lr_multipliers: one factor per trainable variable, in the order of
+            ``model.trainable_variables`` (the order the optimizer is built
+            with); None means 1 for all.
+        weight_decay: decoupled weight decay for kernels (rank >= 2); biases
+            and normalisation parameters are not decayed.
+        **kwargs: ``keras.optimizers.Adam`` arguments.
+
+    Example:
+        >>> encoder_ids = {id(v) for v in encoder.trainable_variables}
+        >>> mult = [0.1 if id(v) in encoder_ids else 1.0 for v in model.trainable_variables]
+        >>> model.compile(optimizer=ScaledAdamW(1e-3, lr_multipliers=mult), loss=...)
+    """
+
+    def __init__(self, learning_rate=1e-3, lr_multipliers=None, weight_decay=0.0, **kwargs):
+        kwargs.pop("weight_decay", None)
+        super().__init__(learning_rate=learning_rate, weight_decay=None, **kwargs)
+        self.lr_multipliers = None if lr_multipliers is None else [float(m) for m in lr_multipliers]
+        self.decoupled_weight_decay = float(weight_decay or 0.0)
+
+    def build(self, variables):
+        if self.lr_multipliers is not None and len(self.lr_multipliers) != len(variables):
+            raise ValueError(
+                f"ScaledAdamW got {len(self.lr_multipliers)} lr_multipliers for "
+                f"{len(variables)} trainable variables"
+            )
+        super().build(variables)
+
+    def update_step(self, gradient, variable, learning_rate):
+        scale = 1.0
+        if self.lr_multipliers is not None:
+            scale = self.lr_multipliers[self._get_variable_index(variable)]
+        learning_rate = ops.multiply(ops.cast(learning_rate, variable.dtype), scale)
+        if self.decoupled_weight_decay and len(variable.shape) >= 2:
+            self.assign_sub(
+                variable, ops.multiply(variable, ops.multiply(learning_rate, self.decoupled_weight_decay))
+            )
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(lr_multipliers=self.lr_multipliers, weight_decay=self.decoupled_weight_decay)
+        return config
+
+
+# -- model -----------------------------------------------------------------------
+def build_classifier(encoder, preprocess, n_classes: int, *, input_shape, mode: str = "linear",
+                     augmentation=None, name: str = "classifier") -> keras.Model:
+    """Preprocess -> [augmentation] -> encoder -> softmax head, as one functional model.
+
+    Args:
+        encoder: Keras model (H, W, C) -> (D,) features.
+        preprocess: a ``kerasssl.layers.Preprocess`` layer (raw pixels in).
+        n_classes: number of classes (2 for lens / non-lens).
+        input_shape: (H, W, C) of the raw images.
+        mode: "linear" freezes the encoder (BatchNorm in inference mode);
+            "full" trains it with BatchNorm statistics fixed
+            (:func:`freeze_batch_norm`); "supervised" trains everything.
+        augmentation: optional layer applied in training only (identity at inference).
+        name: model name.
+
+    Example:
+        >>> clf = build_classifier(build_encoder("tiny", (32, 32, 3)), Preprocess(), 2,
+        ...                        input_shape=(32, 32, 3), mode="supervised")
+        >>> clf(np.zeros((1, 32, 32, 3))).shape
+        (1, 2)
+    """
+    if mode not in MODES:
+        raise KerassslError(f"unknown fine-tune mode {mode!r}; choose from {', '.join(MODES)}")
+    encoder.trainable = mode != "linear"
+    if mode == "full":
+        freeze_batch_norm(encoder)
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = preprocess(inputs)
+    if augmentation is not None:
+        x = augmentation(x)
+    features = encoder(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="head")(features)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def freeze_batch_norm(model) -> int:
+    """Put every BatchNormalization layer inside ``model`` in inference mode.
+
+    A pretrained encoder keeps its BatchNorm statistics during full fine-tuning.
+    (Calling the encoder with ``training=False`` inside a functional model does
+    not do this in Keras 3: ``fit`` overrides the recorded flag.) A
+    non-trainable Keras BatchNormalization always uses its moving statistics,
+    and ``trainable`` is saved with the model. Returns how many were frozen.
+    """
+    frozen = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+            frozen += 1
+    return frozen
+
+
+def balanced_class_weights(labels, n_classes: int) -> dict:
+    """``{k: n / (K * n_k)}`` so every class carries the same total weight."""
+    counts = np.bincount(np.asarray(labels), minlength=n_classes)
+    if np.any(counts == 0):
+        raise KerassslError(
+            f"the labelled subset misses class(es) {np.flatnonzero(counts == 0).tolist()}; "
+            "use a larger --labels-fraction"
+        )
+    return {k: float(len(labels) / (n_classes * c)) for k, c in enumerate(counts)}
+
+
+class BestValAUC(keras.callbacks.Callback):
+    """Track validation ROC-AUC each epoch, keep the best weights, stop when it stalls.
+
+    Args:
+        images / labels: the validation split (raw pixels, int labels).
+        patience: epochs without improvement before stopping (None: never stop).
+        batch_size: prediction batch size.
+
+    Example:
+        >>> best = BestValAUC(x_val, y_val, patience=5)
+        >>> model.fit(ds, epochs=50, callbacks=[best]); best.best_auc
+    """
+
+    def __init__(self, images, labels, patience: Optional[int] = None, batch_size: int = 256):
+        super().__init__()
+        self.images = np.asarray(images, np.float32)
+        self.labels = np.asarray(labels)
+        self.patience = patience
+        self.batch_size = batch_size
+        self.history = []
+        self.best_auc = -np.inf
+        self.best_epoch = None
+        self._best_weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        from kerasssl.evaluate import roc_auc
+
+        probs = self.model.predict(self.images, batch_size=self.batch_size, verbose=0)
+        probs = np.asarray(probs, np.float64)
+        auc = roc_auc(self.labels, probs) if np.all(np.isfinite(probs)) else float("nan")
+        self.history.append(auc)
+        if logs is not None:
+            logs["val_roc_auc"] = auc
+        if np.isfinite(auc) and auc > self.best_auc:
+            self.best_auc, self.best_epoch = auc, epoch
+            self._best_weights = self.model.get_weights()
+        elif self.patience is not None and self.best_epoch is not None \
+                and epoch - self.best_epoch >= self.patience:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self._best_weights is not None:
+            self.model.set_weights(self._best_weights)
+
+
+def train_classifier(model, encoder, x_train, y_train, *, x_val=None, y_val=None, mode: str,
+                     epochs: int, batch_size: int, learning_rate: float, encoder_lr_scale: float,
+                     weight_decay: float, class_weight: Optional[dict], seed: int = 0,
+                     patience: Optional[int] = None, jit_compile=False, verbose: int = 0) -> dict:
+    """Compile and fit a classifier from :func:`build_classifier` on arrays.
+
+    Args:
+        model / encoder: the classifier and the encoder inside it.
+        x_train / y_train: labelled training images (raw) and labels.
+        x_val / y_val: validation split for best-epoch selection (optional; it
+            needs both classes).
+        mode: "linear", "full" or "supervised".
+        epochs / batch_size: passes over the labelled subset and batch size.
+        learning_rate: head (and supervised) learning rate, cosine-decayed.
+        encoder_lr_scale: encoder learning-rate factor in "full" mode.
+        weight_decay: decoupled weight decay on kernels.
+        class_weight: ``{label: weight}`` or None.
+        seed: shuffling seed.
+        patience: early-stopping patience on validation ROC-AUC (None: all epochs).
+        jit_compile: XLA (off on CPU, where it is slower).
+        verbose: Keras fit verbosity.
+
+    Returns:
+        ``{"loss": [...], "val_roc_auc": [...], "best_epoch", "best_val_roc_auc"}``.
+    """
+    n = len(y_train)
+    steps = max(1, math.ceil(n / batch_size)) * epochs
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=steps, alpha=0.01)
+    multipliers = None
+    if mode == "full":
+        encoder_vars = {id(v) for v in encoder.trainable_variables}
+        multipliers = [encoder_lr_scale if id(v) in encoder_vars else 1.0
+                       for v in model.trainable_variables]
+    model.compile(
+        optimizer=ScaledAdamW(schedule, lr_multipliers=multipliers, weight_decay=weight_decay),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        jit_compile=jit_compile,
+    )
+    callbacks = []
+    best = None
+    if x_val is not None and len(x_val) and len(np.unique(y_val)) > 1:
+        best = BestValAUC(x_val, y_val, patience=patience)
+        callbacks.append(best)
+    # The labelled subset is small and in memory: Keras shuffles it each epoch
+    # (seeded by keras.utils.set_random_seed), no tf.data pipeline needed.
+    keras.utils.set_random_seed(seed)
+    history = model.fit(np.asarray(x_train, np.float32), np.asarray(y_train, np.int64),
+                        batch_size=batch_size, epochs=epochs, shuffle=True, class_weight=class_weight,
+                        callbacks=callbacks, verbose=verbose)
+    losses = [float(v) for v in history.history.get("loss", [])]
+    if not all(np.isfinite(losses)):
+        raise KerassslError("fine-tuning diverged (loss is NaN/Inf); lower the learning rate")
+    return {
+        "loss": losses,
+        "val_roc_auc": list(best.history) if best else [],
+        "best_epoch": None if best is None or best.best_epoch is None else best.best_epoch + 1,
+        "best_val_roc_auc": None if best is None or best.best_epoch is None else float(best.best_auc),
+    }
+
+
+# -- run directory helpers -------------------------------------------------------
+def load_preprocess(run_dir, data_cfg=None, train_images=None):
+    """The run's Preprocess layer from ``RUN/preprocess.json``; created (and saved)
+    from the data config and the training split's band statistics when the run
+    has none yet (a fresh supervised run)."""
+    from kerasssl.layers.preprocess import Preprocess
+    from kerasssl.layers.preprocess import load_preprocess as read_preprocess
+
+    path = Path(run_dir) / "preprocess.json"
+    if path.exists():
+        return read_preprocess(path)
+    if data_cfg is None or train_images is None:
+        raise KerassslError(f"{path}: missing; pretrain first or use --mode supervised")
+    stats = None
+    if data_cfg.normalization == "dataset":
+        from kerasssl.data.clean import band_stats
+
+        stats = band_stats(train_images)
+    layer = Preprocess.from_data_config(data_cfg, stats=stats)
+    layer.preprocess_to_json(path)
+    return layer
+
+
+def load_pretrained_encoder(run_dir, image_shape):
+    """``RUN/encoder.keras``, checked against the images' (H, W, C)."""
+    path = Path(run_dir) / "encoder.keras"
+    if not path.exists():
+        raise KerassslError(f"{path}: no pretrained encoder; run `kerasssl pretrain` first "
+                            "(or use --mode supervised)")
+    import kerasssl.encoders  # noqa: F401 - registers the encoders' layers
+    import kerasssl.layers  # noqa: F401
+
+    try:
+        encoder = keras.saving.load_model(path, compile=False)
+    except (ValueError, OSError) as e:
+        raise KerassslError(f"{path}: cannot load ({str(e).splitlines()[0]})") from None
+    expected = tuple(encoder.input_shape[1:])
+    if tuple(image_shape) != expected:
+        raise KerassslError(f"{path}: encoder expects images {expected}, the data gives "
+                            f"{tuple(image_shape)} (set data.image_size as in pretraining)")
+    return encoder
+
+
+def save_model_atomic(model, path) -> Path:
+    """Save an uncompiled copy of ``model`` (no optimizer state) so a crash never
+    leaves a half-written file and loading needs no custom optimizer."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    inference = keras.Model(model.inputs, model.outputs, name=model.name)
+    tmp = path.with_name(path.stem + ".tmp.keras")
+    inference.save(tmp)
+    tmp.replace(path)
+    return path
+
+
+# -- the `kerasssl finetune` job -------------------------------------------------
+def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
+             labels_fraction: Optional[float] = None, epochs: Optional[int] = None,
+             batch_size: Optional[int] = None, output=None, patience: Optional[int] = None,
+             verbose: int = 0) -> dict:
+    """Fine-tune on a labelled fraction of the run's training split; save the classifier.
+
+    Reads (or, for a fresh supervised run, creates) ``RUN/split.json`` and
+    ``RUN/preprocess.json``; writes ``RUN/classifier.keras`` (or ``output``) and
+    ``RUN/finetune.json`` (mode, labels, class weights, labelled file names, history).
+
+    Args:
+        cfg: a ``kerasssl.config.RunConfig`` (``finetune`` and ``data`` sections used).
+        data_path: the data folder.
+        run_dir: the run directory (holding ``encoder.keras`` unless supervised).
+        mode / labels_fraction / epochs / batch_size: override ``cfg.finetune``.
+        output: classifier path (default ``RUN/classifier.keras``).
+        patience: early-stopping patience in epochs on validation ROC-AUC
+            (default: max(5, epochs // 3)); the best epoch is restored either way.
+        verbose: Keras fit verbosity.
+
+    Returns:
+        A summary dict (also in ``RUN/finetune.json``) with ``"model"``, the path.
+    """
+    from kerasssl.data.load import load_images
+    from kerasssl.data.split import load_or_create_split
+
+    ft = cfg.finetune
+    mode = mode or ft.mode
+    labels_fraction = ft.labels_fraction if labels_fraction is None else float(labels_fraction)
+    epochs = ft.epochs if epochs is None else int(epochs)
+    batch_size = ft.batch_size if batch_size is None else int(batch_size)
+    if mode not in MODES:
+        raise KerassslError(f"unknown fine-tune mode {mode!r}; choose from {', '.join(MODES)}")
+    if not 0.0 < labels_fraction <= 1.0:
+        raise KerassslError(f"labels fraction must be in (0, 1], got {labels_fraction}")
+    if epochs < 1 or batch_size < 1:
+        raise KerassslError("epochs and batch size must be at least 1")
+    if ft.class_weight not in ("balanced", "none"):
+        raise KerassslError(f"finetune.class_weight must be 'balanced' or 'none', got {ft.class_weight!r}")
+    run_dir = Path(run_dir)
+    if mode != "supervised" and not (run_dir / "encoder.keras").exists():
+        raise KerassslError(f"{run_dir / 'encoder.keras'}: no pretrained encoder; run "
+                            "`kerasssl pretrain` first (or use --mode supervised)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed = ft.seed
+    keras.utils.set_random_seed(seed)
+
+    image_set = load_images(data_path, image_size=cfg.data.image_size, allow_pickle=cfg.data.allow_pickle)
+    split = load_or_create_split(run_dir, image_set, cfg.data, labels_fraction=labels_fraction)
+    labeled = np.asarray(split.indices(image_set, "labeled"), np.int64)
+    val = np.asarray(split.indices(image_set, "val"), np.int64)
+    train = np.asarray(split.indices(image_set, "train"), np.int64)
+    if len(labeled) == 0:
+        raise KerassslError(f"labels fraction {labels_fraction} leaves no labelled image")
+    n_classes = len(image_set.class_names)
+    x, y = image_set.images[labeled], image_set.labels[labeled]
+    class_weight = balanced_class_weights(y, n_classes) if ft.class_weight == "balanced" else None
+
+    preprocess = load_preprocess(run_dir, cfg.data, image_set.images[train])
+    shape = image_set.image_shape
+    if mode == "supervised":
+        from kerasssl.encoders import build_encoder
+
+        encoder = build_encoder(cfg.pretrain.encoder, shape)
+        encoder_source = f"random init ({cfg.pretrain.encoder})"
+    else:
+        encoder = load_pretrained_encoder(run_dir, shape)
+        encoder_source = str(run_dir / "encoder.keras")
+    augmentation = _augmentation(seed) if ft.augment else None
+    model = build_classifier(encoder, preprocess, n_classes, input_shape=shape, mode=mode,
+                             augmentation=augmentation)
+    if patience is None:
+        patience = max(5, epochs // 3)
+    log.info("fine-tuning (%s) on %d labelled images, %d epochs", mode, len(labeled), epochs)
+    history = train_classifier(
+        model, encoder, x, y, x_val=image_set.images[val], y_val=image_set.labels[val], mode=mode,
+        epochs=epochs, batch_size=batch_size, learning_rate=ft.learning_rate,
+        encoder_lr_scale=ft.encoder_lr_scale, weight_decay=ft.weight_decay,
+        class_weight=class_weight, seed=seed, patience=patience, verbose=verbose,
+    )
+    out = save_model_atomic(model, output or run_dir / "classifier.keras")
+    counts = np.bincount(y, minlength=n_classes)
+    record = {
+        "model": str(out),
+        "mode": mode,
+        "encoder": encoder_source,
+        "labels_fraction": labels_fraction,
+        "n_labeled": int(len(labeled)),
+        "labeled_counts": {n: int(c) for n, c in zip(image_set.class_names, counts)},
+        "class_names": list(image_set.class_names),
+        "class_weight": None if class_weight is None else
+        {image_set.class_names[k]: w for k, w in class_weight.items()},
+        "imbalance_handling": "class weights n / (K * n_k) on the labelled subset"
+        if class_weight else "none",
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": ft.learning_rate,
+        "encoder_lr_scale": ft.encoder_lr_scale if mode == "full" else None,
+        "seed": seed,
+        "selection": "epoch with the best validation ROC-AUC" if history["best_epoch"] else "last epoch",
+        **history,
+        "labeled_files": [image_set.files[i] for i in labeled],
+    }
+    write_json_atomic(run_dir / "finetune.json", record)
+    return record
+
+
+def _augmentation(seed):
+    """Light fine-tuning augmentation from the views module ("finetune" preset)."""
+    from kerasssl.layers.views import build_view_pipeline, view_config
+
+    return build_view_pipeline(view_config("finetune"), seed=seed)

@@ -1,0 +1,151 @@
+"""The whole job in one call: split -> pretrain -> fine-tune -> evaluate -> export.
+
+``fit(cfg, data_path, run_dir)`` is what ``kerasssl fit`` runs. Every stage
+writes into the run directory (see docs/ARCHITECTURE.md), so each can be
+inspected or re-run on its own with the step-by-step commands:
+
+- ``RUN/config.yaml`` (the full config, replayable with ``--config``),
+  ``RUN/split.json`` (file names per split);
+- ``RUN/encoder.keras`` + ``RUN/preprocess.json`` (pretraining; skipped for
+  ``finetune.mode: supervised``, which trains from random weights);
+- ``RUN/classifier.keras`` + ``RUN/finetune.json`` (fine-tuning);
+- ``RUN/report.json`` + ``RUN/roc.png`` (evaluation on ``evaluate.split``);
+- ``RUN/saved_models/<name>/<version>/`` when ``export.enabled``.
+
+Example:
+    >>> from kerasssl.config import RunConfig
+    >>> summary = fit(RunConfig.load("examples/quick.yaml"), "/tmp/f/3b", "/tmp/f/run")
+    >>> print("\\n".join(summary_lines(summary)))
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+from kerasssl.errors import KerassslError
+
+log = logging.getLogger(__name__)
+
+
+def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = None,
+        verbose: int = 0) -> dict:
+    """Run split, pretraining, fine-tuning, evaluation and export for one run.
+
+    Args:
+        cfg: a ``kerasssl.config.RunConfig``.
+        data_path: the data folder (any format ``load_images`` reads).
+        run_dir: the run directory (created; existing files are replaced stage by stage).
+        progress: called with a one-line message as each stage starts
+            (e.g. ``click.echo``); None logs them instead.
+        verbose: Keras verbosity for the training stages.
+
+    Returns:
+        ``{"report": dict, "paths": {...}, "seconds": {...}}``.
+    """
+    from kerasssl.data.load import load_images
+    from kerasssl.data.split import load_or_create_split
+    from kerasssl.evaluate import evaluate_run
+    from kerasssl.finetune import MODES, finetune
+
+    say = progress or log.info
+    run_dir = Path(run_dir)
+    data_path = Path(data_path)
+    if not data_path.exists():
+        raise KerassslError(f"{data_path}: data folder not found")
+    mode = cfg.finetune.mode
+    if mode not in MODES:
+        raise KerassslError(f"unknown fine-tune mode {mode!r}; choose from {', '.join(MODES)}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.yaml")
+    seconds = {}
+
+    t = time.perf_counter()
+    say(f"[1/5] split: reading {data_path}")
+    image_set = load_images(data_path, image_size=cfg.data.image_size, allow_pickle=cfg.data.allow_pickle)
+    split = load_or_create_split(run_dir, image_set, cfg.data, labels_fraction=cfg.finetune.labels_fraction)
+    say(f"      {len(image_set)} images {image_set.image_shape}, classes {image_set.class_counts()}; "
+        f"train {len(split.train)} / val {len(split.val)} / test {len(split.test)}")
+    seconds["split"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if mode == "supervised":
+        say("[2/5] pretrain: skipped (supervised baseline from random weights)")
+    else:
+        from kerasssl.pretrain import pretrain
+
+        say(f"[2/5] pretrain: {cfg.pretrain.method} on {cfg.pretrain.encoder}, "
+            f"{cfg.pretrain.epochs} epochs")
+        pretrain(cfg, data_path, run_dir, resume=False)
+    seconds["pretrain"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say(f"[3/5] finetune: {mode}, {cfg.finetune.labels_fraction:g} of the training labels, "
+        f"{cfg.finetune.epochs} epochs")
+    record = finetune(cfg, data_path, run_dir, verbose=verbose)
+    seconds["finetune"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say(f"[4/5] evaluate: {cfg.evaluate.split} split")
+    report_path, plot_path = run_dir / "report.json", run_dir / "roc.png"
+    report = evaluate_run(record["model"], data_path, run_dir, split=cfg.evaluate.split,
+                          report_path=report_path, plot_path=plot_path, cfg=cfg)
+    seconds["evaluate"] = time.perf_counter() - t
+
+    paths = {"run_dir": str(run_dir), "report": str(report_path), "plot": str(plot_path),
+             "model": record["model"], "split": str(run_dir / "split.json"),
+             "config": str(run_dir / "config.yaml")}
+    t = time.perf_counter()
+    if cfg.export.enabled:
+        say("[5/5] export: SavedModel (TF Serving layout)"
+            + (f" + TFLite {cfg.export.tflite}" if cfg.export.tflite else ""))
+        exported = _export(record["model"], run_dir, cfg.export)
+        if exported is not None:
+            paths["saved_model"] = str(exported)
+    else:
+        say("[5/5] export: disabled in the config")
+    seconds["export"] = time.perf_counter() - t
+    return {"report": report, "paths": paths, "seconds": seconds}
+
+
+def _export(model_path, run_dir, export_cfg) -> Optional[Path]:
+    """Export with ``kerasssl.export`` when that module is installed; otherwise say so."""
+    try:
+        from kerasssl.export import export_saved_model
+    except ImportError as e:
+        log.warning("export skipped: kerasssl.export is not available (%s)", e)
+        return None
+    from kerasssl.evaluate import _load_model
+
+    model = _load_model(Path(model_path))
+    base_dir = Path(export_cfg.base_dir) if export_cfg.base_dir else Path(run_dir) / "saved_models"
+    return Path(export_saved_model(model, base_dir, export_cfg.name, tflite=export_cfg.tflite))
+
+
+def summary_lines(summary: dict) -> list:
+    """The short end-of-job summary: AUC with CI, PR-AUC, accuracy, where the files are."""
+    r = summary["report"]
+    p = summary["paths"]
+    low, high = r["roc_auc_ci"]
+    kind = "ROC-AUC" if len(r["class_names"]) == 2 else "macro OvR ROC-AUC"
+    lines = [
+        f"{kind} {r['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}) on {r['n_test']} {r['split']} "
+        f"images {r['class_counts']}",
+        f"PR-AUC {r['pr_auc']:.3f}, accuracy {r['accuracy']:.3f} at {r['accuracy_threshold']}"
+        + (f", {r['youden']['accuracy']:.3f} at the Youden threshold {r['youden']['threshold']:.3f} "
+           f"(chosen on {r['youden']['chosen_on']})" if "youden" in r else ""),
+        f"mode {r['mode']}, {r['labels_fraction']:g} of the training labels ({r['n_labeled']} images), "
+        f"imbalance: {r['imbalance_handling']}",
+        f"report: {p['report']}",
+        f"ROC plot: {p['plot']}",
+        f"classifier: {p['model']}",
+    ]
+    if "saved_model" in p:
+        lines.append(f"SavedModel: {p['saved_model']}")
+    total = sum(summary.get("seconds", {}).values())
+    if total:
+        lines.append(f"took {total:.0f} s (" + ", ".join(
+            f"{k} {v:.0f} s" for k, v in summary["seconds"].items()) + ")")
+    return lines

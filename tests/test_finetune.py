@@ -1,0 +1,122 @@
+"""kerasssl.finetune: per-variable learning rates, frozen/trained parts per mode, the run job."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from kerasssl import finetune as ft
+from kerasssl.config import RunConfig
+from kerasssl.encoders import build_encoder
+from kerasssl.errors import KerassslError
+from kerasssl.layers import Preprocess, RandomDihedral
+
+SHAPE = (16, 16, 3)
+
+
+def make_data(n, seed=0):
+    """Lenses carry a bright ring, so a classifier can learn them fast."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:16, :16] - 7.5
+    ring = np.exp(-0.5 * ((np.hypot(xx, yy) - 5) / 1.0) ** 2)[..., None]
+    labels = (np.arange(n) % 3 != 0).astype(np.int64)  # 2:1 imbalance
+    images = rng.normal(0, 1, (n,) + SHAPE) + 8 * labels[:, None, None, None] * ring
+    return images.astype(np.float32), labels
+
+
+def classifier(mode, augmentation=None):
+    keras.utils.set_random_seed(0)
+    encoder = build_encoder("tiny", SHAPE)
+    model = ft.build_classifier(encoder, Preprocess(normalization="zscore"), 2, input_shape=SHAPE,
+                                mode=mode, augmentation=augmentation)
+    return model, encoder
+
+
+def weights_of(layers):
+    return [np.array(w) for layer in layers for w in layer.weights]
+
+
+def test_scaled_adamw_first_step_matches_numpy_adam():
+    # One Adam step moves each weight by lr * m_hat / (sqrt(v_hat) + eps) = lr * g / (|g| + eps).
+    a = keras.Variable(np.ones((2, 2), np.float32))
+    b = keras.Variable(np.ones((3,), np.float32))
+    grads = [np.full((2, 2), 0.5, np.float32), np.full((3,), -2.0, np.float32)]
+    opt = ft.ScaledAdamW(0.01, lr_multipliers=[0.1, 1.0], weight_decay=0.5, epsilon=1e-7)
+    opt.apply(grads, [a, b])
+    step_a = 0.01 * 0.1 * 0.5 / (0.5 + 1e-7)
+    decay_a = 0.01 * 0.1 * 0.5 * 1.0  # decoupled decay on the kernel (rank 2) only
+    np.testing.assert_allclose(np.array(a), 1.0 - decay_a - step_a, rtol=1e-5)
+    np.testing.assert_allclose(np.array(b), 1.0 + 0.01, rtol=1e-5)  # no decay on rank 1
+    restored = ft.ScaledAdamW.from_config(opt.get_config())
+    assert restored.lr_multipliers == [0.1, 1.0] and restored.decoupled_weight_decay == 0.5
+
+
+def test_scaled_adamw_checks_the_multiplier_count():
+    opt = ft.ScaledAdamW(0.01, lr_multipliers=[1.0])
+    with pytest.raises(ValueError):
+        opt.build([keras.Variable(np.ones(2)), keras.Variable(np.ones(2))])
+
+
+def test_balanced_class_weights():
+    w = ft.balanced_class_weights(np.array([0, 1, 1, 1]), 2)
+    assert w == {0: pytest.approx(2.0), 1: pytest.approx(4 / 6)}
+    assert 1 * w[0] == pytest.approx(3 * w[1])  # equal total weight per class
+    with pytest.raises(KerassslError):
+        ft.balanced_class_weights(np.array([1, 1]), 2)
+
+
+def train(mode, scale=0.1, epochs=1, lr=1e-2):
+    x, y = make_data(24)
+    model, encoder = classifier(mode)
+    enc_before = weights_of(encoder.layers)
+    bn = [layer for layer in encoder._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    bn_before = [np.array(layer.moving_mean) for layer in bn]
+    head_before = np.array(model.get_layer("head").kernel)
+    ft.train_classifier(model, encoder, x, y, mode=mode, epochs=epochs, batch_size=24, learning_rate=lr,
+                        encoder_lr_scale=scale, weight_decay=0.0, class_weight=None)
+    enc_delta = [np.abs(np.array(w) - b).max() for w, b in zip(weights_of(encoder.layers), enc_before)]
+    bn_moved = any(not np.allclose(np.array(layer.moving_mean), b) for layer, b in zip(bn, bn_before))
+    head_moved = not np.allclose(np.array(model.get_layer("head").kernel), head_before)
+    return enc_delta, bn_moved, head_moved
+
+
+def test_linear_mode_trains_only_the_head():
+    enc_delta, bn_moved, head_moved = train("linear")
+    assert max(enc_delta) == 0.0 and not bn_moved and head_moved
+
+
+def test_full_mode_encoder_moves_at_the_scaled_rate_with_fixed_batchnorm():
+    # After one Adam step each conv weight moves by about lr * scale.
+    slow, bn_moved, head_moved = train("full", scale=0.1)
+    fast, _, _ = train("full", scale=1.0)
+    assert not bn_moved and head_moved
+    assert 0.09 * 1e-2 < max(slow) <= 0.1 * 1e-2 * 1.01
+    assert 0.9 * 1e-2 < max(fast) <= 1e-2 * 1.01
+
+
+def test_supervised_mode_trains_everything_with_batch_statistics():
+    enc_delta, bn_moved, head_moved = train("supervised")
+    assert max(enc_delta) > 0 and bn_moved and head_moved
+
+
+def test_saved_classifier_gives_the_same_probabilities(tmp_path):
+    model, _ = classifier("full", augmentation=RandomDihedral(seed=1))
+    x, _ = make_data(6)
+    x[0, 0, 0, 0] = np.nan  # raw pixels with NaN go in: Preprocess repairs them
+    path = ft.save_model_atomic(model, tmp_path / "classifier.keras")
+    assert [p.name for p in tmp_path.iterdir()] == ["classifier.keras"]
+    loaded = keras.saving.load_model(path, compile=False)
+    p1 = model.predict(x, verbose=0)
+    p2 = loaded.predict(x, verbose=0)
+    np.testing.assert_allclose(p1, p2, rtol=1e-5, atol=1e-6)  # augmentation is identity at inference
+    assert np.all(np.isfinite(p2)) and p2.shape == (6, 2)
+    np.testing.assert_allclose(p2.sum(1), 1.0, rtol=1e-5)
+    # BatchNorm stays frozen after reloading (trainable is saved).
+    bn = [layer for layer in loaded._flatten_layers() if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bn and not any(layer.trainable for layer in bn)
+
+
+def test_unknown_mode_is_a_user_error():
+    with pytest.raises(KerassslError):
+        classifier("probe")
