@@ -1,0 +1,499 @@
+"""Read DeepLense-style image folders into one float32 (N, H, W, C) array.
+
+Layouts (detected, never configured):
+
+- **flat folder** (format ``"hst"``): image files directly in DATA; a file named
+  ``nl_*`` is a non-lens, anything else a lens. Classes ``["nonlens", "lens"]``.
+- **class folders** (format ``"folders"``): one sub-folder per class, files
+  directly inside it. Classes are the folder names; a binary lens set
+  (``nonlenses``/``lenses``, ``nonlens``/``lens``, ``non_X``/``X``) puts the
+  non-lens class at label 0, any other set is sorted by name.
+- either layout with FITS files only (format ``"fits"``).
+- a glob or ``*.tfrecord*`` path, or a folder holding only TFRecord shards
+  (format ``"tfrecord"``): delegated to :mod:`kerasssl.data.tfrecord`.
+
+Arrays may be (H, W), (H, W, C) or channels-first (C, H, W); they are returned
+as (H, W, C). Pixels are kept raw (NaN/Inf included): repair and normalisation
+happen in :class:`kerasssl.layers.preprocess.Preprocess` (NumPy reference in
+:mod:`kerasssl.data.clean`). Input files are only ever read.
+
+Cropping: with ``image_size`` every image is centre-cropped to
+``image_size x image_size`` as it is read (so only one full-size file is in
+memory at a time). An image *smaller* than ``image_size`` is refused with a
+DataError rather than padded: reflection or zero padding would invent
+structure (mirrored arcs, sharp edges) that a lens finder can learn.
+
+Example:
+    >>> data = load_images("deeplense/hst", image_size=224)
+    >>> data.images.shape, data.class_names
+    ((215, 224, 224, 1), ['nonlens', 'lens'])
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from kerasssl.data.clean import center_crop
+from kerasssl.errors import DataError, KerassslError
+
+logger = logging.getLogger(__name__)
+
+NPY_SUFFIXES = (".npy",)
+FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
+NONLENS_PREFIX = "nl_"
+_GLOB_CHARS = set("*?[")
+
+
+@dataclass
+class ImageSet:
+    """Images of one data folder, raw (NaN kept), with labels and file ids.
+
+    Args:
+        images: float32 (N, H, W, C), raw pixel values, NaN/Inf kept.
+        labels: int64 (N,), index into ``class_names``.
+        class_names: class name per label.
+        files: path of each image relative to ``root`` (``/`` separators);
+            the stable ids recorded in ``split.json``.
+        format: "hst" | "folders" | "fits" | "tfrecord".
+        root: the data folder (or pattern) the images came from.
+        meta: optional facts about the source files (e.g. ``stored_dtypes``,
+            ``stored_shapes``) for ``kerasssl inspect``.
+
+    Example:
+        >>> lenses = data.subset(np.flatnonzero(data.labels == 1))
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: List[str]
+    files: List[str]
+    format: str
+    root: str
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        """(H, W, C) of every image."""
+        return tuple(int(s) for s in self.images.shape[1:])
+
+    def class_counts(self) -> dict:
+        """Class name -> number of images (every class listed, zeros too)."""
+        counts = np.bincount(self.labels, minlength=len(self.class_names))
+        return {name: int(counts[i]) for i, name in enumerate(self.class_names)}
+
+    def subset(self, indices) -> "ImageSet":
+        """A new ImageSet holding the rows ``indices`` (in that order)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return ImageSet(
+            images=self.images[indices],
+            labels=self.labels[indices],
+            class_names=list(self.class_names),
+            files=[self.files[i] for i in indices],
+            format=self.format,
+            root=self.root,
+            meta=dict(self.meta),
+        )
+
+
+@dataclass
+class Listing:
+    """What :func:`scan` found: the files and labels of a data folder, no pixels.
+
+    Args:
+        root: the data folder.
+        format: "hst" | "folders" | "fits".
+        class_names: class name per label.
+        entries: (relative path, label) per image, in load order.
+    """
+
+    root: str
+    format: str
+    class_names: List[str]
+    entries: List[Tuple[str, int]]
+
+    def paths(self) -> List[Path]:
+        """Absolute paths of the entries, in order."""
+        root = Path(self.root)
+        return [root / rel for rel, _ in self.entries]
+
+
+# -- format detection ---------------------------------------------------------
+
+
+def is_tfrecord_path(path) -> bool:
+    """True for a glob pattern or a path naming TFRecord shards."""
+    text = str(path)
+    return bool(_GLOB_CHARS & set(text)) or ".tfrecord" in Path(text).name
+
+
+def _is_image_file(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(NPY_SUFFIXES) or name.endswith(FITS_SUFFIXES)
+
+
+def _is_fits(path) -> bool:
+    return str(path).lower().endswith(FITS_SUFFIXES)
+
+
+def _natural_key(text: str):
+    # "2_hst.npy" before "10_hst.npy": numbers compare as numbers.
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def _visible(children):
+    return [c for c in children if not c.name.startswith(".")]
+
+
+def _warn_skipped(folder: Path, skipped: Sequence[Path]) -> None:
+    if not skipped:
+        return
+    names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in skipped[:3])
+    more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    logger.warning(
+        "%s: skipped %d entr%s that are not .npy/.fits images: %s%s",
+        folder, len(skipped), "y" if len(skipped) == 1 else "ies", names, more,
+    )
+
+
+def _binary_lens_order(names: List[str]) -> Optional[List[str]]:
+    """[non-lens, lens] if the two folder names are a lens / non-lens pair."""
+    if len(names) != 2:
+        return None
+    a, b = names
+    for neg, pos in ((a, b), (b, a)):
+        low_neg, low_pos = neg.lower(), pos.lower()
+        if low_neg in {f"non{low_pos}", f"non_{low_pos}", f"non-{low_pos}"}:
+            return [neg, pos]
+        if low_neg in {"nl", "nonlens", "nonlenses", "non_lens", "non_lenses"} and low_pos in {
+            "lens", "lenses", "l",
+        }:
+            return [neg, pos]
+    return None
+
+
+def scan(path) -> Listing:
+    """List the images of a data folder and their labels without reading pixels.
+
+    Args:
+        path: a flat folder (``nl_`` prefix = non-lens) or a folder of class
+            sub-folders.
+
+    Returns:
+        A :class:`Listing` in load order: by label, then file name (numbers
+        compared as numbers).
+
+    Raises:
+        DataError: missing folder, a folder with no images, an empty class
+            folder, or a TFRecord path (read those with ``load_images``).
+
+    Example:
+        >>> listing = scan("data/3b")
+        >>> listing.class_names, listing.entries[0]
+        (['nonlenses', 'lenses'], ('nonlenses/nonlenses_0.npy', 0))
+    """
+    root = Path(path)
+    if is_tfrecord_path(root):
+        raise DataError(root, "is TFRecord data; scan() lists folders of .npy/.fits files")
+    if not root.exists():
+        raise DataError(root, "no such file or folder")
+    if not root.is_dir():
+        raise DataError(root, "is a file; expected a folder of .npy/.fits images")
+
+    children = sorted(_visible(root.iterdir()), key=lambda p: _natural_key(p.name))
+    top_images = [c for c in children if c.is_file() and _is_image_file(c)]
+    subdirs = [c for c in children if c.is_dir()]
+
+    if top_images:
+        # Flat, prefix-labelled folder (DeepLense HST layout).
+        _warn_skipped(root, [c for c in children if c not in top_images])
+        class_names = ["nonlens", "lens"]
+        entries = [
+            (p.name, 0 if p.name.lower().startswith(NONLENS_PREFIX) else 1) for p in top_images
+        ]
+        entries.sort(key=lambda e: (e[1], _natural_key(e[0])))
+        files = top_images
+        fmt = "hst"
+    elif subdirs:
+        _warn_skipped(root, [c for c in children if c.is_file()])
+        names = [d.name for d in subdirs]
+        class_names = _binary_lens_order(names) or sorted(names)
+        entries, files = [], []
+        for label, name in enumerate(class_names):
+            folder = root / name
+            inner = sorted(_visible(folder.iterdir()), key=lambda p: _natural_key(p.name))
+            images = [c for c in inner if c.is_file() and _is_image_file(c)]
+            _warn_skipped(folder, [c for c in inner if c not in images])
+            if not images:
+                raise DataError(folder, "empty class folder: no .npy/.fits images in it")
+            entries.extend((f"{name}/{p.name}", label) for p in images)
+            files.extend(images)
+        fmt = "folders"
+    else:
+        raise DataError(root, "no images: expected .npy/.fits files or one sub-folder per class")
+
+    if all(_is_fits(p) for p in files):
+        fmt = "fits"
+    return Listing(root=str(root), format=fmt, class_names=class_names, entries=entries)
+
+
+def _tfrecord_pattern(path) -> Optional[str]:
+    """A shard pattern if ``path`` is TFRecord data (glob, shard, or folder of shards)."""
+    if is_tfrecord_path(path):
+        return str(path)
+    root = Path(path)
+    if root.is_dir():
+        names = [c.name for c in _visible(root.iterdir()) if c.is_file()]
+        has_images = any(_is_image_file(root / n) for n in names)
+        has_subdirs = any(c.is_dir() for c in _visible(root.iterdir()))
+        if not has_images and not has_subdirs and any(".tfrecord" in n for n in names):
+            return str(root / "*.tfrecord*")
+    return None
+
+
+# -- reading one file ---------------------------------------------------------
+
+
+def read_array(path, allow_pickle: bool = False) -> np.ndarray:
+    """The array stored in one ``.npy`` or FITS file, as float32 (shape as stored).
+
+    Args:
+        path: a ``.npy`` or ``.fits`` file.
+        allow_pickle: read ``.npy`` object arrays (e.g. DeepLense axion files
+            ``[image, mass]``) and take element 0. Unpickling runs code from the
+            file: only for files you trust.
+
+    Raises:
+        DataError: empty or corrupt file, object array without ``allow_pickle``,
+            non-numeric data.
+
+    Example:
+        >>> read_array("hst/nl_3_hst.npy").shape
+        (334, 334)
+    """
+    path = Path(path)
+    return _as_float32(_read_raw(path, allow_pickle), path)
+
+
+def _read_raw(path: Path, allow_pickle: bool):
+    """The stored array in its stored dtype (object arrays: element 0)."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise DataError(path, f"cannot read file ({e.strerror or e})") from None
+    if size == 0:
+        raise DataError(path, "empty file (0 bytes)")
+    if _is_fits(path):
+        return _read_fits(path)
+    return _read_npy(path, allow_pickle)
+
+
+def _read_npy(path: Path, allow_pickle: bool):
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY" and not allow_pickle:
+        # np.load would call this "pickled data"; it is simply not a .npy file.
+        raise DataError(path, "not a valid .npy file (no NumPy header)")
+    try:
+        array = np.load(path, allow_pickle=allow_pickle)
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "pickled" in str(e):
+            raise DataError(
+                path,
+                "holds an object array (pickled Python objects); pass --allow-pickle "
+                "(allow_pickle=True) to read element 0, only if you trust the file",
+            ) from None
+        raise DataError(path, f"not a valid .npy file (truncated or corrupt: {e})") from None
+    except (OSError, EOFError) as e:
+        raise DataError(path, f"not a valid .npy file ({e})") from None
+    except Exception as e:  # noqa: BLE001 - unpickling garbage can raise anything
+        raise DataError(path, f"not a valid .npy file ({type(e).__name__}: {e})") from None
+    if isinstance(array, np.lib.npyio.NpzFile):  # np.load sniffs zip magic too
+        array.close()
+        raise DataError(path, "is an .npz archive, not a single .npy array")
+    if array.dtype == object:
+        # Reached only with allow_pickle: DeepLense axion files are [image, mass].
+        if array.size == 0:
+            raise DataError(path, "empty object array")
+        element = array.item() if array.ndim == 0 else array.flat[0]
+        try:
+            array = np.asarray(element)
+            array.astype(np.float32)  # fails for non-numeric elements
+        except (TypeError, ValueError):
+            raise DataError(
+                path, f"element 0 of the object array is not a numeric array "
+                f"({type(element).__name__})"
+            ) from None
+    return array
+
+
+def _read_fits(path: Path):
+    try:
+        from astropy.io import fits
+    except ImportError:
+        raise KerassslError(
+            "reading FITS needs astropy: pip install 'kerasssl[fits]'"
+        ) from None
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            for hdu in hdul:
+                if hdu.data is not None and getattr(hdu, "is_image", True):
+                    return np.array(hdu.data)
+    except Exception as e:  # noqa: BLE001 - astropy raises many types for bad files
+        raise DataError(path, f"not a readable FITS file ({type(e).__name__}: {e})") from None
+    raise DataError(path, "FITS file has no image data in any HDU")
+
+
+def _as_float32(array, path: Path) -> np.ndarray:
+    array = np.asarray(array)
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+        raise DataError(path, f"holds {array.dtype} data, not numbers")
+    if np.iscomplexobj(array):
+        raise DataError(path, "holds complex numbers, not pixel values")
+    if array.size == 0:
+        raise DataError(path, f"empty array of shape {tuple(array.shape)}")
+    # astype also converts big-endian FITS data to native order.
+    return array.astype(np.float32, copy=False)
+
+
+def to_hwc(array: np.ndarray, path) -> np.ndarray:
+    """Put one image in (H, W, C) layout.
+
+    Rules: 2-D (H, W) gets C=1; 3-D (C, H, W) with C <= 4 < H, or with a
+    first axis smaller than two equal last axes (a cube of >4 bands), is
+    transposed; any other 3-D array is taken as (H, W, C). 0-D, 1-D and 4-D+
+    arrays are refused.
+
+    Args:
+        array: one image as stored.
+        path: its file, named in the error.
+
+    Raises:
+        DataError: not a 2-D or 3-D array.
+
+    Example:
+        >>> to_hwc(np.zeros((3, 64, 64), np.float32), "a.npy").shape
+        (64, 64, 3)
+    """
+    if array.ndim == 2:
+        return array[..., None]
+    if array.ndim == 3:
+        c, h, w = array.shape
+        if c <= 4 < h or (h == w and c < h and array.shape[2] != c):
+            return np.transpose(array, (1, 2, 0))
+        return array
+    raise DataError(
+        path,
+        f"is a {array.ndim}-D array of shape {tuple(array.shape)}; expected an image "
+        "(H, W), (H, W, C) or (C, H, W)",
+    )
+
+
+def _check_finite_bands(image: np.ndarray, path) -> None:
+    finite_per_band = np.isfinite(image).reshape(-1, image.shape[-1]).any(axis=0)
+    if not finite_per_band.any():
+        raise DataError(path, "all pixels are NaN/Inf: nothing to repair from")
+    if not finite_per_band.all():
+        bands = [int(b) for b in np.flatnonzero(~finite_per_band)]
+        raise DataError(path, f"band(s) {bands} have only NaN/Inf pixels: nothing to repair from")
+
+
+# -- the whole folder ---------------------------------------------------------
+
+
+def load_images(path, *, image_size: Optional[int] = None, allow_pickle: bool = False) -> ImageSet:
+    """Read every image of a data folder (or TFRecord shards) into one array.
+
+    Args:
+        path: a data folder (flat ``nl_``-prefixed or class sub-folders), a glob,
+            or a ``*.tfrecord*`` path.
+        image_size: centre-crop every image to this size (square) as it is read;
+            needed when the files differ in size. Images smaller than this are
+            refused (never padded).
+        allow_pickle: read object arrays (element 0 is the image); trusted files only.
+
+    Returns:
+        :class:`ImageSet` with raw float32 (N, H, W, C) images, NaN kept.
+
+    Raises:
+        DataError: bad file (corrupt, empty, object array without opt-in, 1-D or
+            4-D, all-NaN band, wrong size / channel count), empty class folder,
+            folder without images.
+
+    Example:
+        >>> data = load_images("sim/3b")
+        >>> data.images.shape, data.class_counts()
+        ((60, 64, 64, 3), {'nonlenses': 30, 'lenses': 30})
+    """
+    pattern = _tfrecord_pattern(path)
+    if pattern is not None:
+        from kerasssl.data.tfrecord import load_tfrecords
+
+        return load_tfrecords(pattern, image_size=image_size)
+    if image_size is not None and (int(image_size) != image_size or image_size < 1):
+        raise KerassslError(f"image size must be a positive integer, got {image_size!r}")
+
+    listing = scan(path)
+    root = Path(listing.root)
+    n = len(listing.entries)
+    images = None
+    first_file = None
+    stored_dtypes, stored_shapes = set(), set()
+    for i, (rel, _) in enumerate(listing.entries):
+        file = root / rel
+        raw = _read_raw(file, allow_pickle)
+        stored_dtypes.add(str(raw.dtype))
+        raw = _as_float32(raw, file)
+        stored_shapes.add(tuple(int(s) for s in raw.shape))
+        image = to_hwc(raw, file)
+        if image_size is not None:
+            h, w = image.shape[:2]
+            if h < image_size or w < image_size:
+                raise DataError(
+                    file,
+                    f"image is {h}x{w}, smaller than the crop size {image_size} "
+                    "(images are cropped, never padded)",
+                )
+            image = center_crop(image, image_size)
+        if images is None:
+            # Allocate once: a few thousand 3x239x239 files fit, cropping as we go.
+            images = np.empty((n,) + image.shape, dtype=np.float32)
+            first_file = file
+        elif image.shape != images.shape[1:]:
+            raise DataError(file, _shape_mismatch(image.shape, images.shape[1:], first_file,
+                                                  image_size))
+        _check_finite_bands(image, file)
+        images[i] = image
+
+    labels = np.array([label for _, label in listing.entries], dtype=np.int64)
+    return ImageSet(
+        images=images,
+        labels=labels,
+        class_names=list(listing.class_names),
+        files=[rel for rel, _ in listing.entries],
+        format=listing.format,
+        root=str(root),
+        meta={
+            "stored_dtypes": sorted(stored_dtypes),
+            "stored_shapes": sorted(list(s) for s in stored_shapes),
+        },
+    )
+
+
+def _shape_mismatch(shape, expected, first_file, image_size) -> str:
+    h, w, c = shape
+    eh, ew, ec = expected
+    if c != ec:
+        return (f"has {c} band(s) but {first_file.name} has {ec}; all images need the "
+                "same number of bands")
+    hint = "" if image_size else "; pass --image-size (image_size=) to centre-crop all to one size"
+    return f"image is {h}x{w} but {first_file.name} is {eh}x{ew}{hint}"
+
