@@ -255,7 +255,7 @@ def _tfrecord_pattern(path) -> Optional[str]:
         has_images = any(_is_image_file(root / n) for n in names)
         has_subdirs = any(c.is_dir() for c in _visible(root.iterdir()))
         if not has_images and not has_subdirs and any(".tfrecord" in n for n in names):
-            return str(root / "*.tfrecord*")
+            return str(root)  # load_tfrecords takes a folder of shards
     return None
 
 
