@@ -1,0 +1,126 @@
+"""tf.data input pipelines of raw images (and labels) that never starve training.
+
+In-memory arrays are fed by shuffling *indices* and gathering a whole batch
+with one ``tf.gather``: one memcpy per batch instead of one dataset element
+per image, so the pipeline runs at memory bandwidth (see
+``benchmarks/pipeline.py``). Pixels stay raw; the model's ``Preprocess``
+layer repairs and normalises them.
+
+Works for the TensorFlow and JAX backends (Keras consumes tf.data on both).
+
+Example:
+    >>> ds = make_dataset(data.images, data.labels, batch_size=64, seed=0, repeat=True)
+    >>> model.fit(ds, steps_per_epoch=len(data) // 64, epochs=10)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kerasssl.errors import KerassslError
+
+DEFAULT_SHUFFLE_BUFFER = 10_000
+
+
+def make_dataset(
+    images,
+    labels=None,
+    *,
+    batch_size: int,
+    shuffle: bool = True,
+    seed: int = 0,
+    repeat: bool = False,
+    drop_remainder: bool = False,
+    cache: bool = True,
+    shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+):
+    """A batched, prefetched ``tf.data.Dataset`` of raw images (and labels).
+
+    Args:
+        images: float (N, H, W, C) array, or a ``tf.data.Dataset`` of single
+            images or ``(image, label)`` pairs (e.g. decoded TFRecords).
+        labels: optional (N,) integer labels for an array; the dataset then
+            yields ``(images, labels)`` with int64 labels.
+        batch_size: images per batch.
+        shuffle: reshuffle every epoch (full shuffle for arrays, a
+            ``shuffle_buffer`` window for datasets), seeded by ``seed``.
+        seed: shuffle seed; the same seed gives the same batches.
+        repeat: repeat forever (use ``steps_per_epoch``); batches then span
+            epoch boundaries, so every batch is full.
+        drop_remainder: drop a last partial batch.
+        cache: for a ``tf.data.Dataset`` input, cache decoded elements in memory
+            after the first epoch. An array is already in memory: no-op.
+        shuffle_buffer: shuffle window for dataset inputs.
+
+    Returns:
+        ``tf.data.Dataset`` yielding float32 (B, H, W, C) batches, or
+        ``(images, labels)`` batches, prefetched with AUTOTUNE.
+
+    Raises:
+        KerassslError: bad shapes, label count, or batch size.
+
+    Example:
+        >>> ds = make_dataset(train.images, train.labels, batch_size=32, seed=1)
+        >>> images, labels = next(iter(ds))
+    """
+    import tensorflow as tf
+
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise KerassslError(f"batch size must be a positive integer, got {batch_size!r}")
+    batch_size = int(batch_size)
+    if isinstance(images, tf.data.Dataset):
+        if labels is not None:
+            raise KerassslError("pass labels inside the dataset as (image, label) pairs")
+        return _from_dataset(images, batch_size, shuffle, seed, repeat, drop_remainder, cache,
+                             shuffle_buffer)
+
+    images = np.asarray(images)
+    if images.ndim != 4:
+        raise KerassslError(f"expected images of shape (N, H, W, C), got {images.shape}")
+    n = len(images)
+    if n == 0:
+        raise KerassslError("no images to make a dataset from")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.shape != (n,):
+            raise KerassslError(f"{labels.shape[0] if labels.ndim else 0} labels for {n} images")
+        labels = labels.astype(np.int64)
+
+    # Keep the source arrays in host memory (not on the accelerator) whatever runs the model.
+    with tf.device("/cpu:0"):
+        source_images = tf.constant(images.astype(np.float32, copy=False))
+        source_labels = None if labels is None else tf.constant(labels)
+
+    ds = tf.data.Dataset.range(n)
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+
+    if source_labels is None:
+        gather = lambda idx: tf.gather(source_images, idx)  # noqa: E731
+    else:
+        gather = lambda idx: (tf.gather(source_images, idx), tf.gather(source_labels, idx))  # noqa: E731
+    ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _from_dataset(ds, batch_size, shuffle, seed, repeat, drop_remainder, cache, shuffle_buffer):
+    import tensorflow as tf
+
+    def as_float32(*element):
+        if len(element) == 1:
+            return tf.cast(element[0], tf.float32)
+        image, label = element
+        return tf.cast(image, tf.float32), tf.cast(label, tf.int64)
+
+    ds = ds.map(as_float32, num_parallel_calls=tf.data.AUTOTUNE)
+    if cache:
+        ds = ds.cache()
+    if shuffle:
+        ds = ds.shuffle(int(shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds.prefetch(tf.data.AUTOTUNE)
