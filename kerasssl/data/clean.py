@@ -307,3 +307,65 @@ def center_crop(images, size):
         raise KerassslError(f"image is {height}x{width}, smaller than the crop size {h}x{w}")
     top, left = (height - h) // 2, (width - w) // 2
     return x[..., top:top + h, left:left + w, :]
+
+
+def finite_range(images, chunk: int = 256):
+    """(min, max) over the finite pixels of ``images`` (None, None if there are none).
+
+    Chunked, so no copy of the whole array is made.
+    """
+    lo, hi = np.inf, -np.inf
+    images = np.asarray(images)
+    for start in range(0, len(images), chunk):
+        part = images[start:start + chunk]
+        finite = np.isfinite(part)
+        if finite.any():
+            lo = min(lo, float(part[finite].min()))
+            hi = max(hi, float(part[finite].max()))
+    return (None, None) if lo > hi else (lo, hi)
+
+
+def describe(image_set) -> dict:
+    """What ``kerasssl inspect`` reports: format, counts, shape, value range, NaN/Inf.
+
+    Args:
+        image_set: a :class:`kerasssl.data.load.ImageSet`.
+
+    Returns:
+        dict with ``path``, ``format``, ``n_images``, ``classes`` (name -> count),
+        ``shape`` ([H, W, C]), ``dtype`` (as stored; comma-joined if mixed),
+        ``stored_shapes``, ``min`` / ``max`` (finite pixels), ``band_mean`` /
+        ``band_std`` (finite pixels), the :func:`nonfinite_report` counts, and
+        ``per_class`` (counts plus min / max per class).
+
+    Example:
+        >>> describe(load_images("sim/hst"))["files_with_nan"]
+        12
+    """
+    report = nonfinite_report(image_set)
+    lo, hi = finite_range(image_set.images)
+    stats = band_stats(image_set.images)
+    labels = np.asarray(image_set.labels)
+    per_class = report.pop("per_class")
+    for k, name in enumerate(image_set.class_names):
+        c_lo, c_hi = finite_range(image_set.images[labels == k]) if per_class[name]["n_images"] \
+            else (None, None)
+        per_class[name].update({"min": c_lo, "max": c_hi})
+    meta = getattr(image_set, "meta", None) or {}
+    dtypes = meta.get("stored_dtypes") or [str(image_set.images.dtype)]
+    return {
+        "path": str(image_set.root),
+        "format": image_set.format,
+        "n_images": int(len(image_set.labels)),
+        "classes": {name: per_class[name]["n_images"] for name in image_set.class_names},
+        "shape": [int(s) for s in image_set.images.shape[1:]],
+        "dtype": ", ".join(dtypes),
+        "stored_shapes": meta.get("stored_shapes", []),
+        "min": lo,
+        "max": hi,
+        "value_range": [lo, hi],
+        "band_mean": stats["mean"],
+        "band_std": stats["std"],
+        **report,
+        "per_class": per_class,
+    }
