@@ -1,0 +1,306 @@
+"""Pixels from a :class:`~kerasssl.data.simulate_scene.Scene` with lenstronomy.
+
+One :class:`Renderer` per worker and image size holds one lenstronomy
+``SimAPI`` per band (built once, reused for every image: it owns the
+magnitude -> e-/s conversion and the band's noise model), the SIE + SHEAR
+``LensModel`` and the Sersic / Gaussian ``LightModel`` s.
+
+Per image:
+
+1. every component is evaluated once with unit total flux on a (super-sampled)
+   pixel grid, lensed components at the ray-shot source-plane positions;
+2. each band is a sum of those unit images scaled by the component's flux in
+   that band (colours), so three bands cost little more than one;
+3. Gaussian PSF per band (a kernel sampled at pixel offsets, truncated at
+   5 sigma, as lenstronomy's GAUSSIAN PSF), applied as two small matrix
+   products (separable; zero outside the cutout), then sky + Poisson noise in
+   lenstronomy's Gaussian approximation (``SingleBand.background_noise`` /
+   ``flux_noise``), drawn from the caller's generator so results depend on the
+   seed only.
+
+Units: e-/s per pixel, sky-subtracted (negative pixels occur, as in real data).
+
+Example:
+    >>> import numpy as np
+    >>> from kerasssl.data.simulate_survey import SURVEYS
+    >>> from kerasssl.data.simulate_scene import draw_scene
+    >>> renderer = Renderer(SURVEYS["hst"], 64)
+    >>> scene = draw_scene(np.random.default_rng(0), 1, SURVEYS["hst"])
+    >>> image, info = renderer.render(scene, np.random.default_rng(1))
+    >>> image.shape, image.dtype, info["magnification"] > 1
+    ((1, 64, 64), dtype('float32'), True)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kerasssl.errors import KerassslError
+
+FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+PSF_TRUNCATION = 5.0  # kernel radius in sigmas (lenstronomy's default)
+SERSIC_CUT = 8.0     # evaluate lensed Sersics within this many R_eff (negligible beyond)
+GAUSSIAN_CUT = 5.0   # and Gaussians within this many sigma
+SERSIC_SMOOTHING = 1e-4  # lenstronomy's radius floor
+LENSED_NAMES = ("source", "clumps")
+
+
+def _import_lenstronomy():
+    try:
+        from lenstronomy.SimulationAPI.sim_api import SimAPI
+        from lenstronomy.Util import util
+    except ImportError as e:  # the `sim` extra is optional
+        raise KerassslError(
+            f"the simulator needs lenstronomy ({e}); install it with: pip install 'kerasssl[sim]'"
+        ) from None
+    return SimAPI, util
+
+
+def _elliptical_coords(x, y, kwargs):
+    """Coordinates in an ellipse's frame, lenstronomy's product-average convention.
+
+    Same transform as ``lenstronomy.Util.param_util.transform_e1e2_product_average``:
+    R = hypot(x', y') is the circularised radius sqrt(a b).
+    """
+    e1, e2 = kwargs["e1"], kwargs["e2"]
+    dx = x - kwargs["center_x"]
+    dy = y - kwargs["center_y"]
+    norm = math.sqrt(max(abs(1.0 - e1 * e1 - e2 * e2), 1e-6))
+    xp = ((1.0 - e1) * dx - e2 * dy) / norm
+    yp = (-e2 * dx + (1.0 + e1) * dy) / norm
+    return xp, yp
+
+
+def sersic_ellipse(x, y, kwargs):
+    """lenstronomy's SERSIC_ELLIPSE surface brightness, in plain NumPy (~4x faster).
+
+    Same b_n approximation, radius floor and ellipse convention as
+    ``lenstronomy.LightModel.Profiles.sersic.SersicElliptic`` (parity-tested).
+
+    Args:
+        x, y: coordinates (arcsec).
+        kwargs: amp (brightness at R_sersic), R_sersic, n_sersic, e1, e2, center_x, center_y.
+    """
+    xp, yp = _elliptical_coords(x, y, kwargs)
+    n = kwargs["n_sersic"]
+    bn = max(1.9992 * n - 0.3271, 1e-5)
+    r = np.maximum(np.sqrt(xp * xp + yp * yp), SERSIC_SMOOTHING)
+    r_frac = r / max(kwargs["R_sersic"], SERSIC_SMOOTHING)
+    return kwargs["amp"] * np.exp(-bn * (r_frac ** (1.0 / n) - 1.0))
+
+
+def gaussian(x, y, kwargs):
+    """lenstronomy's GAUSSIAN light profile (``amp`` is the total flux)."""
+    sigma2 = kwargs["sigma"] ** 2
+    r2 = (x - kwargs["center_x"]) ** 2 + (y - kwargs["center_y"]) ** 2
+    return kwargs["amp"] / (2.0 * math.pi * sigma2) * np.exp(-0.5 * r2 / sigma2)
+
+
+def ring_profile(x, y, kwargs):
+    """A (partial, knotty) Gaussian ring: ring galaxies and star-forming rings.
+
+    Args:
+        x, y: coordinates (arcsec).
+        kwargs: radius, width (Gaussian sd), e1, e2, center_x, center_y,
+            arc_extent (radians covered, soft edges), arc_angle (its middle),
+            knots, knot_contrast, knot_phase (azimuthal modulation 1 + c cos).
+
+    Returns:
+        Surface brightness (arbitrary normalisation).
+    """
+    xp, yp = _elliptical_coords(x, y, kwargs)
+    r, theta = np.hypot(xp, yp), np.arctan2(yp, xp)
+    radial = np.exp(-0.5 * ((r - kwargs["radius"]) / kwargs["width"]) ** 2)
+    # Angular window: 1 within extent/2 of arc_angle, Gaussian fall-off outside.
+    delta = np.abs(np.angle(np.exp(1j * (theta - kwargs["arc_angle"]))))
+    half = 0.5 * kwargs["arc_extent"]
+    window = np.exp(-0.5 * (np.maximum(delta - half, 0.0) / 0.3) ** 2)
+    knots = 1.0 + kwargs["knot_contrast"] * np.cos(kwargs["knots"] * theta + kwargs["knot_phase"])
+    return radial * window * knots
+
+
+def spiral_profile(x, y, kwargs):
+    """Logarithmic spiral arms on an exponential disk, hollow in the bulge.
+
+    Args:
+        x, y: coordinates (arcsec).
+        kwargs: scale (disk scale length), arms, pitch (radians), sharpness
+            (power of the arm modulation), phase, e1, e2, center_x, center_y.
+
+    Returns:
+        Surface brightness (arbitrary normalisation).
+    """
+    xp, yp = _elliptical_coords(x, y, kwargs)
+    r, theta = np.hypot(xp, yp), np.arctan2(yp, xp)
+    h = kwargs["scale"]
+    r_safe = np.maximum(r, 1e-3 * h)
+    arm_phase = kwargs["arms"] * (theta - np.log(r_safe / h) / math.tan(kwargs["pitch"]))
+    arms = (0.5 * (1.0 + np.cos(arm_phase + kwargs["phase"]))) ** kwargs["sharpness"]
+    inner = 1.0 - np.exp(-((r / (0.4 * h)) ** 2))  # the bulge is the deflector itself
+    return np.exp(-r / h) * arms * inner
+
+
+PROFILES = {"SERSIC_ELLIPSE": sersic_ellipse, "GAUSSIAN": gaussian,
+            "RING": ring_profile, "SPIRAL": spiral_profile}
+# Profiles without an analytic total flux: normalised on the cutout.
+CUTOUT_NORMALISED = ("RING", "SPIRAL")
+
+
+def gaussian_blur_matrix(size, sigma):
+    """Matrix G with ``G @ image @ G.T`` = Gaussian blur (sd ``sigma`` pixels).
+
+    The kernel is sampled at integer offsets, truncated at PSF_TRUNCATION sigma
+    (at least one pixel) and normalised to 1; light leaving the cutout is lost
+    (zero padding), as for an observed cutout.
+    """
+    radius = max(1, int(PSF_TRUNCATION * sigma + 0.5))
+    offsets = np.arange(-radius, radius + 1)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel /= kernel.sum()
+    d = np.arange(size)[:, None] - np.arange(size)[None, :]
+    matrix = np.zeros((size, size))
+    near = np.abs(d) <= radius
+    matrix[near] = kernel[d[near] + radius]
+    return matrix
+
+
+class Renderer:
+    """Renders scenes of one survey at one image size (reuse it: setup is slow).
+
+    Args:
+        survey: a :class:`kerasssl.data.simulate_survey.Survey`.
+        size: image side in pixels.
+
+    Example:
+        >>> renderer = Renderer(SURVEYS["three-band"], 32)
+        >>> image, info = renderer.render(scene, np.random.default_rng(0))  # (3, 32, 32)
+    """
+
+    def __init__(self, survey, size):
+        SimAPI, util = _import_lenstronomy()
+        self.survey = survey
+        self.size = size
+        self.pixel_scale = survey.pixel_scale(size)
+        self.supersampling = survey.supersampling(size)
+        kwargs_model = {
+            "lens_model_list": ["SIE", "SHEAR"],
+            "lens_light_model_list": ["SERSIC_ELLIPSE"],
+            "source_light_model_list": ["SERSIC_ELLIPSE"],
+        }
+        self.sims = [SimAPI(size, band.kwargs_single_band(self.pixel_scale), kwargs_model)
+                     for band in survey.bands]
+        self.lens_model = self.sims[0].lens_model_class
+        self.sersic_model = self.sims[0].lens_light_model_class
+        n = size * self.supersampling
+        self.x, self.y = util.make_grid(size, self.pixel_scale, subgrid_res=self.supersampling)
+        self.sub_shape = (n, n)
+        # Flux of a sub-pixel = surface brightness x its area.
+        self.sub_area = (self.pixel_scale / self.supersampling) ** 2
+        self.background_noise = np.array([sim.background_noise for sim in self.sims])
+        # Poisson variance per unit flux (e-/s) of each band, from lenstronomy's model.
+        self.poisson_variance = np.array([sim.flux_noise(np.ones(1))[0] ** 2 for sim in self.sims])
+
+    def _bin(self, sub_image):
+        """Sum sub-pixels into pixels."""
+        s = self.supersampling
+        image = sub_image.reshape(self.sub_shape)
+        if s == 1:
+            return image
+        return image.reshape(self.size, s, self.size, s).sum(axis=(1, 3))
+
+    def _unit_flux_norm(self, profile, kwargs):
+        """1 / total flux of a profile with amp=1 (lenstronomy's analytic total_flux)."""
+        if profile == "GAUSSIAN":
+            return 1.0
+        return 1.0 / self.sersic_model.total_flux([kwargs], norm=True)[0]
+
+    def unit_image(self, component, beta=None):
+        """The component's pixel image for a total (unlensed) flux of 1 e-/s, before PSF.
+
+        Lensed components are evaluated at the source-plane positions ``beta``;
+        their image sums to the magnification (the flux that lands in the cutout).
+        Ring and spiral profiles are normalised on the cutout itself.
+        """
+        x, y = (self.x, self.y) if beta is None else beta
+        function = PROFILES[component.profile]
+        if component.profile in CUTOUT_NORMALISED:
+            sub = np.zeros(x.shape)
+            for kwargs, weight in zip(component.kwargs, component.weights):
+                sb = function(x, y, kwargs)
+                sub += weight * sb / max(sb.sum(), 1e-300)
+            return self._bin(sub)
+        sub = np.zeros(x.shape)
+        for kwargs, weight in zip(component.kwargs, component.weights):
+            full = {**kwargs, "amp": weight * self._unit_flux_norm(component.profile, kwargs)}
+            if beta is None and component.profile == "SERSIC_ELLIPSE":
+                sub += function(x, y, full)
+                continue
+            # Compact (lensed or Gaussian) profiles: only where they are non-negligible.
+            if component.profile == "GAUSSIAN":
+                cut = GAUSSIAN_CUT * kwargs["sigma"]
+            else:
+                e = math.hypot(kwargs["e1"], kwargs["e2"])
+                cut = SERSIC_CUT * kwargs["R_sersic"] / math.sqrt(max((1 - e) / (1 + e), 0.05))
+            near = np.flatnonzero((x - kwargs["center_x"]) ** 2 + (y - kwargs["center_y"]) ** 2
+                                  < cut * cut)
+            if near.size:
+                sub[near] += function(x[near], y[near], full)
+        return self._bin(sub * self.sub_area)
+
+    def fluxes(self, component):
+        """e-/s of the component in each band (from its magnitudes, via SimAPI)."""
+        return np.array([sim.magnitude2cps(m) for sim, m in zip(self.sims, component.mags)])
+
+    def render(self, scene, noise_rng, *, drop=(), noise=True):
+        """Render a scene.
+
+        Args:
+            scene: a :class:`~kerasssl.data.simulate_scene.Scene`.
+            noise_rng: ``numpy.random.Generator`` for the noise (per image).
+            drop: component names to leave out (e.g. ``("source", "clumps")``
+                gives the deflector-only counterpart of a lens).
+            noise: add sky + Poisson noise.
+
+        Returns:
+            (image float32 (bands, H, W), info) where info holds
+            ``magnification`` (lensed flux in the cutout / unlensed flux, of the
+            source disk), ``arc_flux`` (e-/s of lensed light per band) and
+            ``arc_snr`` (matched-filter S/N of the lensed light, per band).
+        """
+        n_bands = len(self.sims)
+        shape = (n_bands, self.size, self.size)
+        unlensed = np.zeros(shape)
+        lensed = np.zeros(shape)
+        info = {"magnification": math.nan, "arc_flux": np.zeros(n_bands),
+                "arc_snr": np.zeros(n_bands)}
+        beta = None
+        if scene.lens_kwargs is not None:
+            beta = self.lens_model.ray_shooting(self.x, self.y, scene.lens_kwargs)
+        for component in scene.components:
+            if component.name in drop:
+                continue
+            is_lensed = component.lensed and beta is not None
+            unit = self.unit_image(component, beta if is_lensed else None)
+            if component.name == "source":
+                info["magnification"] = float(unit.sum())
+            target = lensed if is_lensed else unlensed
+            target += self.fluxes(component)[:, None, None] * unit[None]
+        has_arc = beta is not None and lensed.any()
+        # Blur unlensed and lensed light in one batched product (bands x 2 stacks).
+        blur = np.stack([gaussian_blur_matrix(self.size, fwhm * FWHM_TO_SIGMA / self.pixel_scale)
+                         for fwhm in scene.psf_fwhm])[:, None]
+        stacks = np.stack([unlensed, lensed], axis=1) if has_arc else unlensed[:, None]
+        stacks = blur @ stacks @ np.swapaxes(blur, -1, -2)
+        lensed = stacks[:, 1] if has_arc else None
+        model = stacks.sum(axis=1)
+        variance = (self.background_noise ** 2)[:, None, None] + (
+            self.poisson_variance[:, None, None] * np.maximum(model, 0.0))
+        noise_sd = np.sqrt(variance)
+        if has_arc:
+            info["arc_flux"] = lensed.sum(axis=(1, 2))
+            info["arc_snr"] = np.sqrt(((lensed / noise_sd) ** 2).sum(axis=(1, 2)))
+        if noise:
+            model = model + noise_rng.standard_normal(shape) * noise_sd
+        return model.astype(np.float32), info
