@@ -29,6 +29,7 @@ import collections
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import uuid
@@ -437,7 +438,7 @@ def _record_dataset(shards, *, shuffle=False, seed=0, cycle_length=None):
 
     return files.interleave(
         read, cycle_length=cycle_length or min(len(shards), 16), block_length=1,
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def _parse_record(path, index, record):
@@ -540,8 +541,12 @@ def _expected_counts(manifest) -> dict:
 
 
 def _first_line(error) -> str:
+    """TensorFlow's error message without its op/function-node decorations."""
     message = getattr(error, "message", None) or str(error)
-    return message.strip().splitlines()[0][:200] if message.strip() else type(error).__name__
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
+    message = re.sub(r"\s*\[Op:[^\]]*\].*", "", message, flags=re.S)
+    message = message.strip().splitlines()[0][:200] if message.strip() else ""
+    return message or type(error).__name__
 
 
 def load_tfrecords(pattern, *, image_size: Optional[int] = None) -> "ImageSet":
@@ -749,7 +754,8 @@ def make_tfrecord_dataset(pattern, batch_size: int, *, image_size: Optional[int]
         image = tf.ensure_shape(image, [height, width, channels])
         return (image, example["label"]) if labels else image
 
-    records = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=not shuffle)
+    # deterministic: a seed gives the same order every run.
+    records = records.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return records.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
