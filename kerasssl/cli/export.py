@@ -1,0 +1,50 @@
+"""`kerasssl export MODEL --name NAME`: TF Serving SavedModel (+ TFLite) of a classifier."""
+
+from pathlib import Path
+
+import click
+
+TFLITE_MODES = ("fp32", "fp16", "int8")
+
+
+@click.command(name="export")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--name", required=True, help="Model name: the folder under --base-dir TF Serving serves.")
+@click.option("--base-dir", "base_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("saved_models"), show_default=True,
+              help="Model base path TF Serving watches; the version goes to BASE/NAME/<version>/.")
+@click.option("--version", "version", type=click.IntRange(min=0), default=None,
+              help="Version number.  [default: one more than the highest present]  "
+                   "An existing version is never overwritten.")
+@click.option("--tflite", type=click.Choice(TFLITE_MODES), default=None,
+              help="Also write NAME_<mode>.tflite (+ a parity report) into the version folder.")
+@click.option("--data", "data", type=click.Path(exists=True, path_type=Path), default=None,
+              help="The run's data: int8 calibration from its train split, parity / AUC on its val split.")
+@click.option("--run-dir", "run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="The training run (split.json, finetune.json).  [default: the model's folder if it is a run]")
+def export(model, name, base_dir, version, tflite, data, run_dir):
+    """Export classifier MODEL (.keras) for TF Serving as BASE/NAME/<version>/.
+
+    Signatures: serving_default (images -> probabilities), embed (images ->
+    embeddings) and, with TFRecord support, predict_examples (serialized
+    tf.Example -> probabilities). Inference mode only: augmentation and dropout
+    are off. The version appears atomically; on failure nothing is left behind.
+    """
+    from kerasssl.export import export_saved_model, read_metadata
+
+    path = export_saved_model(model, base_dir, name, version=version, tflite=tflite, data=data, run_dir=run_dir)
+    metadata = read_metadata(path) or {}
+    click.echo(f"SavedModel: {path}")
+    click.echo(f"signatures: {', '.join(metadata.get('signatures', []))}")
+    click.echo(f"input: images float32 {metadata.get('input', {}).get('shape')} (raw pixels, H, W, C)")
+    click.echo(f"classes: {metadata.get('class_names')}")
+    if tflite:
+        import json
+
+        tflite_path = path / f"{name}_{tflite}.tflite"
+        parity = json.loads(tflite_path.with_suffix(".parity.json").read_text())
+        line = f"TFLite {tflite}: {tflite_path} (max |diff| vs Keras {parity['max_abs_diff']:.2e}"
+        auc = parity.get("auc")
+        if auc:
+            line += f"; val ROC-AUC {auc['keras']:.4f} -> {auc['tflite']:.4f} ({auc['change']:+.4f})"
+        click.echo(line + ")")

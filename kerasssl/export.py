@@ -1,0 +1,490 @@
+"""Export a classifier for deployment: a TF Serving SavedModel (+ optional TFLite).
+
+The layout is the one TF Serving watches::
+
+    BASE/NAME/<version>/saved_model.pb
+                        variables/
+                        assets/kerasssl_metadata.json
+                        NAME_<mode>.tflite + NAME_<mode>.parity.json   (with tflite=)
+
+A version is written into a temporary directory inside ``BASE/NAME/`` whose
+name TF Serving ignores (``.tmp-...``) and renamed into place, so a server never
+sees a half-written version; an existing version is never overwritten and a
+failure leaves nothing behind.
+
+The classifier (``Preprocess -> augmentation -> encoder -> head``, raw pixels in,
+softmax out) is traced with ``training=False`` through
+:class:`keras.export.ExportArchive`: the augmentation layers are identity in the
+exported graph (``model.export`` would export a random function). The preprocessing
+(NaN/Inf repair, normalisation) is inside the graph, so a client sends the ``.npy``
+contents as they are, in (H, W, C) layout.
+
+Signatures are built by the functions in :data:`SIGNATURE_BUILDERS`: add a
+builder there to give the SavedModel one more signature.
+
+Example:
+    >>> from kerasssl.export import export_saved_model
+    >>> path = export_saved_model("run/classifier.keras", "saved_models", "lens_finder")
+    >>> path.name
+    '1'
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from kerasssl.errors import DataError, KerassslError
+
+log = logging.getLogger(__name__)
+
+METADATA_FILE = "kerasssl_metadata.json"
+METADATA_FORMAT = 1
+TFLITE_MODES = ("fp32", "fp16", "int8")
+# Markers of a run directory (see docs/ARCHITECTURE.md, "Run directory").
+_RUN_DIR_MARKERS = ("config.yaml", "split.json", "runs.jsonl", "preprocess.json")
+# The SavedModel must reproduce the Keras model to float32 round-off.
+_SAVED_MODEL_TOLERANCE = 1e-5
+
+
+# -- the model's parts -------------------------------------------------------
+
+
+@dataclass
+class ExportContext:
+    """What a signature builder needs to know about the classifier.
+
+    Args:
+        model: the Keras classifier (raw pixels in, probabilities out).
+        image_shape: (H, W, C) of one input image.
+        features: callable mapping a raw image batch to the encoder's features
+            (inference mode), or None when the model has no encoder.
+    """
+
+    model: object
+    image_shape: tuple
+    features: Optional[Callable] = None
+
+
+@dataclass
+class Signature:
+    """One SavedModel signature: ``fn`` takes named tensors, returns a dict."""
+
+    name: str
+    fn: Callable
+    input_signature: list
+
+
+def _serving_default(ctx):
+    import tensorflow as tf
+
+    def serve(images):
+        return {"probabilities": ctx.model(images, training=False)}
+
+    spec = tf.TensorSpec([None, *ctx.image_shape], tf.float32, name="images")
+    return Signature("serving_default", serve, [spec])
+
+
+def _embed(ctx):
+    import tensorflow as tf
+
+    if ctx.features is None:
+        log.warning("no encoder found in the model: the SavedModel has no 'embed' signature")
+        return None
+
+    def embed(images):
+        return {"embeddings": ctx.features(images)}
+
+    spec = tf.TensorSpec([None, *ctx.image_shape], tf.float32, name="images")
+    return Signature("embed", embed, [spec])
+
+
+def _predict_examples(ctx):
+    """Serialized tf.Example protos in (TFX / TF Serving classify-predict style)."""
+    import tensorflow as tf
+
+    try:
+        from kerasssl.data.tfrecord import parse_examples_to_images
+    except ImportError:
+        log.info("kerasssl.data.tfrecord not available: no 'predict_examples' signature")
+        return None
+
+    def predict_examples(examples):
+        images = parse_examples_to_images(examples, ctx.image_shape)
+        return {"probabilities": ctx.model(images, training=False)}
+
+    spec = tf.TensorSpec([None], tf.string, name="examples")
+    return Signature("predict_examples", predict_examples, [spec])
+
+
+# The one place where the SavedModel's signatures are decided: each builder takes
+# an ExportContext and returns a Signature (or None to skip). serving_default first.
+SIGNATURE_BUILDERS = [_serving_default, _embed, _predict_examples]
+
+
+def find_preprocess(model):
+    """The model's Preprocess layer (searched through nested models), or None."""
+    for layer in _walk_layers(model):
+        if type(layer).__name__ == "Preprocess":
+            return layer
+    return None
+
+
+def find_encoder(model):
+    """The classifier's encoder sub-model: the layer named "encoder", or None."""
+    for layer in _walk_layers(model):
+        if layer.name == "encoder":
+            return layer
+    return None
+
+
+def _walk_layers(model):
+    for layer in getattr(model, "layers", []):
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _walk_layers(layer)
+
+
+def features_fn(model):
+    """A function images -> encoder features, as the classifier computes them.
+
+    The path from the model's input to the features is cut out of the
+    classifier's own graph, so every layer before the encoder is kept (the
+    augmentation layers run with training=False: identity). The features are the
+    output of the layer named "encoder" or, when there is none, the input of the
+    classifier's last layer (the head). A non-functional model falls back to
+    Preprocess -> encoder.
+    """
+    import keras
+
+    encoder = find_encoder(model)
+    candidates = [node.outputs[0] for node in getattr(encoder, "_inbound_nodes", [])] if encoder else []
+    if not candidates and getattr(model, "layers", None):
+        head = model.layers[-1]
+        candidates = [t for node in getattr(head, "_inbound_nodes", []) for t in node.arguments.keras_tensors[:1]]
+    for tensor in candidates:
+        try:
+            sub = keras.Model(model.inputs, tensor)
+        except Exception:  # noqa: BLE001 - tensor not in the classifier's graph
+            continue
+        return lambda images: sub(images, training=False)
+    if encoder is None:
+        return None
+    preprocess = find_preprocess(model)
+
+    def composed(images):
+        x = preprocess(images, training=False) if preprocess is not None else images
+        return encoder(x, training=False)
+
+    return composed
+
+
+def image_shape_of(model):
+    """(H, W, C) of the model's input; all three must be known."""
+    shape = tuple(model.inputs[0].shape)[1:] if getattr(model, "inputs", None) else None
+    if shape is None or len(shape) != 3 or any(d is None for d in shape):
+        raise KerassslError(
+            f"the model's input shape {shape} is not (H, W, C) with known sizes; "
+            "build it with keras.Input((H, W, C))"
+        )
+    return tuple(int(d) for d in shape)
+
+
+# -- loading -----------------------------------------------------------------
+
+
+def load_keras_model(path):
+    """Load a ``.keras`` classifier (kerasssl's layers registered first)."""
+    import keras
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "model file not found")
+    _register_kerasssl_objects()
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as e:  # noqa: BLE001 - any load failure is the file's fault
+        raise DataError(path, f"cannot load the Keras model ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _register_kerasssl_objects():
+    # Importing a module registers its serializable layers; missing ones are
+    # simply not needed by this model.
+    import importlib
+
+    for name in ("kerasssl.layers", "kerasssl.layers.preprocess", "kerasssl.encoders", "kerasssl.heads"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
+def _first_line(e):
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def find_run_dir(model_path):
+    """The run directory a ``.keras`` file was saved in, or None."""
+    if model_path is None:
+        return None
+    parent = Path(model_path).resolve().parent
+    if any((parent / m).exists() for m in _RUN_DIR_MARKERS):
+        return parent
+    return None
+
+
+def run_id_of(run_dir):
+    """A stable id of a training run: dir name + time of its first command."""
+    if run_dir is None:
+        return None
+    run_dir = Path(run_dir)
+    started = None
+    try:
+        with open(run_dir / "runs.jsonl") as f:
+            started = json.loads(f.readline()).get("time")
+    except (OSError, ValueError, AttributeError):
+        pass
+    return f"{run_dir.name}@{started}" if started else run_dir.name
+
+
+def class_names_for(model, run_dir=None, class_names=None):
+    """Class names in label order: given > recorded in the run > default."""
+    n_classes = int(model.outputs[0].shape[-1])
+    if class_names is None and run_dir is not None:
+        class_names = _class_names_from_run(Path(run_dir))
+    if class_names is None:
+        class_names = ["nonlens", "lens"] if n_classes == 2 else [f"class_{i}" for i in range(n_classes)]
+        log.warning("class names unknown: using %s", class_names)
+    class_names = [str(c) for c in class_names]
+    if len(class_names) != n_classes:
+        raise KerassslError(f"{len(class_names)} class names given for a model with {n_classes} outputs")
+    return class_names
+
+
+def _class_names_from_run(run_dir):
+    for name in ("finetune.json", "report.json", "split.json"):
+        try:
+            names = json.loads((run_dir / name).read_text()).get("class_names")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if names:
+            return list(names)
+    return None
+
+
+# -- metadata ----------------------------------------------------------------
+
+
+def build_metadata(model, image_shape, class_names, run_dir, signatures):
+    """The dict written to ``assets/kerasssl_metadata.json``."""
+    import keras
+    import tensorflow as tf
+
+    import kerasssl
+
+    preprocess = find_preprocess(model)
+    return {
+        "format": METADATA_FORMAT,
+        "class_names": class_names,
+        "positive_class": class_names[1] if len(class_names) == 2 else None,
+        "input": {
+            "name": "images",
+            "dtype": "float32",
+            "shape": [None, *image_shape],
+            "layout": "NHWC",
+            "note": (
+                "raw pixels as stored in the .npy files, (H, W, C) per image (NaN allowed); "
+                "transpose channels-first (C, H, W) arrays and add C=1 to 2-D images on the client"
+            ),
+        },
+        "outputs": {
+            "probabilities": f"float32 [batch, {len(class_names)}], softmax over class_names",
+            "embeddings": "float32 [batch, D], the encoder's features" if "embed" in signatures else None,
+        },
+        "signatures": signatures,
+        "normalization": preprocess.get_config() if preprocess is not None else None,
+        "versions": {"kerasssl": kerasssl.__version__, "tensorflow": tf.__version__, "keras": keras.__version__},
+        "training_run_id": run_id_of(run_dir),
+        "training_run_dir": str(run_dir) if run_dir is not None else None,
+        "model_name": model.name,
+    }
+
+
+# -- versions ----------------------------------------------------------------
+
+
+def existing_versions(model_dir):
+    """Integer version directories under ``BASE/NAME`` (what TF Serving serves)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def next_version(model_dir):
+    versions = existing_versions(model_dir)
+    return versions[-1] + 1 if versions else 1
+
+
+# -- the export --------------------------------------------------------------
+
+
+def export_saved_model(
+    model,
+    base_dir,
+    name,
+    version=None,
+    tflite=None,
+    *,
+    run_dir=None,
+    class_names=None,
+    data=None,
+    sample_inputs=None,
+):
+    """Export a classifier as ``BASE/NAME/<version>/`` (TF Serving), optionally + TFLite.
+
+    Args:
+        model: a keras.Model, or the path of a ``.keras`` file (then its folder is
+            taken as the training run dir when it is one).
+        base_dir: the model base directory TF Serving watches (``saved_models``).
+        name: the model name (a folder under base_dir).
+        version: integer version; default: one more than the highest present.
+            An existing version is never overwritten (KerassslError).
+        tflite: None, "fp32", "fp16" or "int8": also write ``NAME_<mode>.tflite``
+            with a parity report ``NAME_<mode>.parity.json`` beside it.
+        run_dir: the training run directory (split.json, runs.jsonl); inferred
+            from the model path when not given.
+        class_names: class names in label order; default from the run or
+            ``["nonlens", "lens"]`` for two outputs.
+        data: the run's data folder: its train split feeds the int8
+            representative dataset and its val split the parity checks.
+        sample_inputs: raw images (N, H, W, C) for parity checks and int8
+            calibration when no run data are given.
+
+    Returns:
+        Path of the version directory written.
+
+    Example:
+        >>> export_saved_model(model, "saved_models", "lens_finder", tflite="fp16")
+        PosixPath('saved_models/lens_finder/1')
+    """
+    import tensorflow as tf
+
+    from kerasssl import tflite as tflite_lib
+
+    if tflite is not None and tflite not in TFLITE_MODES:
+        raise KerassslError(f"--tflite must be one of {', '.join(TFLITE_MODES)}, not {tflite!r}")
+    if not name or "/" in name or name.startswith(".") or name in ("..",):
+        raise KerassslError(f"invalid model name {name!r}: use a plain folder name")
+    _check_backend()
+    model_path = None
+    if not hasattr(model, "inputs"):
+        model_path = Path(model)
+        model = load_keras_model(model_path)
+        if run_dir is None:
+            run_dir = find_run_dir(model_path)
+    image_shape = image_shape_of(model)
+    class_names = class_names_for(model, run_dir, class_names)
+
+    model_dir = Path(base_dir) / name
+    if version is None:
+        version = next_version(model_dir)
+    version = int(version)
+    if version < 0:
+        raise KerassslError(f"version must be a non-negative integer, not {version}")
+    final = model_dir / str(version)
+    if final.exists():
+        raise KerassslError(f"{final}: version {version} already exists; it is never overwritten")
+
+    samples = tflite_lib.SampleData.gather(model, image_shape, data=data, run_dir=run_dir, sample_inputs=sample_inputs)
+
+    created_model_dir = not model_dir.exists()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    # TF Serving ignores version folders whose name is not a number.
+    tmp = model_dir / f".tmp-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        signatures = _write_saved_model(model, image_shape, tmp)
+        _check_saved_model(model, tmp, samples.parity_images)
+        metadata = build_metadata(model, image_shape, class_names, run_dir, signatures)
+        _write_metadata(tmp, metadata)
+        if tflite is not None:
+            tflite_lib.export_tflite(tmp, tmp / f"{name}_{tflite}.tflite", tflite, model, samples, class_names)
+        if final.exists():  # a concurrent export took the number meanwhile
+            raise KerassslError(f"{final}: version {version} already exists; it is never overwritten")
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created_model_dir:
+            _remove_if_empty(model_dir)
+        raise
+    log.info("exported %s (signatures: %s)", final, ", ".join(signatures))
+    return final
+
+
+def _check_backend():
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise KerassslError(
+            f"export needs the TensorFlow backend (KERAS_BACKEND={keras.backend.backend()}); "
+            "run it with KERAS_BACKEND=tensorflow"
+        )
+
+
+def _write_saved_model(model, image_shape, path):
+    import keras
+
+    ctx = ExportContext(model=model, image_shape=image_shape, features=features_fn(model))
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    names = []
+    for builder in SIGNATURE_BUILDERS:
+        signature = builder(ctx)
+        if signature is None:
+            continue
+        archive.add_endpoint(signature.name, signature.fn, input_signature=signature.input_signature)
+        names.append(signature.name)
+    archive.write_out(str(path), verbose=False)
+    return names
+
+
+def _check_saved_model(model, path, images):
+    """The written SavedModel must reproduce the Keras model (inference mode)."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    got = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
+    want = np.asarray(model(images, training=False))
+    diff = float(np.max(np.abs(got - want)))
+    if not np.all(np.isfinite(got)) or diff > _SAVED_MODEL_TOLERANCE:
+        raise KerassslError(f"the exported SavedModel differs from the Keras model (max |diff| {diff:.3g})")
+
+
+def _write_metadata(path, metadata):
+    assets = Path(path) / "assets"
+    assets.mkdir(exist_ok=True)
+    (assets / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+
+
+def _remove_if_empty(folder):
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def read_metadata(version_dir):
+    """The metadata dict of an exported version, or None when absent."""
+    try:
+        return json.loads((Path(version_dir) / "assets" / METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return None

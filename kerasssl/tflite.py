@@ -1,0 +1,356 @@
+"""TFLite export of a classifier (fp32 / fp16 / int8) with a parity check.
+
+Conversion goes through the exported SavedModel's ``serving_default`` signature
+(``tf.lite.TFLiteConverter.from_saved_model``), TFLite builtin ops only: the
+graph must run on a stock LiteRT runtime. The file is run with
+``ai_edge_litert`` (the TF interpreter is deprecated), with the batch dimension
+resized to the batch at hand.
+
+Parity at export time (written beside the ``.tflite`` as ``<stem>.parity.json``):
+max |difference| of the probabilities vs the Keras model on sample inputs;
+fp32 must be <= 1e-4 and fp16 <= 1e-2 or the export fails. int8 is calibrated
+on training images (the run's train split, else the caller's sample inputs) and
+reports the ROC-AUC change on the run's validation split.
+
+Example:
+    >>> runner = TFLiteRunner("saved_models/lens_finder/1/lens_finder_fp16.tflite")
+    >>> runner.predict(images).shape
+    (8, 2)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from kerasssl.errors import DataError, KerassslError
+
+log = logging.getLogger(__name__)
+
+# Max |probability difference| vs the Keras model that an export may have.
+PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
+# How many images feed calibration and the parity / AUC checks.
+MAX_REPRESENTATIVE = 200
+MAX_PARITY = 64
+MAX_VAL = 2000
+_SYNTHETIC_COUNT = 16
+
+
+# -- sample data ---------------------------------------------------------------
+
+
+@dataclass
+class SampleData:
+    """Raw images for parity checks, int8 calibration and the int8 AUC check.
+
+    Args:
+        parity_images: raw (N, H, W, C) float32 images (NaN allowed).
+        representative: raw images for int8 calibration, or None.
+        val_images / val_labels: the run's validation split, or None.
+        source: where the parity images came from (written to the reports).
+    """
+
+    parity_images: np.ndarray
+    representative: Optional[np.ndarray] = None
+    val_images: Optional[np.ndarray] = None
+    val_labels: Optional[np.ndarray] = None
+    source: str = "synthetic"
+    notes: list = field(default_factory=list)
+
+    @classmethod
+    def gather(cls, model, image_shape, *, data=None, run_dir=None, sample_inputs=None):
+        """Pick sample images: the run's data > the caller's samples > synthetic.
+
+        With ``data`` and a run dir holding ``split.json``, calibration images
+        come from the train split and the parity / AUC images from the val
+        split; without a split, all of ``data`` serves both.
+        """
+        if data is not None:
+            return cls._from_data(image_shape, data, run_dir)
+        if sample_inputs is not None:
+            images = _check_images(np.asarray(sample_inputs, dtype=np.float32), image_shape, "sample inputs")
+            return cls(
+                parity_images=_with_nan_variant(images[:MAX_PARITY]),
+                representative=images[:MAX_REPRESENTATIVE],
+                source="sample inputs",
+            )
+        return cls(parity_images=synthetic_images(_SYNTHETIC_COUNT, image_shape), source="synthetic")
+
+    @classmethod
+    def _from_data(cls, image_shape, data, run_dir):
+        from kerasssl.data.load import load_images
+
+        height, width, _ = image_shape
+        image_set = load_images(data, image_size=height if height == width else None)
+        images = _check_images(image_set.images, image_shape, str(data))
+        split_path = Path(run_dir) / "split.json" if run_dir is not None else None
+        if split_path is None or not split_path.exists():
+            return cls(
+                parity_images=_with_nan_variant(images[:MAX_PARITY]),
+                representative=images[:MAX_REPRESENTATIVE],
+                source=f"{data} (no run split)",
+            )
+        from kerasssl.data.split import Split
+
+        split = Split.load(split_path)
+        train = np.asarray(split.indices(image_set, "train"), dtype=np.int64)
+        val = np.asarray(split.indices(image_set, "val"), dtype=np.int64)
+        if len(train) == 0:
+            raise KerassslError(f"{split_path}: the train split has no files in {data}")
+        val = val[:MAX_VAL]
+        parity_rows = val if len(val) else train
+        return cls(
+            parity_images=_with_nan_variant(images[parity_rows[:MAX_PARITY]]),
+            representative=images[train[:MAX_REPRESENTATIVE]],
+            val_images=images[val] if len(val) else None,
+            val_labels=np.asarray(image_set.labels)[val] if len(val) else None,
+            source=f"{data} ({'val' if len(val) else 'train'} split of {run_dir})",
+        )
+
+
+def synthetic_images(n, image_shape, seed=0):
+    """Raw-looking images (sky noise around 0, a bright centre, a few NaN pixels)."""
+    rng = np.random.default_rng(seed)
+    height, width, channels = image_shape
+    yy, xx = np.mgrid[:height, :width] - (np.array([height, width])[:, None, None] - 1) / 2.0
+    galaxy = 50.0 * np.exp(-np.hypot(xx, yy) / max(1.0, 0.1 * height))
+    images = galaxy[None, ..., None] * rng.uniform(0.3, 2.0, size=(n, 1, 1, channels))
+    images = images + rng.normal(0.0, 2.0, size=(n, height, width, channels))
+    images = images.astype(np.float32)
+    for i in range(0, n, 2):  # half of them carry NaN pixels, like the real sets
+        images[i].flat[rng.choice(images[i].size, size=3, replace=False)] = np.nan
+    return images
+
+
+def _with_nan_variant(images):
+    """Append copies with NaN pixels, so parity covers the in-graph repair."""
+    extra = images[: min(4, len(images))].copy()
+    rng = np.random.default_rng(1)
+    for image in extra:
+        image.flat[rng.choice(image.size, size=3, replace=False)] = np.nan
+    return np.concatenate([images, extra], axis=0)
+
+
+def _check_images(images, image_shape, source):
+    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape):
+        raise DataError(source, f"images of shape {list(images.shape[1:])} do not fit the model input {list(image_shape)}")
+    if len(images) == 0:
+        raise DataError(source, "no images")
+    return images.astype(np.float32, copy=False)
+
+
+# -- conversion ----------------------------------------------------------------
+
+
+def convert(saved_model_dir, mode, representative=None):
+    """TFLite flatbuffer bytes of the SavedModel's serving_default, builtins only.
+
+    Args:
+        saved_model_dir: an exported version directory.
+        mode: "fp32", "fp16" (float16 weights) or "int8" (int8 weights and
+            activations calibrated on ``representative``, float32 in and out).
+        representative: raw images (N, H, W, C) for int8 calibration.
+    """
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=["serving_default"])
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if mode == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif mode == "int8":
+        if representative is None or len(representative) == 0:
+            raise KerassslError(
+                "int8 TFLite needs calibration images: pass the run's data (--data) or sample inputs"
+            )
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([image[None]] for image in representative)
+        # Builtin int8 kernels where they exist, float kernels elsewhere
+        # (e.g. the sort of the median); input and output stay float32.
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+            tf.lite.OpsSet.TFLITE_BUILTINS,
+        ]
+    elif mode != "fp32":
+        raise KerassslError(f"unknown TFLite mode {mode!r}")
+    try:
+        return converter.convert()
+    except Exception as e:  # noqa: BLE001 - the converter raises several types
+        missing = unsupported_ops(str(e))
+        if missing:
+            raise KerassslError(
+                f"TFLite {mode}: the model uses ops that TFLite builtins lack: {', '.join(missing)} "
+                "(rewrite them with builtin-friendly keras.ops, e.g. asinh as log(x + sqrt(x*x + 1)))"
+            ) from None
+        raise KerassslError(f"TFLite {mode} conversion failed: {_last_error_line(str(e))}") from None
+
+
+def unsupported_ops(message):
+    """TF op names the converter could not lower, parsed from its error text."""
+    ops = set()
+    for line in message.splitlines():
+        match = re.search(r"(?:TF Select ops|Custom ops):\s*(.+)", line)
+        if match:
+            ops.update(op.strip() for op in match.group(1).split(",") if op.strip())
+    return sorted(ops)
+
+
+def _last_error_line(message):
+    lines = [l.strip() for l in message.splitlines() if "error" in l.lower()]
+    return (lines[-1] if lines else message.strip().splitlines()[-1] if message.strip() else "unknown error")[:300]
+
+
+# -- running -------------------------------------------------------------------
+
+
+class TFLiteRunner:
+    """Run a classifier ``.tflite`` with ai_edge_litert, any batch size.
+
+    Args:
+        path: the ``.tflite`` file (or ``model_content`` bytes instead).
+
+    Example:
+        >>> TFLiteRunner("lens_finder_fp32.tflite").predict(np.zeros((3, 32, 32, 1), "float32")).shape
+        (3, 2)
+    """
+
+    def __init__(self, path=None, model_content=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = str(path) if path is not None else None
+        try:
+            if model_content is not None:
+                self._interpreter = Interpreter(model_content=model_content)
+            else:
+                self._interpreter = Interpreter(model_path=self.path)
+        except Exception as e:  # noqa: BLE001 - a bad file is the user's to fix
+            raise DataError(self.path or "<tflite>", f"not a usable TFLite model ({_first_line(e)})") from None
+        inputs = self._interpreter.get_input_details()
+        outputs = self._interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise DataError(self.path or "<tflite>", "expected one input and one output tensor")
+        self._input = inputs[0]
+        self._output = outputs[0]
+        self.image_shape = tuple(int(d) for d in self._input["shape"][1:])
+        self.batch_resizable = int(self._input["shape_signature"][0]) == -1
+        self._batch = None
+
+    def predict(self, images, batch_size=64):
+        """Probabilities (N, K) for raw images (N, H, W, C)."""
+        images = np.asarray(images, dtype=np.float32)
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise KerassslError(f"images {list(images.shape[1:])} do not fit the TFLite input {list(self.image_shape)}")
+        if not self.batch_resizable:
+            batch_size = int(self._input["shape"][0])
+        out = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            out.append(self._run(chunk))
+        return np.concatenate(out, axis=0)
+
+    def _run(self, chunk):
+        n = len(chunk)
+        if self.batch_resizable and n != self._batch:
+            self._interpreter.resize_tensor_input(self._input["index"], [n, *self.image_shape])
+            self._interpreter.allocate_tensors()
+            self._batch = n
+        elif self._batch is None:
+            self._interpreter.allocate_tensors()
+            self._batch = int(self._input["shape"][0])
+        if n != self._batch:  # fixed batch: pad, then drop the padding
+            chunk = np.concatenate([chunk, np.zeros((self._batch - n, *self.image_shape), np.float32)])
+        self._interpreter.set_tensor(self._input["index"], chunk)
+        self._interpreter.invoke()
+        return np.array(self._interpreter.get_tensor(self._output["index"]))[:n]
+
+
+def _first_line(e):
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else type(e).__name__
+
+
+# -- export + parity -------------------------------------------------------------
+
+
+def export_tflite(saved_model_dir, out_path, mode, model, samples, class_names):
+    """Convert, check parity against the Keras model, write ``.tflite`` + ``.parity.json``.
+
+    Raises KerassslError (and writes nothing) when fp32/fp16 parity fails.
+    Returns the parity report dict.
+    """
+    out_path = Path(out_path)
+    content = convert(saved_model_dir, mode, samples.representative)
+    runner = TFLiteRunner(model_content=content)
+    images = samples.parity_images
+    keras_probs = np.asarray(model.predict(images, verbose=0, batch_size=64))
+    lite_probs = runner.predict(images)
+    diff = float(np.max(np.abs(lite_probs - keras_probs)))
+    report = {
+        "file": out_path.name,
+        "mode": mode,
+        "max_abs_diff": diff,
+        "tolerance": PARITY_TOLERANCE.get(mode),
+        "n_samples": int(len(images)),
+        "samples": samples.source,
+        "outputs_finite": bool(np.all(np.isfinite(lite_probs))),
+        "batch_resizable": runner.batch_resizable,
+        "ops": "TFLite builtins only",
+        "interpreter": "ai_edge_litert",
+    }
+    if mode == "int8":
+        report["representative_images"] = int(len(samples.representative))
+        report.update(_auc_change(model, runner, samples, class_names))
+    tolerance = PARITY_TOLERANCE.get(mode)
+    if not report["outputs_finite"]:
+        raise KerassslError(f"TFLite {mode}: non-finite outputs on the sample inputs ({samples.source})")
+    if tolerance is not None and not diff <= tolerance:
+        raise KerassslError(
+            f"TFLite {mode} parity failed: max |diff| {diff:.3g} > {tolerance:g} vs the Keras model"
+        )
+    report["passed"] = True
+    out_path.write_bytes(content)
+    out_path.with_suffix(".parity.json").write_text(json.dumps(report, indent=2))
+    log.info("wrote %s (max |diff| %.3g vs Keras)", out_path, diff)
+    return report
+
+
+def _auc_change(model, runner, samples, class_names):
+    """ROC-AUC of Keras vs int8 TFLite on the run's val split (positive = label 1)."""
+    if samples.val_images is None:
+        return {"auc": None, "auc_note": "no training run known: AUC change not measured"}
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(samples.val_labels)
+    keras_probs = np.asarray(model.predict(samples.val_images, verbose=0, batch_size=64))
+    lite_probs = runner.predict(samples.val_images)
+    if len(np.unique(labels)) < 2:
+        return {"auc": None, "auc_note": "val split has a single class: AUC undefined"}
+    if len(class_names) == 2:
+        auc_keras = roc_auc_score(labels, keras_probs[:, 1])
+        auc_lite = roc_auc_score(labels, lite_probs[:, 1])
+        kind = "roc_auc (positive class: label 1)"
+    else:
+        present = np.unique(labels)
+        kw = dict(multi_class="ovr", average="macro", labels=np.arange(len(class_names)))
+        if len(present) < len(class_names):
+            return {"auc": None, "auc_note": "val split lacks some classes: macro AUC undefined"}
+        auc_keras = roc_auc_score(labels, keras_probs, **kw)
+        auc_lite = roc_auc_score(labels, lite_probs, **kw)
+        kind = "macro one-vs-rest roc_auc"
+    return {
+        "auc": {
+            "metric": kind,
+            "split": "val",
+            "n": int(len(labels)),
+            "keras": float(auc_keras),
+            "tflite": float(auc_lite),
+            "change": float(auc_lite - auc_keras),
+        },
+        "max_abs_diff_val": float(np.max(np.abs(lite_probs - keras_probs))),
+    }
