@@ -38,17 +38,26 @@ def l2_normalize(x, axis=-1, epsilon=1e-12):
     return x / ops.maximum(norm, epsilon)
 
 
-def nt_xent(z1, z2, temperature=0.1):
+def nt_xent(z1, z2, temperature=0.1, all_z1=None, all_z2=None, offset=0):
     """SimCLR NT-Xent over both views with intra- and cross-view negatives.
 
     For a batch of N pairs the 2N embeddings are L2-normalised; row i's
     positive is its other view, its negatives are the other 2N-2 embeddings
     (both views). The loss is the mean cross-entropy over all 2N rows.
 
+    Data-parallel training passes the global batch gathered across replicas
+    (``kerasssl.distribute.gather_replicas``) as ``all_z1``/``all_z2`` (M rows,
+    this replica's rows at ``offset``): the local 2N rows are then scored
+    against all 2M embeddings, and the mean of the replicas' losses equals the
+    one-device loss on the global batch.
+
     Args:
         z1: (N, D) projections of view 1 (any float dtype).
         z2: (N, D) projections of view 2.
         temperature: softmax temperature (> 0).
+        all_z1, all_z2: optional (M, D) global-batch projections containing
+            z1/z2 at rows offset..offset+N; None means z1/z2 are the whole batch.
+        offset: row of z1[0] in all_z1 (a scalar, may be a tensor).
 
     Returns:
         float32 scalar.
@@ -56,14 +65,24 @@ def nt_xent(z1, z2, temperature=0.1):
     Example:
         >>> loss = nt_xent(z1, z2, temperature=0.2)
     """
-    z = l2_normalize(ops.concatenate([z1, z2], axis=0))
-    n2 = ops.shape(z)[0]
-    n = n2 // 2
-    logits = ops.matmul(z, ops.transpose(z)) / temperature
+    q = l2_normalize(ops.concatenate([z1, z2], axis=0))
+    n = ops.shape(z1)[0]
+    if all_z1 is None:
+        keys, m, offset = q, n, 0
+    else:
+        keys = l2_normalize(ops.concatenate([all_z1, all_z2], axis=0))
+        m = ops.shape(all_z1)[0]
+    logits = ops.matmul(q, ops.transpose(keys)) / temperature
+    # Row r is view (r // N), sample (r % N); its own column in `keys` is
+    # view * M + offset + sample and its positive the same sample in the
+    # other view.
+    rows = ops.arange(2 * n)
+    view = rows // n
+    sample = rows % n
+    self_index = view * m + offset + sample
+    positive_index = (1 - view) * m + offset + sample
     # Remove self-similarity from the softmax (finite offset, float32).
-    logits = logits - _MASK_OFFSET * ops.eye(n2, dtype="float32")
-    # Row i's positive sits at column (i + N) mod 2N.
-    positive_index = (ops.arange(n2) + n) % n2
+    logits = logits - _MASK_OFFSET * ops.one_hot(self_index, 2 * m, dtype="float32")
     positives = ops.take_along_axis(
         logits, ops.expand_dims(positive_index, 1), axis=1
     )[:, 0]
