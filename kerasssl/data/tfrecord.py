@@ -258,19 +258,28 @@ def find_shards(pattern) -> list:
 
     Args:
         pattern: a glob (``"rec/*.tfrecord*"``), one shard, or a folder of shards
-            (local or any ``tf.io.gfile`` file system, e.g. ``gs://``).
+            (local or any ``tf.io.gfile`` file system, e.g. ``gs://``); or a list
+            of these (e.g. a TFX Trainer's ``fn_args.train_files``).
 
     Raises:
-        DataError: nothing matches.
+        DataError: a pattern matches nothing.
 
     Example:
         >>> find_shards("rec/*.tfrecord*")[:1]
         ['rec/data-00000-of-00004.tfrecord']
     """
+    if isinstance(pattern, (list, tuple)):
+        if not pattern:
+            raise KerassslError("no TFRecord patterns given")
+        return sorted({shard for p in pattern for shard in find_shards(p)})
     pattern = str(pattern)
     if tf.io.gfile.isdir(pattern):
-        pattern = pattern.rstrip("/") + "/*.tfrecord*"
-    shards = sorted(p for p in tf.io.gfile.glob(pattern) if not tf.io.gfile.isdir(p))
+        # Ours: data-*.tfrecord[.gz]; TFX ExampleGen's: data_tfrecord-*.gz.
+        pattern = pattern.rstrip("/") + "/*tfrecord*"
+        shards = tf.io.gfile.glob(pattern)
+    else:
+        shards = tf.io.gfile.glob(pattern)
+    shards = sorted(p for p in shards if not tf.io.gfile.isdir(p))
     if not shards:
         raise DataError(pattern, "no TFRecord files match")
     return shards
@@ -711,7 +720,7 @@ def make_tfrecord_dataset(pattern, batch_size: int, *, image_size: Optional[int]
     :func:`check_shards` first to get a DataError naming the record.
 
     Args:
-        pattern: glob, one shard, or a folder of shards.
+        pattern: glob, one shard, a folder of shards, or a list of these.
         batch_size: images per batch.
         image_size: centre-crop size; needed when stored sizes differ.
         labels: yield ``(images, labels)`` instead of images only.
