@@ -62,10 +62,9 @@ def roc_auc(labels, probs) -> float:
     probs = np.asarray(probs)
     if probs.shape[1] == 2:
         return float(roc_auc_score(labels, probs[:, 1]))
-    return float(
-        roc_auc_score(labels, probs, multi_class="ovr", average="macro",
-                      labels=np.arange(probs.shape[1]))
-    )
+    # Macro one-vs-rest: the mean of the per-class binary AUCs (as scikit-learn's
+    # multi_class="ovr", without its check that rows sum to 1 in float64).
+    return float(np.mean([roc_auc_score(labels == k, probs[:, k]) for k in range(probs.shape[1])]))
 
 
 def pr_auc(labels, probs) -> float:
@@ -78,6 +77,28 @@ def pr_auc(labels, probs) -> float:
         return float(average_precision_score(labels == 1, probs[:, 1]))
     onehot = np.eye(probs.shape[1])[labels]
     return float(average_precision_score(onehot, probs, average="macro"))
+
+
+def _fast_auc(labels, probs) -> float:
+    """:func:`roc_auc` by ranks (Mann-Whitney U, ties counted half), for the bootstrap.
+
+    Same value as scikit-learn's (macro one-vs-rest is the mean of the
+    per-class binary AUCs), without its per-call validation overhead
+    (~30 ms a call on a busy 2-core machine: 1000 resamples took half a minute).
+    """
+    from scipy.stats import rankdata
+
+    if probs.shape[1] == 2:
+        columns = [(labels == 1, probs[:, 1])]
+    else:
+        columns = [(labels == k, probs[:, k]) for k in range(probs.shape[1])]
+    aucs = []
+    for positive, score in columns:
+        n_pos = int(positive.sum())
+        n_neg = len(positive) - n_pos
+        ranks = rankdata(score)
+        aucs.append((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return float(np.mean(aucs))
 
 
 def bootstrap_auc_ci(labels, probs, n_resamples: int = 1000, seed: int = 0,
@@ -115,7 +136,7 @@ def bootstrap_auc_ci(labels, probs, n_resamples: int = 1000, seed: int = 0,
         sample = labels[idx]
         if len(np.unique(sample)) < (2 if n_classes == 2 else n_classes):
             continue
-        values.append(roc_auc(sample, probs[idx]))
+        values.append(_fast_auc(sample, probs[idx]))
     if not values:
         raise KerassslError("bootstrap failed: too few examples of a class in the split")
     alpha = (1.0 - level) / 2.0
@@ -162,6 +183,9 @@ def metrics_report(labels, probs, class_names: Sequence[str], *, val_labels=None
             f"classifier gives {probs.shape[1]} classes, data has {n_classes} ({list(class_names)})"
         )
     counts = np.bincount(labels, minlength=n_classes)
+    if np.any(counts == 0):
+        missing = [class_names[k] for k in np.flatnonzero(counts == 0)]
+        raise KerassslError(f"the evaluated split has no image of class(es) {missing}: ROC-AUC undefined")
     report = {
         "n_test": int(len(labels)),
         "class_names": list(class_names),

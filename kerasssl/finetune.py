@@ -330,6 +330,18 @@ def save_model_atomic(model, path) -> Path:
     return path
 
 
+def check_options(mode, labels_fraction, epochs, batch_size, class_weight="balanced") -> None:
+    """Refuse bad fine-tuning options up front (before any data is read or trained)."""
+    if mode not in MODES:
+        raise KerassslError(f"unknown fine-tune mode {mode!r}; choose from {', '.join(MODES)}")
+    if not 0.0 < float(labels_fraction) <= 1.0:
+        raise KerassslError(f"labels fraction must be in (0, 1], got {labels_fraction}")
+    if int(epochs) < 1 or int(batch_size) < 1:
+        raise KerassslError("fine-tuning epochs and batch size must be at least 1")
+    if class_weight not in ("balanced", "none"):
+        raise KerassslError(f"finetune.class_weight must be 'balanced' or 'none', got {class_weight!r}")
+
+
 # -- the `kerasssl finetune` job -------------------------------------------------
 def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
              labels_fraction: Optional[float] = None, epochs: Optional[int] = None,
@@ -362,14 +374,7 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
     labels_fraction = ft.labels_fraction if labels_fraction is None else float(labels_fraction)
     epochs = ft.epochs if epochs is None else int(epochs)
     batch_size = ft.batch_size if batch_size is None else int(batch_size)
-    if mode not in MODES:
-        raise KerassslError(f"unknown fine-tune mode {mode!r}; choose from {', '.join(MODES)}")
-    if not 0.0 < labels_fraction <= 1.0:
-        raise KerassslError(f"labels fraction must be in (0, 1], got {labels_fraction}")
-    if epochs < 1 or batch_size < 1:
-        raise KerassslError("epochs and batch size must be at least 1")
-    if ft.class_weight not in ("balanced", "none"):
-        raise KerassslError(f"finetune.class_weight must be 'balanced' or 'none', got {ft.class_weight!r}")
+    check_options(mode, labels_fraction, epochs, batch_size, ft.class_weight)
     run_dir = Path(run_dir)
     if mode != "supervised" and not (run_dir / "encoder.keras").exists():
         raise KerassslError(f"{run_dir / 'encoder.keras'}: no pretrained encoder; run "

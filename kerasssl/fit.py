@@ -48,7 +48,7 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
     from kerasssl.data.load import load_images
     from kerasssl.data.split import load_or_create_split
     from kerasssl.evaluate import evaluate_run
-    from kerasssl.finetune import MODES, finetune
+    from kerasssl.finetune import check_options, finetune
 
     say = progress or log.info
     run_dir = Path(run_dir)
@@ -56,8 +56,8 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
     if not data_path.exists():
         raise KerassslError(f"{data_path}: data folder not found")
     mode = cfg.finetune.mode
-    if mode not in MODES:
-        raise KerassslError(f"unknown fine-tune mode {mode!r}; choose from {', '.join(MODES)}")
+    ft = cfg.finetune
+    check_options(mode, ft.labels_fraction, ft.epochs, ft.batch_size, ft.class_weight)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.yaml")
     seconds = {}

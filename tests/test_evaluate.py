@@ -73,6 +73,14 @@ def test_bootstrap_ci_brackets_auc_and_is_seeded(scored):
     assert 0.3 < (high4 - low4) / (high - low) < 0.7
 
 
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_fast_bootstrap_auc_equals_roc_auc(n_classes):
+    rng = np.random.default_rng(n_classes)
+    labels = rng.integers(0, n_classes, 50)
+    probs = rng.dirichlet(np.ones(n_classes), 50).round(2)  # rounding makes ties
+    assert ev._fast_auc(labels, probs) == pytest.approx(ev.roc_auc(labels, probs))
+
+
 def test_bootstrap_refuses_a_single_class():
     with pytest.raises(KerassslError):
         ev.bootstrap_auc_ci(np.ones(10, int), binary_probs(np.linspace(0, 1, 10)), 10)

@@ -120,3 +120,65 @@ def test_saved_classifier_gives_the_same_probabilities(tmp_path):
 def test_unknown_mode_is_a_user_error():
     with pytest.raises(KerassslError):
         classifier("probe")
+
+
+# -- the run-directory job -------------------------------------------------------
+@pytest.fixture(scope="module")
+def supervised_run(tmp_path_factory):
+    """One supervised fine-tune on a fresh run dir (shared by the tests below)."""
+    from conftest import write_class_folders
+
+    root = tmp_path_factory.mktemp("ft")
+    data = write_class_folders(root / "data", {"lenses": 24, "nonlenses": 18}, size=16)
+    cfg = RunConfig.from_dict({"pretrain": {"encoder": "tiny"},
+                               "finetune": {"epochs": 3, "batch_size": 16}})
+    record = ft.finetune(cfg, data, root / "run", mode="supervised", labels_fraction=0.5)
+    return cfg, data, root / "run", record
+
+
+def test_supervised_finetune_creates_the_run(supervised_run):
+    cfg, data, run, record = supervised_run
+    for name in ("classifier.keras", "finetune.json", "split.json", "preprocess.json"):
+        assert (run / name).exists(), name
+    split = json.loads((run / "split.json").read_text())
+    saved = json.loads((run / "finetune.json").read_text())
+    assert saved["mode"] == "supervised" and saved["labels_fraction"] == 0.5
+    labeled = set(saved["labeled_files"])
+    assert labeled <= set(split["train"]) and not labeled & set(split["test"])
+    assert saved["n_labeled"] == len(labeled) == sum(saved["labeled_counts"].values())
+    # About half of the training split, both classes, weights n / (K n_k).
+    assert abs(len(labeled) - 0.5 * len(split["train"])) <= 2
+    n, counts = saved["n_labeled"], saved["labeled_counts"]
+    for name, w in saved["class_weight"].items():
+        assert w == pytest.approx(n / (2 * counts[name]))
+    assert len(saved["val_roc_auc"]) == len(saved["loss"]) == 3
+    model = keras.saving.load_model(run / "classifier.keras", compile=False)
+    assert model.output_shape == (None, 2) and model.input_shape == (None, 16, 16, 3)
+
+
+def test_pretrained_modes_need_an_encoder(tmp_path, supervised_run):
+    cfg, data, _, _ = supervised_run
+    with pytest.raises(KerassslError, match="encoder"):
+        ft.finetune(cfg, data, tmp_path / "fresh", mode="linear")
+    with pytest.raises(KerassslError, match="fraction"):
+        ft.finetune(cfg, data, tmp_path / "fresh", mode="supervised", labels_fraction=1.5)
+
+
+def test_linear_finetune_on_a_saved_encoder(tmp_path, supervised_run):
+    """A run holding encoder.keras + preprocess.json (what pretraining leaves behind)."""
+    import shutil
+
+    cfg, data, run, _ = supervised_run
+    new = tmp_path / "run"
+    new.mkdir()
+    for name in ("split.json", "preprocess.json"):
+        shutil.copy(run / name, new / name)
+    encoder = build_encoder("tiny", (16, 16, 3))
+    encoder.save(new / "encoder.keras")
+    before = [np.array(w) for w in encoder.weights]
+    record = ft.finetune(cfg, data, new, mode="linear", labels_fraction=1.0, epochs=2)
+    model = keras.saving.load_model(record["model"], compile=False)
+    inner = model.get_layer("tiny")
+    for w, b in zip(inner.weights, before):  # frozen encoder, BN statistics included
+        np.testing.assert_array_equal(np.array(w), b)
+    assert record["encoder"].endswith("encoder.keras")

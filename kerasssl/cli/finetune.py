@@ -17,10 +17,12 @@ import click
 @click.option("--batch-size", type=int, default=None, help="Batch size.  [default: config, 64]")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Run config YAML.  [default: RUN/config.yaml when present]")
+@click.option("--encoder", default=None,
+              help="Encoder architecture for --mode supervised (pretrain.encoder).  [default: config]")
 @click.option("--seed", type=int, default=None, help="Fine-tuning seed.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the classifier.  [default: RUN/classifier.keras]")
-def finetune(run_dir, data, mode, labels_fraction, epochs, batch_size, config_path, seed, output):
+def finetune(run_dir, data, mode, labels_fraction, epochs, batch_size, config_path, encoder, seed, output):
     """Fine-tune RUN's pretrained encoder on a labelled fraction of DATA's training split.
 
     For --mode supervised, RUN may be a fresh directory: the split and the
@@ -34,7 +36,7 @@ def finetune(run_dir, data, mode, labels_fraction, epochs, batch_size, config_pa
     if config_path is None and (run_dir / "config.yaml").exists():
         config_path = run_dir / "config.yaml"
     cfg = RunConfig.load(config_path) if config_path else RunConfig()
-    cfg = cfg.with_overrides({"finetune.seed": seed})
+    cfg = cfg.with_overrides({"finetune.seed": seed, "pretrain.encoder": encoder})
     record_invocation(run_dir)
     if not (run_dir / "config.yaml").exists():
         cfg.save(run_dir / "config.yaml")

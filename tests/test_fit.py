@@ -1,0 +1,121 @@
+"""`kerasssl fit`, `finetune` and `evaluate` from the command line, end to end on tiny data."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+
+from kerasssl.cli import main
+from conftest import write_class_folders
+
+TINY = {
+    "data": {"seed": 1},
+    "pretrain": {"method": "simclr", "encoder": "tiny", "epochs": 1, "batch_size": 16,
+                 "knn_monitor": False},
+    "finetune": {"mode": "linear", "epochs": 2, "batch_size": 16},
+    "evaluate": {"bootstrap": 50},
+    "export": {"enabled": False},
+}
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+@pytest.fixture(scope="module")
+def data16(tmp_path_factory):
+    return write_class_folders(tmp_path_factory.mktemp("fit") / "data",
+                               {"lenses": 24, "nonlenses": 18}, size=16)
+
+
+def write_config(path, **sections):
+    cfg = json.loads(json.dumps(TINY))
+    for key, value in sections.items():
+        cfg[key].update(value)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_fit_runs_the_whole_job(tmp_path, data16, capsys):
+    cfg = write_config(tmp_path / "tiny.yaml")
+    run = tmp_path / "run"
+    code, out, err = run_cli(["fit", data16, "--run-dir", run, "--config", cfg, "--seed", 3], capsys)
+    assert code == 0, err
+    for name in ("config.yaml", "split.json", "encoder.keras", "classifier.keras", "report.json",
+                 "roc.png", "runs.jsonl"):
+        assert (run / name).exists(), name
+    report = json.loads((run / "report.json").read_text())
+    for key in ("roc_auc", "roc_auc_ci", "pr_auc", "accuracy", "n_test", "class_counts",
+                "labels_fraction", "mode"):
+        assert key in report, key
+    assert report["mode"] == "linear" and report["labels_fraction"] == 1.0
+    assert report["overlap"] is None and report["split"] == "test"
+    low, high = report["roc_auc_ci"]
+    assert low <= report["roc_auc"] <= high
+    split = json.loads((run / "split.json").read_text())
+    assert report["n_test"] == len(split["test"]) == sum(report["class_counts"].values())
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["seed"] == 3 and saved["finetune"]["seed"] == 3  # --seed reaches every stage
+    assert "ROC-AUC" in out and str(run / "roc.png") in out
+
+
+def test_finetune_then_evaluate_commands_and_honesty_guard(tmp_path, data16, capsys):
+    run = tmp_path / "run"
+    code, out, err = run_cli(["finetune", run, data16, "--mode", "supervised", "--labels-fraction", 0.5,
+                              "--epochs", 2, "--batch-size", 16, "--encoder", "tiny"], capsys)
+    assert code == 0, err
+    model = run / "classifier.keras"
+    assert model.exists() and "classifier" in out
+
+    code, out, err = run_cli(["evaluate", model, data16, "--run-dir", run, "--report", tmp_path / "r.json",
+                              "--plot", tmp_path / "roc.png"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["mode"] == "supervised" and report["labels_fraction"] == 0.5
+    assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
+
+    # The labelled training files are refused, one line, exit 2, nothing written.
+    code, out, err = run_cli(["evaluate", model, data16, "--run-dir", run, "--split", "labeled",
+                              "--report", tmp_path / "bad.json", "--plot", tmp_path / "bad.png"], capsys)
+    assert code == 2 and "--allow-overlap" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad.json").exists() and not (tmp_path / "bad.png").exists()
+
+    code, out, err = run_cli(["evaluate", model, data16, "--run-dir", run, "--split", "labeled",
+                              "--allow-overlap", "--report", tmp_path / "ov.json",
+                              "--plot", tmp_path / "ov.png"], capsys)
+    assert code == 0, err
+    overlap = json.loads((tmp_path / "ov.json").read_text())["overlap"]
+    labeled = json.loads((run / "finetune.json").read_text())["labeled_files"]
+    assert overlap["allowed"] and overlap["finetune"]["n_files"] == len(labeled)
+    # Unlabelled training files never trained a supervised model: allowed without the flag.
+    code, out, err = run_cli(["evaluate", model, data16, "--run-dir", run, "--split", "unlabeled",
+                              "--report", tmp_path / "u.json", "--plot", tmp_path / "u.png"], capsys)
+    assert code == 0, err
+
+
+def test_multiclass_fit_supervised(tmp_path, capsys):
+    data = write_class_folders(tmp_path / "sim", {"axion": 14, "cdm": 14, "no_sub": 14},
+                               size=16, channels=1, channels_first=False)
+    cfg = write_config(tmp_path / "mc.yaml", finetune={"mode": "supervised"})
+    code, out, err = run_cli(["fit", data, "--run-dir", tmp_path / "run", "--config", cfg], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["class_names"] == ["axion", "cdm", "no_sub"]
+    assert report["roc_auc_average"] == "macro one-vs-rest"
+    assert np.isclose(report["roc_auc"], np.mean(list(report["roc_auc_per_class"].values())))
+    assert len(report["confusion_matrix"]) == 3
+    assert not (tmp_path / "run" / "encoder.keras").exists()  # supervised skips pretraining
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "missing.yaml"], "missing.yaml"),
+    (["--labels-fraction", "0"], "fraction"),
+])
+def test_fit_bad_input_is_one_line_exit_2(tmp_path, data16, capsys, args, message):
+    code, out, err = run_cli(["fit", data16, "--run-dir", tmp_path / "run", *args], capsys)
+    assert code == 2 and message in err and "Traceback" not in err
