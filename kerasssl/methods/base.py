@@ -24,7 +24,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from kerasssl import losses
+from kerasssl import distribute, losses
 
 
 @keras.saving.register_keras_serializable(package="kerasssl")
@@ -123,7 +123,9 @@ class SSLMethod(keras.Model):
         if self.losses:
             loss = loss + ops.cast(ops.sum(self.losses), "float32")
         self.collapse_tracker.update_state(losses.embedding_std(out["z1"]))
-        return loss
+        # Under tf.distribute Keras sums replica gradients: return loss / replicas
+        # (what keras.Model.compute_loss does) so training matches one device.
+        return distribute.scale_loss_for_replicas(loss)
 
     def get_config(self):
         config = {

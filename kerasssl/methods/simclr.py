@@ -2,7 +2,7 @@
 
 import keras
 
-from kerasssl import losses
+from kerasssl import distribute, losses
 from kerasssl.methods.base import SSLMethod
 
 
@@ -31,7 +31,10 @@ class SimCLR(SSLMethod):
                          hidden_dim=hidden_dim, projection_layers=projection_layers, **kwargs)
 
     def method_loss(self, out):
-        return losses.nt_xent(out["z1"], out["z2"], temperature=self.temperature)
+        # Negatives from the whole global batch under tf.distribute (no-op otherwise).
+        (all_z1, all_z2), offset = distribute.gather_replicas(out["z1"], out["z2"])
+        return losses.nt_xent(out["z1"], out["z2"], temperature=self.temperature,
+                              all_z1=all_z1, all_z2=all_z2, offset=offset)
 
     def method_options(self):
         return {"temperature": self.temperature}
