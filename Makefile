@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-DEMO   := /tmp/kerasssl-demo
+DEMO   := demo
 
 .PHONY: install test test-all demo bench clean
 
@@ -22,10 +22,13 @@ test: install
 test-all: install
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q -m 'slow or not slow'
 
+# The main job end to end on freshly simulated data (a few minutes on 2 CPU cores).
 demo: install
 	rm -rf $(DEMO)
 	$(BIN)/kerasssl simulate $(DEMO)/data --format three-band --n-lenses 300 --n-nonlenses 200 --size 32 --seed 0 --nan-fraction 0.1
 	$(BIN)/kerasssl inspect $(DEMO)/data
+	$(BIN)/kerasssl fit $(DEMO)/data --run-dir $(DEMO)/run --config examples/quick.yaml
+	@echo "ROC plot: $(CURDIR)/$(DEMO)/run/roc.png"
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
