@@ -171,17 +171,18 @@ def test_make_tfrecord_dataset_streams_all_or_a_subset(three_band_folder, tmp_pa
     np.testing.assert_array_equal(images, data.images)
     np.testing.assert_array_equal(labels, data.labels)
 
-    a, la = epoch(shuffle=True, seed=3)
-    b, lb = epoch(shuffle=True, seed=3)
-    np.testing.assert_array_equal(a, b)  # a seed gives one order
-    assert not np.array_equal(a, data.images)  # ... which is shuffled
-    assert sorted(la.tolist()) == sorted(data.labels.tolist())
-
-    keep = data.files[5:17]
-    subset, sub_labels = epoch(files=keep, image_size=16, shuffle=False)
-    rows = [by_name[f] for f in keep]
-    np.testing.assert_array_equal(subset, data.images[rows][:, 8:24, 8:24])
-    np.testing.assert_array_equal(sub_labels, data.labels[rows])
+    # A split's files, cropped, shuffled with a seed: the same order on every run.
+    keep = data.files[5:30]
+    a, la = epoch(files=keep, image_size=16, shuffle=True, seed=3)
+    b, lb = epoch(files=keep, image_size=16, shuffle=True, seed=3)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(la, lb)
+    want = data.images[[by_name[f] for f in keep]][:, 8:24, 8:24]
+    want_labels = data.labels[[by_name[f] for f in keep]]
+    assert not np.array_equal(a, want)  # shuffled ...
+    rows = [next(i for i, w in enumerate(want) if np.array_equal(w, x)) for x in a]
+    assert sorted(rows) == list(range(len(keep)))  # ... a permutation of exactly those files
+    np.testing.assert_array_equal(la, want_labels[rows])
 
 
 # -- bad data: one DataError naming the shard (and record) --------------------
@@ -254,6 +255,11 @@ def test_no_match_and_duplicate_filenames(tmp_path):
     write_record_file(tmp_path / "two.tfrecord", [record])
     with pytest.raises(DataError, match=r"two\.tfrecord: record 0 \(a\.npy\): filename also in"):
         tfrecord.load_tfrecords(str(tmp_path / "*.tfrecord"))
+    (tmp_path / "manifest.json").write_text("{}")
+    both = [str(tmp_path / "one.tfrecord"), str(tmp_path / "two.tfrecord")]
+    assert tfrecord.find_shards(str(tmp_path / "*")) == both  # the manifest is no shard
+    assert tfrecord.find_shards(tmp_path) == both
+    assert tfrecord.find_shards([both[1], str(tmp_path / "o*")]) == both
 
 
 # -- writer refusals: nothing half-written, inputs untouched ------------------

@@ -279,7 +279,9 @@ def find_shards(pattern) -> list:
         shards = tf.io.gfile.glob(pattern)
     else:
         shards = tf.io.gfile.glob(pattern)
-    shards = sorted(p for p in shards if not tf.io.gfile.isdir(p))
+    # `rec/*` also matches our manifest.json: not a shard.
+    shards = sorted(p for p in shards
+                    if os.path.basename(p) != MANIFEST_NAME and not tf.io.gfile.isdir(p))
     if not shards:
         raise DataError(pattern, "no TFRecord files match")
     return shards
