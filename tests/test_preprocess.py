@@ -29,6 +29,8 @@ def messy_batch(seed=0, shape=(4, 17, 16, 3)):
     x[1, 3, 3, 2] = np.inf
     x[2, :, :5, 1] = -np.inf
     x[3, ..., 1] = 7.0  # constant band: minmax/zscore edge case
+    x[1, :10, :, 0] = np.nan  # mostly NaN: the fill value decides median and MAD
+    x[2, :2, :, 2] = 0.0  # ties with the zero fill
     return x
 
 
@@ -45,6 +47,20 @@ def test_parity_with_numpy_reference(policy, norm):
     out = keras.ops.convert_to_numpy(Preprocess(policy, norm, **kwargs)(x))
     assert out.dtype == np.float32 and np.isfinite(out).all()
     np.testing.assert_allclose(out, reference(x, policy, norm), rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("policy", clean.NAN_POLICIES)
+def test_asinh_parity_with_ties_and_heavy_nan(policy):
+    # Integer pixels (many ties with the median and the fill value), NaN
+    # fractions from 0 to 95 %, odd and even pixel counts: every branch of the
+    # one-sort order statistics.
+    rng = np.random.default_rng(11)
+    for shape in [(48, 5, 5, 2), (48, 4, 6, 1)]:
+        x = rng.integers(-2, 4, size=shape).astype(np.float32)
+        fractions = rng.uniform(0, 0.95, size=(shape[0], 1, 1, shape[3]))
+        x[rng.random(shape) < fractions] = np.nan
+        out = keras.ops.convert_to_numpy(Preprocess(policy, "asinh")(x))
+        np.testing.assert_allclose(out, reference(x, policy, "asinh"), rtol=1e-5, atol=2e-5)
 
 
 def test_parity_on_jax_backend(tmp_path):

@@ -35,20 +35,50 @@ def _band_pixels(x):
     return ops.reshape(xt, (shape[0], shape[3], shape[1] * shape[2]))
 
 
-def _median_finite(flat, finite):
-    """Median of the finite entries along the last axis; 0 where there are none."""
-    big = ops.where(finite, flat, ops.full_like(flat, float("inf")))
-    ordered = ops.sort(big, axis=-1)
-    count = ops.sum(ops.cast(finite, "int32"), axis=-1)
-    lo = ops.maximum((count - 1) // 2, 0)
-    hi = ops.maximum(count // 2, 0)
-    a = ops.take_along_axis(ordered, ops.expand_dims(lo, -1), axis=-1)[..., 0]
-    b = ops.take_along_axis(ordered, ops.expand_dims(hi, -1), axis=-1)[..., 0]
-    # Guard the all-non-finite band: a and b are +inf there.
-    safe = count > 0
-    a = ops.where(safe, a, ops.zeros_like(a))
-    b = ops.where(safe, b, ops.zeros_like(b))
-    return 0.5 * a + 0.5 * b
+def _take(values, index):
+    """values[..., index] per row: (R..., N) gathered at (R...) int indices."""
+    return ops.take_along_axis(values, ops.expand_dims(index, -1), axis=-1)[..., 0]
+
+
+def _kth_with_fill(ordered, count, fill, n_fill, k):
+    """k-th smallest (0-based) of the finite values plus ``n_fill`` copies of ``fill``.
+
+    ``ordered`` holds each row's finite values sorted, then +inf padding;
+    ``count`` is the number of finite values. The union, sorted, is
+    ``ordered[:p], fill x n_fill, ordered[p:count]`` with p = #(finite < fill),
+    so no second sort is needed.
+    """
+    last = ops.shape(ordered)[-1] - 1
+    below = ops.sum(ops.cast(ordered < ops.expand_dims(fill, -1), "int32"), axis=-1)
+    before = _take(ordered, ops.clip(k, 0, last))
+    after = _take(ordered, ops.clip(k - n_fill, 0, last))
+    return ops.where(k < below, before, ops.where(k < below + n_fill, fill, after))
+
+
+def _kth_distance(ordered, count, centre, j):
+    """j-th smallest (0-based) |x - centre| over the finite values of each row.
+
+    The j+1 values nearest to ``centre`` are a contiguous run of the sorted
+    row, so the answer is min over windows [l, l + j] of the larger endpoint
+    distance: elementwise work plus one gather, instead of sorting |x - centre|.
+    """
+    size = ops.shape(ordered)[-1]
+    start = ops.arange(size, dtype="int32")
+    end = start + ops.expand_dims(j, -1)
+    valid = end < ops.expand_dims(count, -1)
+    centre = ops.expand_dims(centre, -1)
+    near = ops.abs(ordered - centre)
+    far = ops.abs(ops.take_along_axis(ordered, ops.minimum(end, size - 1), axis=-1) - centre)
+    widths = ops.where(valid, ops.maximum(near, far), ops.full_like(near, float("inf")))
+    return ops.min(widths, axis=-1)
+
+
+def _median_of_sorted(ordered, count):
+    """Median of each row's finite values (mean of the two middle ones); 0 if none."""
+    lo = _take(ordered, ops.maximum((count - 1) // 2, 0))
+    hi = _take(ordered, ops.maximum(count // 2, 0))
+    some = count > 0
+    return ops.where(some, 0.5 * lo + 0.5 * hi, ops.zeros_like(lo))
 
 
 def _mean_finite(flat, finite):
@@ -162,23 +192,29 @@ class Preprocess(keras.layers.Layer):
 
     def call(self, inputs):
         x = ops.cast(inputs, "float32")
-        x = self._repair(x)
-        x = self._normalize(x)
-        return ops.cast(x, self.compute_dtype)
-
-    def _repair(self, x):
         finite = ops.isfinite(x)
-        if self.nan_policy == "zero":
-            return ops.where(finite, x, ops.zeros_like(x))
         flat = _band_pixels(x)
         flat_finite = ops.isfinite(flat)
-        if self.nan_policy == "median":
-            fill = _median_finite(flat, flat_finite)
+        count = ops.sum(ops.cast(flat_finite, "int32"), axis=-1)  # (B, C)
+        # One sort per call at most: the median repair and the asinh median /
+        # MAD all come from the sorted finite pixels (order statistics of the
+        # repaired band = finite pixels plus the fill value repeated).
+        ordered = None
+        if self.nan_policy == "median" or self.normalization == "asinh":
+            inf = ops.full_like(flat, float("inf"))
+            ordered = ops.sort(ops.where(flat_finite, flat, inf), axis=-1)
+
+        if self.nan_policy == "zero":
+            fill = ops.zeros(ops.shape(count), dtype="float32")
+        elif self.nan_policy == "median":
+            fill = _median_of_sorted(ordered, count)
         else:
             fill = _mean_finite(flat, flat_finite)
-        return ops.where(finite, x, _per_band(fill))
+        x = ops.where(finite, x, _per_band(fill))
+        x = self._normalize(x, ordered, count, fill)
+        return ops.cast(x, self.compute_dtype)
 
-    def _normalize(self, x):
+    def _normalize(self, x, ordered, count, fill):
         method = self.normalization
         if method == "none":
             return x
@@ -186,25 +222,40 @@ class Preprocess(keras.layers.Layer):
             mean = ops.convert_to_tensor(self.mean, dtype="float32")
             std = ops.convert_to_tensor(self.std, dtype="float32")
             return (x - mean) / _nonzero_or(std, ops.ones_like(std))
-        flat = _band_pixels(x)
-        finite = ops.isfinite(flat)
+        flat = _band_pixels(x)  # repaired: all finite
         if method == "minmax":
-            lo = ops.min(ops.where(finite, flat, ops.full_like(flat, float("inf"))), axis=-1)
-            hi = ops.max(ops.where(finite, flat, ops.full_like(flat, float("-inf"))), axis=-1)
+            lo = ops.min(flat, axis=-1)
+            hi = ops.max(flat, axis=-1)
             span = hi - lo
             scaled = (x - _per_band(lo)) / _per_band(_nonzero_or(span, ops.ones_like(span)))
-            constant = ops.where(ops.isfinite(x), ops.zeros_like(x), x)
-            return ops.where(_per_band(span > 0), scaled, constant)
-        mean = _mean_finite(flat, finite)
-        std = _std_finite(flat, finite, mean)
+            return ops.where(_per_band(span > 0), scaled, ops.zeros_like(x))
+        all_finite = ops.ones_like(flat, dtype="bool")
+        mean = _mean_finite(flat, all_finite)
+        std = _std_finite(flat, all_finite, mean)
         if method == "zscore":
             return (x - _per_band(mean)) / _per_band(_nonzero_or(std, ops.ones_like(std)))
-        # asinh: robust per-image-band scale, see kerasssl.data.clean.
-        med = _median_finite(flat, finite)
-        dev = ops.abs(flat - ops.expand_dims(med, -1))
-        mad = _median_finite(dev, ops.isfinite(dev))
+        # asinh on the repaired band = finite pixels + n_fill copies of fill.
+        total = ops.shape(flat)[-1]
+        n_fill = total - count
+        k_lo, k_hi = (total - 1) // 2, total // 2
+        k_lo = ops.zeros_like(count) + k_lo
+        k_hi = ops.zeros_like(count) + k_hi
+        med = 0.5 * _kth_with_fill(ordered, count, fill, n_fill, k_lo) \
+            + 0.5 * _kth_with_fill(ordered, count, fill, n_fill, k_hi)
+        mad = 0.5 * self._kth_deviation(ordered, count, fill, n_fill, med, k_lo) \
+            + 0.5 * self._kth_deviation(ordered, count, fill, n_fill, med, k_hi)
         sigma = ops.where(mad > 0, MAD_TO_SIGMA * mad, _nonzero_or(std, ops.ones_like(std)))
         return ops.arcsinh((x - _per_band(med)) / _per_band(self.asinh_softening * sigma))
+
+    @staticmethod
+    def _kth_deviation(ordered, count, fill, n_fill, centre, k):
+        """k-th smallest |x - centre| over finite pixels plus n_fill copies of fill."""
+        fill_dist = ops.abs(fill - centre)
+        dist = ops.abs(ordered - ops.expand_dims(centre, -1))
+        closer = ops.sum(ops.cast(dist < ops.expand_dims(fill_dist, -1), "int32"), axis=-1)
+        j = ops.where(k < closer, k, ops.maximum(k - n_fill, 0))
+        from_finite = _kth_distance(ordered, count, centre, j)
+        return ops.where((k >= closer) & (k < closer + n_fill), fill_dist, from_finite)
 
     def get_config(self):
         config = super().get_config()
