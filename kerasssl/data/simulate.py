@@ -35,6 +35,8 @@ import math
 import multiprocessing
 import os
 import shutil
+import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -159,6 +161,20 @@ def simulate_one(fmt, size, seed, label, index, with_nan=False):
     if fmt == "hst":
         image = image[0]
     return image, row
+
+
+def _pool_context():
+    """Process start method for the workers.
+
+    ``fork`` shares the already-imported lenstronomy and renderer (spawning
+    pays a multi-second import per worker), but forking a process that runs
+    TensorFlow / JAX / PyTorch threads can deadlock: then ``spawn``.
+    """
+    threaded = any(name in sys.modules for name in ("tensorflow", "jax", "torch"))
+    if "fork" in multiprocessing.get_all_start_methods() and not threaded \
+            and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
 
 
 def _simulate_chunk(task):
@@ -290,8 +306,9 @@ def simulate(out_dir, *, fmt, n_lenses, n_nonlenses, size, seed, nan_fraction=0.
             for task in tasks:
                 rows += _simulate_chunk(task)
         else:
-            # spawn: safe even when the caller has TensorFlow (threads) loaded.
-            context = multiprocessing.get_context("spawn")
+            context = _pool_context()
+            if context.get_start_method() == "fork":
+                _renderer(fmt, size)  # built once here, inherited by the workers
             with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
                 for chunk_rows in pool.map(_simulate_chunk, tasks):
                     rows += chunk_rows

@@ -1,0 +1,125 @@
+"""Simulator throughput and how hard the simulated task is for a linear model.
+
+(a) Throughput at 64x64, one process: images per CPU-second (= per core, so a
+    busy shared machine does not distort it much) and per wall-second, for
+    rendering only and for ``simulate()`` end to end (files + metadata), for
+    the ``hst`` (1 band) and ``three-band`` formats.
+(b) Difficulty: 1,000 + 1,000 three-band 64x64 images; 5-fold stratified
+    ROC-AUC of a logistic regression on asinh-scaled pixels (the best of a
+    small C grid: an optimistic linear baseline). The task should need a real
+    model: this must stay well below 0.9.
+(c) Central galaxy alone: the same 5-fold LR on (1) the true deflector
+    parameters from metadata.csv (magnitudes, size, Sersic index, axis ratio,
+    seeing) - must be ~0.5, the populations are identical by construction -
+    and (2) the central 3x3-pixel fluxes of each band (can exceed 0.5 only
+    through lensed light that falls on the centre).
+
+Run:  .venv/bin/python benchmarks/simulator_baseline.py [--n 1000] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def throughput(fmt, size, n):
+    """Render-only and end-to-end images/s (per CPU-second and per wall-second)."""
+    from kerasssl.data.simulate import LENS, NONLENS, simulate, simulate_one
+
+    simulate_one(fmt, size, 0, LENS, 0)  # warm up: imports, numba cache, renderer
+    cpu, wall = time.process_time(), time.perf_counter()
+    for i in range(n):
+        simulate_one(fmt, size, 0, LENS if i % 2 else NONLENS, i)
+    render = (n / (time.process_time() - cpu), n / (time.perf_counter() - wall))
+    with tempfile.TemporaryDirectory() as tmp:
+        cpu, wall = time.process_time(), time.perf_counter()
+        simulate(Path(tmp) / "out", fmt=fmt, n_lenses=n // 2, n_nonlenses=n - n // 2,
+                 size=size, seed=0)
+        end_to_end = (n / (time.process_time() - cpu), n / (time.perf_counter() - wall))
+    return {"render_per_cpu_s": render[0], "render_per_wall_s": render[1],
+            "simulate_per_cpu_s": end_to_end[0], "simulate_per_wall_s": end_to_end[1]}
+
+
+def asinh_scale(images):
+    """Per image and band: subtract the median, divide by the robust (MAD) noise, arcsinh."""
+    flat = images.reshape(images.shape[0], images.shape[1], -1)
+    median = np.median(flat, axis=-1, keepdims=True)
+    mad = 1.4826 * np.median(np.abs(flat - median), axis=-1, keepdims=True)
+    return np.arcsinh((flat - median) / np.maximum(mad, 1e-12)).reshape(images.shape)
+
+
+def cv_auc(features, labels, cs, seed=0):
+    """Best mean 5-fold ROC-AUC over the C grid (standardised features)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = StratifiedKFold(5, shuffle=True, random_state=seed)
+    scores = {}
+    for c in cs:
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+        scores[c] = float(np.mean(cross_val_score(model, features, labels, cv=folds,
+                                                  scoring="roc_auc")))
+    best = max(scores, key=scores.get)
+    return {"auc": scores[best], "best_C": best, "by_C": scores}
+
+
+def difficulty(n, size, workers):
+    """LR baselines on a fresh three-band set (no NaNs: the LR cannot take them)."""
+    from kerasssl.data.simulate import simulate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "3b"
+        simulate(root, fmt="three-band", n_lenses=n, n_nonlenses=n, size=size, seed=123,
+                 workers=workers)
+        rows = list(csv.DictReader(open(root / "metadata.csv")))
+        images = np.stack([np.load(root / r["filename"]) for r in rows]).astype(np.float64)
+    labels = np.array([int(r["label"]) for r in rows])
+    pixels = asinh_scale(images).reshape(len(rows), -1)
+    c = size // 2
+    centre = images[:, :, c - 1:c + 2, c - 1:c + 2].reshape(len(rows), -1)
+    param_cols = [k for k in rows[0] if k.startswith(("deflector_", "psf_fwhm_"))]
+    params = np.array([[float(r[k]) for k in param_cols] for r in rows])
+    return {
+        "n_per_class": n,
+        "pixels_asinh": cv_auc(pixels, labels, cs=(1e-4, 1e-3, 1e-2)),
+        "deflector_parameters": {**cv_auc(params, labels, cs=(1.0,)), "columns": param_cols},
+        "central_3x3_fluxes": cv_auc(centre, labels, cs=(1.0,)),
+        "lens_arc_snr_i_percentiles_10_50_90": np.percentile(
+            [float(r["arc_snr_i"]) for r in rows if r["label"] == "1"], [10, 50, 90]).tolist(),
+        "confusers": {k: sum(r["confuser"] == k for r in rows if r["label"] == "0")
+                      for k in ("none", "ring", "spiral", "blend")},
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=1000, help="images per class for (b), (c)")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--throughput-n", type=int, default=400)
+    parser.add_argument("--workers", type=int, default=2, help="to simulate the (b) set")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    results = {"machine": "2-core shared CPU, no GPU"}
+    if not args.skip_throughput:
+        for fmt in ("hst", "three-band"):
+            results[f"throughput_{fmt}_{args.size}px"] = throughput(fmt, args.size,
+                                                                   args.throughput_n)
+            print(fmt, json.dumps(results[f"throughput_{fmt}_{args.size}px"]), flush=True)
+    results["difficulty_three_band"] = difficulty(args.n, args.size, args.workers)
+    print(json.dumps(results, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

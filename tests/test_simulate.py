@@ -1,0 +1,317 @@
+"""The lenstronomy simulator: physics against lenstronomy, layouts, determinism, NaNs."""
+
+import csv
+import math
+import re
+
+import numpy as np
+import pytest
+
+pytest.importorskip("lenstronomy")
+
+from kerasssl.data import simulate_render  # noqa: E402
+from kerasssl.data.simulate import (  # noqa: E402
+    LENS, NONLENS, metadata_columns, nan_indices, simulate, sprinkle_nans)
+from kerasssl.data.simulate_render import Renderer, gaussian_blur_matrix  # noqa: E402
+from kerasssl.data.simulate_scene import Component, Scene, draw_scene  # noqa: E402
+from kerasssl.data.simulate_survey import SURVEYS  # noqa: E402
+from kerasssl.errors import DataError, KerassslError  # noqa: E402
+
+
+def read_metadata(root):
+    with open(root / "metadata.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def all_files(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+@pytest.fixture(scope="module")
+def hst_set(tmp_path_factory):
+    """hst 16x16: 7 lenses, 5 non-lenses, NaNs in 50 % of the files; workers=1."""
+    root = tmp_path_factory.mktemp("sim") / "hst"
+    summary = simulate(root, fmt="hst", n_lenses=7, n_nonlenses=5, size=16, seed=3,
+                       nan_fraction=0.5)
+    return root, summary
+
+
+@pytest.fixture(scope="module")
+def three_band_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sim") / "3b"
+    summary = simulate(root, fmt="three-band", n_lenses=4, n_nonlenses=3, size=24, seed=5)
+    return root, summary
+
+
+def lens_scene(survey, source_r_eff=0.15, source_pos=(0.25, -0.1), n_deflector=4.0):
+    """A hand-made lens: deflector Sersic + SIE/shear + a lensed Sersic source."""
+    defl = {"R_sersic": 0.7, "n_sersic": n_deflector, "e1": 0.1, "e2": -0.05,
+            "center_x": 0.02, "center_y": -0.01}
+    src = {"R_sersic": source_r_eff, "n_sersic": 1.0, "e1": -0.1, "e2": 0.1,
+           "center_x": source_pos[0], "center_y": source_pos[1]}
+    lens = [{"theta_E": 1.1, "e1": 0.08, "e2": -0.03, "center_x": 0.02, "center_y": -0.01},
+            {"gamma1": 0.03, "gamma2": -0.02, "ra_0": 0.02, "dec_0": -0.01}]
+    bands = len(survey.bands)
+    comps = [Component("deflector", "SERSIC_ELLIPSE", [defl], [1.0], np.full(bands, 19.5)),
+             Component("source", "SERSIC_ELLIPSE", [src], [1.0], np.full(bands, 22.0),
+                       lensed=True)]
+    return Scene(LENS, lens, comps, np.full(bands, 0.12))
+
+
+# --- physics -------------------------------------------------------------------
+
+
+def test_profiles_match_lenstronomy():
+    from lenstronomy.LightModel.light_model import LightModel
+
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(-3, 3, size=(2, 500))
+    x[0], y[0] = 0.1, -0.2  # the centre: radius floor
+    for n in (0.7, 1.0, 4.0):
+        kw = {"amp": 2.5, "R_sersic": 0.6, "n_sersic": n, "e1": 0.2, "e2": -0.1,
+              "center_x": 0.1, "center_y": -0.2}
+        expected = LightModel(["SERSIC_ELLIPSE"]).surface_brightness(x, y, [kw])
+        np.testing.assert_allclose(simulate_render.sersic_ellipse(x, y, kw), expected,
+                                   rtol=1e-10)
+    kw = {"amp": 3.0, "sigma": 0.3, "center_x": 0.5, "center_y": 0.2}
+    np.testing.assert_allclose(simulate_render.gaussian(x, y, kw),
+                               LightModel(["GAUSSIAN"]).surface_brightness(x, y, [kw]),
+                               rtol=1e-10)
+
+
+def test_noiseless_image_matches_lenstronomy_image_model():
+    """Our renderer vs lenstronomy's own ImageModel (same scene, PSF, sampling)."""
+    survey = SURVEYS["hst"]
+    renderer = Renderer(survey, 64)
+    scene = lens_scene(survey)
+    ours, _ = renderer.render(scene, None, noise=False)
+    sim = renderer.sims[0]
+    cps = [renderer.fluxes(c)[0] for c in scene.components]
+    amps = [cps[i] * renderer._unit_flux_norm("SERSIC_ELLIPSE", c.kwargs[0])
+            for i, c in enumerate(scene.components)]
+    from lenstronomy.Data.psf import PSF
+    from lenstronomy.ImSim.image_model import ImageModel
+
+    psf = PSF(psf_type="GAUSSIAN", fwhm=0.12, pixel_size=renderer.pixel_scale, truncation=5)
+    model = ImageModel(sim.data_class, psf, sim.lens_model_class, sim.source_model_class,
+                       sim.lens_light_model_class, kwargs_numerics={"supersampling_factor": renderer.supersampling})
+    theirs = model.image(scene.lens_kwargs,
+                         [{**scene.components[1].kwargs[0], "amp": amps[1]}],
+                         [{**scene.components[0].kwargs[0], "amp": amps[0]}])
+    ours = ours[0].astype(np.float64)
+    assert ours.sum() == pytest.approx(theirs.sum(), rel=1e-3)
+    assert np.abs(ours - theirs).max() < 1e-3 * theirs.max()
+
+
+def test_lensed_flux_equals_point_source_magnification():
+    """A compact source's lensed flux = its flux x sum |mu_i| of lenstronomy's images."""
+    from lenstronomy.LensModel.Solver.lens_equation_solver import LensEquationSolver
+
+    survey = SURVEYS["hst"]
+    renderer = Renderer(survey, 128)  # 0.05"/pixel
+    scene = lens_scene(survey, source_r_eff=0.03, source_pos=(0.2, -0.1))
+    with_source, info = renderer.render(scene, None, noise=False)
+    without, _ = renderer.render(scene, None, drop=("source",), noise=False)
+    arc = with_source[0].astype(np.float64) - without[0]
+    solver = LensEquationSolver(renderer.lens_model)
+    xs, ys = solver.image_position_from_source(0.2, -0.1, scene.lens_kwargs, min_distance=0.02,
+                                               search_window=5)
+    mu = np.abs(renderer.lens_model.magnification(xs, ys, scene.lens_kwargs)).sum()
+    assert len(xs) >= 2
+    source_flux = renderer.fluxes(scene.components[1])[0]
+    assert arc.min() > -1e-4 * arc.max()
+    assert arc.sum() / source_flux == pytest.approx(mu, rel=0.05)
+    assert info["magnification"] == pytest.approx(mu, rel=0.05)
+    assert info["arc_flux"][0] == pytest.approx(arc.sum(), rel=1e-4)
+
+
+def test_deflector_flux_matches_its_magnitude():
+    """Unit-flux images integrate to 1: a compact galaxy's pixels sum to its cps."""
+    survey = SURVEYS["three-band"]
+    renderer = Renderer(survey, 64)
+    comp = Component("deflector", "SERSIC_ELLIPSE",
+                     [{"R_sersic": 0.4, "n_sersic": 1.0, "e1": 0.0, "e2": 0.1,
+                       "center_x": 0.0, "center_y": 0.0}], [1.0], np.array([21.0, 20.0, 19.0]))
+    scene = Scene(NONLENS, None, [comp], np.array([1.0, 0.9, 0.8]))
+    image, _ = renderer.render(scene, None, noise=False)
+    zero_points = np.array([b.magnitude_zero_point for b in survey.bands])
+    expected = 10 ** (-0.4 * (np.array([21.0, 20.0, 19.0]) - zero_points))
+    np.testing.assert_allclose(image.sum(axis=(1, 2)), expected, rtol=0.01)
+
+
+def test_blur_matrix_is_a_normalised_gaussian():
+    g = gaussian_blur_matrix(41, 2.0)
+    point = np.zeros((41, 41))
+    point[20, 20] = 1.0
+    blurred = g @ point @ g.T
+    assert blurred.sum() == pytest.approx(1.0, rel=1e-9)
+    yy, xx = np.mgrid[:41, :41] - 20
+    assert (blurred * (xx ** 2 + yy ** 2)).sum() / 2 == pytest.approx(4.0, rel=0.01)
+
+
+def test_noise_follows_lenstronomy_noise_model():
+    survey = SURVEYS["hst"]
+    renderer = Renderer(survey, 64)
+    scene = Scene(NONLENS, None, [], np.array([0.1]))
+    image, _ = renderer.render(scene, np.random.default_rng(0))
+    sky_sd = renderer.sims[0].background_noise
+    assert image.std() == pytest.approx(sky_sd, rel=0.05)
+    assert abs(image.mean()) < 5 * sky_sd / 64
+
+
+def test_lens_differs_from_its_deflector_only_counterpart():
+    """Same scene and noise without the source: the difference is the lensed light."""
+    survey = SURVEYS["three-band"]
+    renderer = Renderer(survey, 32)
+    for index in range(6):
+        scene = draw_scene(np.random.default_rng([9, index]), LENS, survey)
+        lens, info = renderer.render(scene, np.random.default_rng(index))
+        bare, _ = renderer.render(scene, np.random.default_rng(index), drop=("source", "clumps"))
+        difference = (lens.astype(np.float64) - bare).sum(axis=(1, 2))
+        cps = sum(renderer.fluxes(c) for c in scene.components if c.lensed)
+        assert info["magnification"] > 1.0
+        # The noise draws are shared, so the summed difference is the arc flux up
+        # to the arc's own Poisson noise: sd <= sqrt(variance per e-/s x arc flux).
+        tolerance = 5 * np.sqrt(renderer.poisson_variance * info["arc_flux"])
+        assert np.all(np.abs(difference - info["arc_flux"]) < tolerance + 1e-4 * info["arc_flux"])
+        assert np.all(info["arc_flux"] > cps)  # magnified
+        assert np.all(info["arc_flux"] < 60 * cps)
+
+
+def test_classes_share_the_deflector_population():
+    """Deflector parameters and seeing have the same distribution in both classes."""
+    from scipy.stats import ks_2samp
+
+    survey = SURVEYS["three-band"]
+    metas = {label: [draw_scene(np.random.default_rng([1, label, i]), label, survey).meta
+                     for i in range(400)] for label in (LENS, NONLENS)}
+    keys = [k for k in metas[LENS][0] if k.startswith(("deflector_", "psf_fwhm_"))]
+    assert len(keys) == 9
+    for key in keys:
+        a = [m[key] for m in metas[LENS]]
+        b = [m[key] for m in metas[NONLENS]]
+        assert ks_2samp(a, b).pvalue > 1e-3, key
+    lens_metas = metas[LENS]
+    theta = np.array([m["einstein_radius"] for m in lens_metas])
+    assert theta.min() >= 0.2 and theta.max() <= 2.0
+    assert np.mean(theta < 0.6) > 0.1  # some barely resolved
+    confusers = {m["confuser"] for m in metas[NONLENS]}
+    assert confusers == {"none", "ring", "spiral", "blend"}
+    assert {m["confuser"] for m in lens_metas} == {"none"}
+    # Companions at the same rate in both classes: not a shortcut.
+    rates = [np.mean([m["n_companions"] > 0 for m in metas[c]]) for c in (LENS, NONLENS)]
+    assert abs(rates[0] - rates[1]) < 0.1
+
+
+# --- layouts, metadata, determinism, NaNs -----------------------------------------
+
+
+def test_hst_layout_names_shapes_and_metadata(hst_set):
+    root, summary = hst_set
+    files = [f for f in all_files(root) if f != "metadata.csv"]
+    assert sorted(files) == sorted([f"{i}_hst.npy" for i in range(7)]
+                                   + [f"nl_{i}_hst.npy" for i in range(5)])
+    for name in files:
+        array = np.load(root / name, allow_pickle=False)
+        assert array.shape == (16, 16) and array.dtype == np.float32
+    rows = read_metadata(root)
+    assert list(rows[0]) == metadata_columns("hst")
+    assert sorted(r["filename"] for r in rows) == sorted(files)
+    for r in rows:
+        lens = not r["filename"].startswith("nl_")
+        assert r["class"] == ("lens" if lens else "nonlens")
+        assert r["label"] == ("1" if lens else "0")
+        assert (r["einstein_radius"] != "") == lens
+        assert (r["confuser"] == "none") or not lens
+    assert summary["n_images"] == 12
+    assert not list(root.parent.glob("hst.tmp-*"))
+
+
+def test_three_band_layout(three_band_set):
+    root, _ = three_band_set
+    files = [f for f in all_files(root) if f != "metadata.csv"]
+    assert sorted(files) == sorted([f"lenses/lens_{i}.npy" for i in range(4)]
+                                   + [f"nonlenses/nonlens_{i}.npy" for i in range(3)])
+    rows = read_metadata(root)
+    assert list(rows[0]) == metadata_columns("three-band")
+    assert sorted(r["filename"] for r in rows) == sorted(files)
+    for r in rows:
+        array = np.load(root / r["filename"])
+        assert array.shape == (3, 24, 24) and array.dtype == np.float32
+        assert np.isfinite(array).all()
+        assert r["class"] == r["filename"].split("/")[0]
+        if r["label"] == "1":
+            # Blue source, red deflector.
+            assert float(r["source_mag_g"]) - float(r["source_mag_i"]) < \
+                float(r["deflector_mag_g"]) - float(r["deflector_mag_i"])
+            assert float(r["arc_snr_i"]) > 0
+
+
+def test_nan_fraction_is_honoured(hst_set):
+    root, summary = hst_set
+    rows = read_metadata(root)
+    with_nan = 0
+    for r in rows:
+        n_nan = int(np.isnan(np.load(root / r["filename"])).sum())
+        assert n_nan == int(r["nan_pixels"])
+        with_nan += n_nan > 0
+        assert n_nan <= max(1, math.ceil(0.002 * 256)) + 1
+    # round(0.5 * 7) + round(0.5 * 5) = 4 + 3 (half up), exactly.
+    assert with_nan == summary["files_with_nan"] == 7
+
+
+def test_nan_patterns_cover_the_requested_fraction():
+    rng = np.random.default_rng(0)
+    for i in range(30):
+        image = np.zeros((3, 64, 64), np.float32)
+        count = sprinkle_nans(image, np.random.default_rng(i))
+        pixels = np.isnan(image).any(axis=0).sum()
+        assert count == np.isnan(image).sum()
+        assert 0.001 * 4096 - 1 <= pixels <= 0.002 * 4096 + 1
+    assert len(nan_indices(1, LENS, 10, 0.25)) == 3
+    assert nan_indices(1, LENS, 10, 0.0) == set()
+    assert rng is not None
+
+
+def test_same_seed_same_bytes_whatever_the_workers(tmp_path, hst_set):
+    root, _ = hst_set
+    again = tmp_path / "again"
+    simulate(again, fmt="hst", n_lenses=7, n_nonlenses=5, size=16, seed=3, nan_fraction=0.5,
+             workers=2)
+    assert all_files(again) == all_files(root)
+    for name in all_files(root):
+        assert (again / name).read_bytes() == (root / name).read_bytes(), name
+    other = tmp_path / "other"
+    simulate(other, fmt="hst", n_lenses=7, n_nonlenses=5, size=16, seed=4, nan_fraction=0.5)
+    assert (other / "0_hst.npy").read_bytes() != (root / "0_hst.npy").read_bytes()
+
+
+def test_refuses_non_empty_output_and_accepts_empty(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match="not empty"):
+        simulate(out, fmt="hst", n_lenses=1, n_nonlenses=1, size=16, seed=0)
+    assert all_files(out) == ["keep.txt"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    simulate(empty, fmt="hst", n_lenses=1, n_nonlenses=1, size=16, seed=0)
+    assert len(all_files(empty)) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "out"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"fmt": "jpeg"}, "--format"),
+    ({"n_lenses": -1}, "--n-lenses"),
+    ({"n_lenses": 0, "n_nonlenses": 0}, "nothing to simulate"),
+    ({"size": 8}, "--size"),
+    ({"seed": -3}, "--seed"),
+    ({"nan_fraction": 1.5}, "--nan-fraction"),
+    ({"workers": 0}, "--workers"),
+])
+def test_bad_arguments_raise_one_line(tmp_path, kwargs, message):
+    args = {"fmt": "hst", "n_lenses": 2, "n_nonlenses": 2, "size": 16, "seed": 0, **kwargs}
+    with pytest.raises(KerassslError, match=re.escape(message)) as info:
+        simulate(tmp_path / "out", **args)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
