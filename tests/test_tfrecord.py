@@ -9,12 +9,9 @@ from kerasssl.errors import DataError, KerassslError
 
 
 def numpy_hwc(array):
-    """NumPy reference of the loader's layout rule."""
-    if array.ndim == 2:
-        return array[..., None]
-    if array.shape[0] <= 4 < array.shape[1]:
-        return np.moveaxis(array, 0, -1)
-    return array
+    """The folder loader's layout rule (NumPy), the reference for the TF parser."""
+    from kerasssl.data.load import to_hwc
+    return to_hwc(array, "x.npy")
 
 
 def numpy_crop(image, size):
@@ -40,6 +37,13 @@ def test_parse_examples_matches_numpy_layout_and_crop():
         want = numpy_crop(numpy_hwc(array.astype(np.float32)), 8)
         np.testing.assert_array_equal(got, want)  # NaN/Inf kept in place
     assert np.isnan(images[0]).sum() == 1 and np.isinf(images[1]).sum() == 1
+    # More than 4 bands: a (C, H, H) cube is channels-first, (H, W, C) stays.
+    cube = rng.normal(size=(6, 9, 9)).astype(np.float32)
+    hwc6 = rng.normal(size=(10, 9, 6)).astype(np.float32)
+    records = [tfrecord.encode_example(a, 0, "c", "f.npy") for a in (cube, hwc6)]
+    images = tfrecord.parse_examples_to_images(tf.constant(records), (8, 8, 6)).numpy()
+    np.testing.assert_array_equal(images[0], np.moveaxis(cube, 0, -1)[0:8, 0:8])
+    np.testing.assert_array_equal(images[1], hwc6[1:9, 0:8])
 
 
 def test_parse_examples_single_band_and_image_only_features():
@@ -239,6 +243,7 @@ def test_example_without_label_names_shard_and_record(tmp_path):
     (lambda f: f["filename"].Clear(), "not a bytes_list"),
 ])
 def test_example_problem_reports_malformed_features(mutate, problem):
+    assert set(tfrecord.FEATURE_DOCS) == set(tfrecord.FEATURES)  # manifest documents them all
     example = tf.train.Example.FromString(
         tfrecord.encode_example(np.ones((4, 6), np.float32), 0, "c", "x.npy"))
     assert tfrecord.example_problem(example.SerializeToString()) is None

@@ -12,8 +12,8 @@ record format (every reader and the writer use it):
   these names, so a split of TFRecord data is the split of the folder.
 
 Readers apply the loader's layout rule (``kerasssl.data.load.to_hwc``: 2-D gets
-one channel, channels-first ``(C, H, W)`` with ``C <= 4 < H`` is transposed)
-and the loader's centre crop, in TensorFlow ops, so the same code serves
+one channel, channels-first ``(C, H, W)`` is transposed) and the loader's
+centre crop, in TensorFlow ops, so the same code serves
 ``load_tfrecords``, the streaming ``make_tfrecord_dataset`` and the exported
 SavedModel's ``predict_examples`` signature (:func:`parse_examples_to_images`).
 
@@ -482,15 +482,14 @@ def example_problem(serialized: bytes):
     except Exception:  # noqa: BLE001 - protobuf's DecodeError differs across builds
         return "not a tf.Example protocol buffer"
     feature = example.features.feature
-    kinds = {"image": "bytes_list", "shape": "int64_list", "label": "int64_list",
-             "class_name": "bytes_list", "filename": "bytes_list"}
-    for name, kind in kinds.items():
+    for name, spec in FEATURES.items():
+        kind = "bytes_list" if spec.dtype == tf.string else "int64_list"
         if name not in feature:
             return f"missing feature {name!r}"
         if feature[name].WhichOneof("kind") != kind:
             return f"feature {name!r} is not a {kind}"
         values = getattr(feature[name], kind).value
-        if name != "shape" and len(values) != 1:
+        if isinstance(spec, tf.io.FixedLenFeature) and len(values) != 1:
             return f"feature {name!r} has {len(values)} values, expected 1"
     shape = list(feature["shape"].int64_list.value)
     if len(shape) not in (2, 3) or min(shape) < 1:
