@@ -1,0 +1,258 @@
+"""tf.distribute on a split CPU: strategy selection, global-batch SimCLR, sync BN.
+
+Logical CPU devices can only be configured before TensorFlow initialises, and
+other test modules initialise it in this pytest process, so each distributed
+check runs in a fresh child process (``python tests/test_distribute.py
+<check>``) that prints one JSON line; the assertions live here.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TEMPERATURE = 0.5
+
+
+def run_child(check, *args, timeout=180, env=None):
+    """Run one child check in a fresh interpreter; return its JSON result."""
+    child_env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2",
+                     CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
+    child_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, __file__, check, *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, env=child_env, cwd=ROOT,
+    )
+    assert proc.returncode == 0, f"child {check} failed:\n{proc.stderr[-4000:]}"
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def nt_xent_numpy(z1, z2, temperature):
+    """NumPy reference: mean cross-entropy of 2N rows against the other 2N-1."""
+    z = np.concatenate([z1, z2]).astype(np.float64)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    n2 = len(z)
+    logits = z @ z.T / temperature
+    np.fill_diagonal(logits, -np.inf)
+    pos = (np.arange(n2) + n2 // 2) % n2
+    lse = np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1)) + logits.max(1)
+    return float(np.mean(lse - logits[np.arange(n2), pos]))
+
+
+# ---------------------------------------------------------------------------
+# Children (run in a fresh process)
+# ---------------------------------------------------------------------------
+def child_gather(seed):
+    """Global-batch NT-Xent on 2 replicas vs one device: loss and summed gradient."""
+    import tensorflow as tf
+
+    from kerasssl import distribute, losses
+
+    dist = distribute.setup("mirrored", cpu_devices=2)
+    rng = np.random.default_rng(int(seed))
+    batch, d_in, d_out = 8, 6, 5
+    x1 = rng.normal(size=(batch, d_in)).astype("float32")
+    x2 = (x1 + 0.3 * rng.normal(size=x1.shape)).astype("float32")
+    w0 = rng.normal(size=(d_in, d_out)).astype("float32")
+    with dist.scope():
+        w = tf.Variable(w0)
+
+    def shard(a):
+        half = len(a) // dist.num_replicas
+        return dist.strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(a[ctx.replica_id_in_sync_group * half:(ctx.replica_id_in_sync_group + 1) * half])
+        )
+
+    def replica_step(a1, a2, gather):
+        with tf.GradientTape() as tape:
+            z1, z2 = a1 @ w, a2 @ w
+            if gather:
+                (g1, g2), offset = distribute.gather_replicas(z1, z2)
+                loss = losses.nt_xent(z1, z2, TEMPERATURE, all_z1=g1, all_z2=g2, offset=offset)
+            else:
+                loss = losses.nt_xent(z1, z2, TEMPERATURE)
+            scaled = distribute.scale_loss_for_replicas(loss)
+        return loss, tape.gradient(scaled, w)
+
+    def replicated(gather):
+        loss, grad = dist.strategy.run(
+            tf.function(lambda a, b: replica_step(a, b, gather)), args=(shard(x1), shard(x2))
+        )
+        return (float(dist.strategy.reduce("MEAN", loss, axis=None)),
+                dist.strategy.reduce("SUM", grad, axis=None).numpy())
+
+    global_loss, global_grad = replicated(gather=True)
+    local_loss, local_grad = replicated(gather=False)
+    # One device, the whole batch.
+    w_one = tf.Variable(w0)
+    with tf.GradientTape() as tape:
+        one_loss = losses.nt_xent(tf.constant(x1) @ w_one, tf.constant(x2) @ w_one, TEMPERATURE)
+    one_grad = tape.gradient(one_loss, w_one).numpy()
+    return {
+        "replicas": dist.num_replicas,
+        "global_loss": global_loss, "local_loss": local_loss, "one_loss": float(one_loss),
+        "numpy_loss": nt_xent_numpy(x1 @ w0, x2 @ w0, TEMPERATURE),
+        "global_grad": global_grad.tolist(), "local_grad": local_grad.tolist(),
+        "one_grad": one_grad.tolist(),
+    }
+
+
+def child_simclr_first_step(seed):
+    """First-step fit loss of SimCLR on 2 replicas (sync BN) vs one device."""
+    import keras
+    import tensorflow as tf
+
+    from kerasssl import distribute
+    from kerasssl.encoders import build_encoder
+    from kerasssl.methods import SimCLR
+
+    dist = distribute.setup("mirrored", cpu_devices=2)
+    rng = np.random.default_rng(int(seed))
+    batch = 16
+    images = rng.normal(size=(batch, 16, 16, 1)).astype("float32")
+
+    def build():
+        keras.utils.set_random_seed(int(seed))
+        # Identity views: no augmentation randomness, so both runs see the same pixels.
+        model = SimCLR(build_encoder("tiny", (16, 16, 1)), temperature=TEMPERATURE,
+                       projection_dim=16, hidden_dim=32)
+        model.compile(optimizer=keras.optimizers.SGD(0.1))
+        return model
+
+    def first_step_loss(model):
+        data = tf.data.Dataset.from_tensor_slices(images).batch(batch)
+        return float(model.fit(data, epochs=1, verbose=0).history["loss"][0])
+
+    one = build()
+    weights = one.get_weights()
+    one_loss = first_step_loss(one)
+    with dist.scope():
+        two = build()
+        two.set_weights(weights)
+        switched = distribute.synchronize_batchnorm(two)
+    two_loss = first_step_loss(two)
+    with dist.scope():
+        unsynced = build()
+        unsynced.set_weights(weights)
+    unsynced_loss = first_step_loss(unsynced)
+    return {"one": one_loss, "two": two_loss, "unsynced": unsynced_loss,
+            "switched": switched, "replicas": two.distribute_strategy.num_replicas_in_sync}
+
+
+def child_setup_errors():
+    """User errors of setup() are KerassslError with a one-line message."""
+    from kerasssl import distribute
+    from kerasssl.errors import KerassslError
+
+    out = {}
+
+    def message(fn):
+        try:
+            fn()
+        except KerassslError as e:
+            return str(e)
+        return None
+
+    # TF's devices are initialised (2 logical CPUs): a different split is refused.
+    out["late_split"] = message(lambda: distribute.setup("mirrored", cpu_devices=3))
+    out["unknown"] = message(lambda: distribute.setup("ring"))
+    os.environ.pop("TF_CONFIG", None)
+    out["no_tf_config"] = message(lambda: distribute.setup("multiworker"))
+    os.environ["TF_CONFIG"] = "{not json"
+    out["bad_tf_config"] = message(lambda: distribute.setup("multiworker"))
+    os.environ.pop("TF_CONFIG")
+    none = distribute.setup("none")
+    out["none"] = [none.num_replicas, none.is_chief, none.strategy is None]
+    return out
+
+
+def child_mirrored(seed):
+    """Every mirrored check in one process (TensorFlow starts once: ~10-30 s here)."""
+    out = {"gather": child_gather(seed), "simclr": child_simclr_first_step(seed)}
+    out["errors"] = child_setup_errors()  # last: TF is initialised by now
+    return out
+
+
+CHILDREN = {"mirrored": child_mirrored}
+
+
+@pytest.fixture(scope="module")
+def mirrored():
+    return run_child("mirrored", 3, timeout=400)
+
+
+# ---------------------------------------------------------------------------
+# Tests
+# ---------------------------------------------------------------------------
+def test_global_batch_nt_xent_matches_one_device_loss_and_gradient(mirrored):
+    r = mirrored["gather"]
+    assert r["replicas"] == 2
+    # The one-device loss is the reference; NumPy confirms it.
+    assert r["one_loss"] == pytest.approx(r["numpy_loss"], rel=1e-5)
+    assert r["global_loss"] == pytest.approx(r["one_loss"], rel=1e-5)
+    # Without the gather each replica sees fewer negatives: a different loss.
+    assert abs(r["local_loss"] - r["one_loss"]) > 1e-3
+    # all_gather is differentiable: summed replica gradients = one-device gradient.
+    np.testing.assert_allclose(r["global_grad"], r["one_grad"], rtol=1e-4, atol=1e-6)
+    assert not np.allclose(r["local_grad"], r["one_grad"], rtol=1e-3, atol=1e-5)
+
+
+def test_simclr_first_step_loss_two_replicas_equals_one_device(mirrored):
+    r = mirrored["simclr"]
+    assert r["replicas"] == 2
+    assert r["switched"] > 0
+    assert r["two"] == pytest.approx(r["one"], rel=1e-4)
+    # Per-replica BatchNorm statistics change the loss: sync BN is what makes them equal.
+    assert abs(r["unsynced"] - r["one"]) > 1e-4 * abs(r["one"])
+
+
+def test_setup_user_errors_are_one_line(mirrored):
+    r = mirrored["errors"]
+    assert "already initialised" in r["late_split"]
+    assert "unknown strategy 'ring'" in r["unknown"]
+    assert "TF_CONFIG" in r["no_tf_config"]
+    assert "not valid JSON" in r["bad_tf_config"]
+    assert r["none"] == [1, True, True]
+    for key in ("late_split", "unknown", "no_tf_config", "bad_tf_config"):
+        assert "\n" not in r[key]
+
+
+def test_tf_config_chief_and_validation():
+    from kerasssl import distribute
+    from kerasssl.errors import KerassslError
+
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    conf = {"cluster": cluster, "task": {"type": "worker", "index": 1}}
+    parsed = distribute.read_tf_config({"TF_CONFIG": json.dumps(conf)})
+    assert not distribute._is_chief_task(parsed)
+    conf["task"]["index"] = 0
+    assert distribute._is_chief_task(distribute.read_tf_config({"TF_CONFIG": json.dumps(conf)}))
+    with_chief = {"cluster": dict(cluster, chief=["127.0.0.1:3"]), "task": {"type": "worker", "index": 0}}
+    assert not distribute._is_chief_task(distribute.read_tf_config({"TF_CONFIG": json.dumps(with_chief)}))
+    conf["task"]["index"] = 2
+    with pytest.raises(KerassslError, match="not in the cluster"):
+        distribute.read_tf_config({"TF_CONFIG": json.dumps(conf)})
+
+
+def test_non_chief_writes_to_temporary_folder(tmp_path):
+    from kerasssl.distribute import Distribution
+
+    chief = Distribution("multiworker", is_chief=True)
+    assert chief.write_path(tmp_path / "encoder.keras") == tmp_path / "encoder.keras"
+    worker = Distribution("multiworker", is_chief=False, task_id=1)
+    path = worker.write_path(tmp_path / "encoder.keras")
+    assert path.name == "encoder.keras" and tmp_path not in path.parents
+    path.write_text("x")
+    worker.cleanup()
+    assert not path.parent.exists()
+
+
+if __name__ == "__main__":
+    check, *argv = sys.argv[1:]
+    result = CHILDREN[check](*argv)
+    print(json.dumps(result))
