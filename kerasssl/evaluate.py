@@ -400,7 +400,7 @@ def _read_json(path):
 # -- the `kerasssl evaluate` job -----------------------------------------------
 def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_path=None,
                  plot_path=None, cfg=None, allow_overlap: Optional[bool] = None,
-                 baseline_path=None, bootstrap: Optional[int] = None) -> dict:
+                 baseline_path=None, bootstrap: Optional[int] = None, image_set=None) -> dict:
     """Evaluate a saved classifier on one split of DATA recorded in RUN/split.json.
 
     Args:
@@ -415,6 +415,7 @@ def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_
             default ``cfg.evaluate.allow_overlap``.
         baseline_path: optional second classifier drawn as the baseline.
         bootstrap: resamples for the CI; default ``cfg.evaluate.bootstrap``.
+        image_set: the data already loaded from ``data_path`` (saves re-reading it).
 
     Returns:
         The report dict, also written to ``report_path``.
@@ -439,8 +440,9 @@ def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_
     from kerasssl.data.load import load_images
     from kerasssl.data.split import Split
 
-    image_set = load_images(data_path, image_size=cfg.data.image_size,
-                            allow_pickle=cfg.data.allow_pickle)
+    if image_set is None:
+        image_set = load_images(data_path, image_size=cfg.data.image_size,
+                                allow_pickle=cfg.data.allow_pickle)
     recorded = Split.load(split_path)
     if split == "all":
         idx = np.arange(len(image_set.files))
@@ -496,7 +498,7 @@ def _plot_title(record, split):
     frac = record.get("labels_fraction")
     if mode is None:
         return f"ROC on the {split} split"
-    return f"ROC on the {split} split ({mode}, {frac:g} of labels)"
+    return f"ROC on the {split} split ({mode}, {100 * frac:g}% of the training labels)"
 
 
 def _load_model(path):

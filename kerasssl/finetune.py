@@ -346,7 +346,7 @@ def check_options(mode, labels_fraction, epochs, batch_size, class_weight="balan
 def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
              labels_fraction: Optional[float] = None, epochs: Optional[int] = None,
              batch_size: Optional[int] = None, output=None, patience: Optional[int] = None,
-             verbose: int = 0) -> dict:
+             image_set=None, verbose: int = 0) -> dict:
     """Fine-tune on a labelled fraction of the run's training split; save the classifier.
 
     Reads (or, for a fresh supervised run, creates) ``RUN/split.json`` and
@@ -361,6 +361,7 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
         output: classifier path (default ``RUN/classifier.keras``).
         patience: early-stopping patience in epochs on validation ROC-AUC
             (default: max(5, epochs // 3)); the best epoch is restored either way.
+        image_set: the data already loaded from ``data_path`` (saves re-reading it).
         verbose: Keras fit verbosity.
 
     Returns:
@@ -383,7 +384,9 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
     seed = ft.seed
     keras.utils.set_random_seed(seed)
 
-    image_set = load_images(data_path, image_size=cfg.data.image_size, allow_pickle=cfg.data.allow_pickle)
+    if image_set is None:
+        image_set = load_images(data_path, image_size=cfg.data.image_size,
+                                allow_pickle=cfg.data.allow_pickle)
     split = load_or_create_split(run_dir, image_set, cfg.data, labels_fraction=labels_fraction)
     labeled = np.asarray(split.indices(image_set, "labeled"), np.int64)
     val = np.asarray(split.indices(image_set, "val"), np.int64)

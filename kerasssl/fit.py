@@ -82,16 +82,16 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
     seconds["pretrain"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    say(f"[3/5] finetune: {mode}, {cfg.finetune.labels_fraction:g} of the training labels, "
+    say(f"[3/5] finetune: {mode}, {100 * cfg.finetune.labels_fraction:g}% of the training labels, "
         f"{cfg.finetune.epochs} epochs")
-    record = finetune(cfg, data_path, run_dir, verbose=verbose)
+    record = finetune(cfg, data_path, run_dir, image_set=image_set, verbose=verbose)
     seconds["finetune"] = time.perf_counter() - t
 
     t = time.perf_counter()
     say(f"[4/5] evaluate: {cfg.evaluate.split} split")
     report_path, plot_path = run_dir / "report.json", run_dir / "roc.png"
     report = evaluate_run(record["model"], data_path, run_dir, split=cfg.evaluate.split,
-                          report_path=report_path, plot_path=plot_path, cfg=cfg)
+                          report_path=report_path, plot_path=plot_path, cfg=cfg, image_set=image_set)
     seconds["evaluate"] = time.perf_counter() - t
 
     paths = {"run_dir": str(run_dir), "report": str(report_path), "plot": str(plot_path),
@@ -101,7 +101,7 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
     if cfg.export.enabled:
         say("[5/5] export: SavedModel (TF Serving layout)"
             + (f" + TFLite {cfg.export.tflite}" if cfg.export.tflite else ""))
-        exported = _export(record["model"], run_dir, cfg.export)
+        exported = _export(record["model"], run_dir, data_path, cfg.export)
         if exported is not None:
             paths["saved_model"] = str(exported)
     else:
@@ -110,18 +110,17 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
     return {"report": report, "paths": paths, "seconds": seconds}
 
 
-def _export(model_path, run_dir, export_cfg) -> Optional[Path]:
+def _export(model_path, run_dir, data_path, export_cfg) -> Optional[Path]:
     """Export with ``kerasssl.export`` when that module is installed; otherwise say so."""
     try:
         from kerasssl.export import export_saved_model
     except ImportError as e:
         log.warning("export skipped: kerasssl.export is not available (%s)", e)
         return None
-    from kerasssl.evaluate import _load_model
-
-    model = _load_model(Path(model_path))
     base_dir = Path(export_cfg.base_dir) if export_cfg.base_dir else Path(run_dir) / "saved_models"
-    return Path(export_saved_model(model, base_dir, export_cfg.name, tflite=export_cfg.tflite))
+    # The run's split tells export which images calibrate int8 and check parity.
+    return Path(export_saved_model(str(model_path), base_dir, export_cfg.name, tflite=export_cfg.tflite,
+                                   run_dir=run_dir, data=data_path))
 
 
 def summary_lines(summary: dict) -> list:
@@ -136,7 +135,7 @@ def summary_lines(summary: dict) -> list:
         f"PR-AUC {r['pr_auc']:.3f}, accuracy {r['accuracy']:.3f} at {r['accuracy_threshold']}"
         + (f", {r['youden']['accuracy']:.3f} at the Youden threshold {r['youden']['threshold']:.3f} "
            f"(chosen on {r['youden']['chosen_on']})" if "youden" in r else ""),
-        f"mode {r['mode']}, {r['labels_fraction']:g} of the training labels ({r['n_labeled']} images), "
+        f"mode {r['mode']}, {100 * r['labels_fraction']:g}% of the training labels ({r['n_labeled']} images), "
         f"imbalance: {r['imbalance_handling']}",
         f"report: {p['report']}",
         f"ROC plot: {p['plot']}",

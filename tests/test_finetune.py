@@ -77,27 +77,27 @@ def train(mode, scale=0.1, epochs=1, lr=1e-2):
                         encoder_lr_scale=scale, weight_decay=0.0, class_weight=None)
     enc_delta = [np.abs(np.array(w) - b).max() for w, b in zip(weights_of(encoder.layers), enc_before)]
     bn_moved = any(not np.allclose(np.array(layer.moving_mean), b) for layer, b in zip(bn, bn_before))
-    head_moved = not np.allclose(np.array(model.get_layer("head").kernel), head_before)
-    return enc_delta, bn_moved, head_moved
+    head_delta = np.abs(np.array(model.get_layer("head").kernel) - head_before).max()
+    return enc_delta, bn_moved, head_delta
 
 
 def test_linear_mode_trains_only_the_head():
-    enc_delta, bn_moved, head_moved = train("linear")
-    assert max(enc_delta) == 0.0 and not bn_moved and head_moved
+    enc_delta, bn_moved, head_delta = train("linear")
+    assert max(enc_delta) == 0.0 and not bn_moved and head_delta > 0
 
 
 def test_full_mode_encoder_moves_at_the_scaled_rate_with_fixed_batchnorm():
-    # After one Adam step each conv weight moves by about lr * scale.
-    slow, bn_moved, head_moved = train("full", scale=0.1)
-    fast, _, _ = train("full", scale=1.0)
-    assert not bn_moved and head_moved
-    assert 0.09 * 1e-2 < max(slow) <= 0.1 * 1e-2 * 1.01
-    assert 0.9 * 1e-2 < max(fast) <= 1e-2 * 1.01
+    # One Adam step moves each weight by about its learning rate: lr for the
+    # head, lr * 0.1 for the encoder (cosine decay has not started at step 0).
+    enc_delta, bn_moved, head_delta = train("full", scale=0.1)
+    assert not bn_moved
+    assert 0.9e-2 < head_delta <= 1.01e-2
+    assert 0.9e-3 < max(enc_delta) <= 1.01e-3
 
 
 def test_supervised_mode_trains_everything_with_batch_statistics():
-    enc_delta, bn_moved, head_moved = train("supervised")
-    assert max(enc_delta) > 0 and bn_moved and head_moved
+    enc_delta, bn_moved, head_delta = train("supervised")
+    assert max(enc_delta) > 0.9e-2 and bn_moved and head_delta > 0
 
 
 def test_saved_classifier_gives_the_same_probabilities(tmp_path):
@@ -131,7 +131,7 @@ def supervised_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("ft")
     data = write_class_folders(root / "data", {"lenses": 24, "nonlenses": 18}, size=16)
     cfg = RunConfig.from_dict({"pretrain": {"encoder": "tiny"},
-                               "finetune": {"epochs": 3, "batch_size": 16}})
+                               "finetune": {"epochs": 2, "batch_size": 16}})
     record = ft.finetune(cfg, data, root / "run", mode="supervised", labels_fraction=0.5)
     return cfg, data, root / "run", record
 
@@ -151,7 +151,7 @@ def test_supervised_finetune_creates_the_run(supervised_run):
     n, counts = saved["n_labeled"], saved["labeled_counts"]
     for name, w in saved["class_weight"].items():
         assert w == pytest.approx(n / (2 * counts[name]))
-    assert len(saved["val_roc_auc"]) == len(saved["loss"]) == 3
+    assert len(saved["val_roc_auc"]) == len(saved["loss"]) == 2
     model = keras.saving.load_model(run / "classifier.keras", compile=False)
     assert model.output_shape == (None, 2) and model.input_shape == (None, 16, 16, 3)
 

@@ -44,7 +44,7 @@ def finetune(run_dir, data, mode, labels_fraction, epochs, batch_size, config_pa
                           epochs=epochs, batch_size=batch_size, output=output)
     best = record.get("best_val_roc_auc")
     click.echo(f"{record['mode']} fine-tune on {record['n_labeled']} labelled images "
-               f"({record['labels_fraction']:g} of train), class weights {record['class_weight']}")
+               f"({100 * record['labels_fraction']:g}% of the training split), class weights {record['class_weight']}")
     if best is not None:
         click.echo(f"best validation ROC-AUC {best:.3f} at epoch {record['best_epoch']}")
     click.echo(f"classifier: {record['model']}")
