@@ -253,13 +253,26 @@ def setup(name="none", cpu_devices=None):
     if name not in STRATEGIES:
         raise KerassslError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
     backend = keras.backend.backend()
+    key = (backend, name, None if cpu_devices is None else int(cpu_devices))
+    # A CLI sets the engine up first thing (before any TF op: logical devices
+    # and collective ops can only be configured then); the library's later
+    # call for the same settings gets the same object.
+    if _ACTIVE.get("key") == key:
+        return _ACTIVE["dist"]
     if cpu_devices is not None and int(cpu_devices) > 1 and name == "none":
         log.warning("--cpu-devices %s has no effect with --strategy none", cpu_devices)
     if backend == "jax":
-        return _setup_jax(name, cpu_devices)
-    if backend != "tensorflow":
+        dist = _setup_jax(name, cpu_devices)
+    elif backend == "tensorflow":
+        dist = _setup_tf(name, cpu_devices)
+    else:
         raise KerassslError(f"distribution needs the tensorflow or jax backend, not {backend}")
-    return _setup_tf(name, cpu_devices)
+    _ACTIVE.update(key=key, dist=dist)
+    return dist
+
+
+# The Distribution made by the last setup() call and its settings.
+_ACTIVE = {}
 
 
 def _setup_tf(name, cpu_devices):

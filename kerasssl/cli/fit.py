@@ -24,8 +24,13 @@ import click
               help="Fine-tune mode (supervised skips pretraining).")
 @click.option("--seed", type=int, default=None, help="Seed of the split, pretraining and fine-tuning.")
 @click.option("--no-export", is_flag=True, default=False, help="Skip the SavedModel export.")
+@click.option("--strategy", type=click.Choice(["none", "mirrored", "multiworker"]), default=None,
+              help="Data-parallel pretraining (pretrain.strategy): mirrored = local GPUs "
+                   "(or --cpu-devices), multiworker = TF_CONFIG cluster.")
+@click.option("--cpu-devices", "cpu_devices", type=click.IntRange(min=1), default=None,
+              help="Split the CPU into N logical devices for --strategy mirrored (pretrain.cpu_devices).")
 def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, image_size, batch_size,
-        precision, labels_fraction, mode, seed, no_export):
+        precision, labels_fraction, mode, seed, no_export, strategy, cpu_devices):
     """The whole job on DATA: split, pretrain, fine-tune, evaluate (and export).
 
     Writes RUN/config.yaml, RUN/split.json, RUN/classifier.keras, RUN/report.json
@@ -51,7 +56,14 @@ def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, im
         "data.seed": seed,
         "finetune.seed": seed,
         "export.enabled": False if no_export else None,
+        "pretrain.strategy": strategy,
+        "pretrain.cpu_devices": cpu_devices,
     })
+    if cfg.pretrain.strategy != "none":
+        from kerasssl import distribute
+
+        # Before any TF op: logical CPUs / collectives are configured only then.
+        distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
     record_invocation(run_dir)
     summary = run_fit(cfg, data, run_dir, progress=click.echo)
     click.echo("")
