@@ -214,7 +214,7 @@ def scan(path) -> Listing:
 
     if top_images:
         # Flat, prefix-labelled folder (DeepLense HST layout).
-        _warn_skipped(root, [c for c in children if c not in top_images])
+        _warn_skipped(root, [c for c in children if not (c.is_file() and _is_image_file(c))])
         class_names = ["nonlens", "lens"]
         entries = [
             (p.name, 0 if p.name.lower().startswith(NONLENS_PREFIX) else 1) for p in top_images
@@ -231,7 +231,7 @@ def scan(path) -> Listing:
             folder = root / name
             inner = sorted(_visible(folder.iterdir()), key=lambda p: _natural_key(p.name))
             images = [c for c in inner if c.is_file() and _is_image_file(c)]
-            _warn_skipped(folder, [c for c in inner if c not in images])
+            _warn_skipped(folder, [c for c in inner if not (c.is_file() and _is_image_file(c))])
             if not images:
                 raise DataError(folder, "empty class folder: no .npy/.fits images in it")
             entries.extend((f"{name}/{p.name}", label) for p in images)
@@ -297,13 +297,15 @@ def _read_raw(path: Path, allow_pickle: bool):
 
 
 def _read_npy(path: Path, allow_pickle: bool):
-    with open(path, "rb") as f:
-        magic = f.read(6)
-    if magic != b"\x93NUMPY" and not allow_pickle:
-        # np.load would call this "pickled data"; it is simply not a .npy file.
-        raise DataError(path, "not a valid .npy file (no NumPy header)")
     try:
-        array = np.load(path, allow_pickle=allow_pickle)
+        with open(path, "rb") as f:
+            if f.read(6) != b"\x93NUMPY" and not allow_pickle:
+                # np.load would call this "pickled data"; it is simply not a .npy file.
+                raise DataError(path, "not a valid .npy file (no NumPy header)")
+            f.seek(0)
+            array = np.load(f, allow_pickle=allow_pickle)
+    except DataError:
+        raise
     except ValueError as e:
         if "allow_pickle" in str(e) or "pickled" in str(e):
             raise DataError(
