@@ -356,7 +356,7 @@ def evaluate_classifier(model, images, labels, class_names, *, val_images=None,
 def training_files(run_dir) -> dict:
     """Files that trained the models of a run, by stage, from the run directory.
 
-    - ``finetune``: the labelled files of every fine-tuning recorded in
+    - ``finetune``: the labelled files of every classifier recorded in
       ``RUN/finetune.json`` and the ``labeled`` list of ``RUN/split.json``.
     - ``pretrain``: the files pretraining saw: the list it recorded in
       ``RUN/history.json`` (key ``files``) if any, else the whole train split,
@@ -365,8 +365,7 @@ def training_files(run_dir) -> dict:
     run_dir = Path(run_dir)
     split = _read_json(run_dir / "split.json") or {}
     used = {"finetune": set(split.get("labeled") or [])}
-    record = _read_json(run_dir / "finetune.json")
-    if record:
+    for record in finetune_records(run_dir).values():
         used["finetune"] |= set(record.get("labeled_files") or [])
     pretrained = (run_dir / "encoder.keras").exists() or (run_dir / "history.json").exists()
     if pretrained:
@@ -378,6 +377,13 @@ def training_files(run_dir) -> dict:
             used["pretrain"] = set(split.get("train") or []) | set(split.get("labeled") or []) \
                 | set(split.get("unlabeled") or [])
     return used
+
+
+def finetune_records(run_dir) -> dict:
+    """``{classifier file name: record}`` from ``RUN/finetune.json`` (empty if none)."""
+    raw = _read_json(Path(run_dir) / "finetune.json") or {}
+    models = raw.get("models") if isinstance(raw, dict) else None
+    return models if isinstance(models, dict) else {}
 
 
 def training_overlap(eval_files: Sequence[str], run_dir) -> dict:
@@ -466,7 +472,8 @@ def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_
 
     model = _load_model(model_path)
     baseline = _load_model(Path(baseline_path)) if baseline_path else None
-    finetune_record = _read_json(run_dir / "finetune.json") or {}
+    # Mode and labels of this classifier, as recorded when it was fine-tuned.
+    finetune_record = finetune_records(run_dir).get(model_path.name, {})
     report = evaluate_classifier(
         model, image_set.images[idx], image_set.labels[idx], image_set.class_names,
         val_images=val_images, val_labels=val_labels, bootstrap=bootstrap,

@@ -351,7 +351,8 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
 
     Reads (or, for a fresh supervised run, creates) ``RUN/split.json`` and
     ``RUN/preprocess.json``; writes ``RUN/classifier.keras`` (or ``output``) and
-    ``RUN/finetune.json`` (mode, labels, class weights, labelled file names, history).
+    ``RUN/finetune.json`` (per classifier file: mode, labels, class weights,
+    labelled file names, history; see :func:`record_finetune`).
 
     Args:
         cfg: a ``kerasssl.config.RunConfig`` (``finetune`` and ``data`` sections used).
@@ -442,8 +443,27 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
         **history,
         "labeled_files": [image_set.files[i] for i in labeled],
     }
-    write_json_atomic(run_dir / "finetune.json", record)
+    record_finetune(run_dir, record)
     return record
+
+
+def record_finetune(run_dir, record) -> None:
+    """Add ``record`` to ``RUN/finetune.json`` under the classifier's file name.
+
+    One entry per classifier file, so a run can hold e.g. a supervised
+    baseline beside the SSL classifier and ``evaluate`` reports the right
+    mode and labels for each (``"latest"`` names the last one written).
+    """
+    path = Path(run_dir) / "finetune.json"
+    records = {}
+    if path.exists():
+        try:
+            records = json.loads(path.read_text()).get("models", {})
+        except (ValueError, AttributeError):
+            log.warning("%s: unreadable, starting a new record", path)
+    name = Path(record["model"]).name
+    records[name] = record
+    write_json_atomic(path, {"latest": name, "models": records})
 
 
 def _augmentation(seed):

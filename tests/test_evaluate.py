@@ -144,5 +144,5 @@ def test_training_overlap_reads_the_run_dir(tmp_path):
     # A pretrained encoder in the run means the train split was seen too.
     (tmp_path / "encoder.keras").write_bytes(b"")
     assert ev.training_overlap(["b", "t1"], tmp_path) == {"pretrain": ["b"]}
-    (tmp_path / "finetune.json").write_text(json.dumps({"labeled_files": ["t2"]}))
+    (tmp_path / "finetune.json").write_text(json.dumps({"models": {"c.keras": {"labeled_files": ["t2"]}}}))
     assert ev.training_overlap(["t2"], tmp_path) == {"finetune": ["t2"]}

@@ -141,7 +141,7 @@ def test_supervised_finetune_creates_the_run(supervised_run):
     for name in ("classifier.keras", "finetune.json", "split.json", "preprocess.json"):
         assert (run / name).exists(), name
     split = json.loads((run / "split.json").read_text())
-    saved = json.loads((run / "finetune.json").read_text())
+    saved = json.loads((run / "finetune.json").read_text())["models"]["classifier.keras"]
     assert saved["mode"] == "supervised" and saved["labels_fraction"] == 0.5
     labeled = set(saved["labeled_files"])
     assert labeled <= set(split["train"]) and not labeled & set(split["test"])

@@ -90,7 +90,7 @@ def test_finetune_then_evaluate_commands_and_honesty_guard(tmp_path, data16, cap
                               "--plot", tmp_path / "ov.png"], capsys)
     assert code == 0, err
     overlap = json.loads((tmp_path / "ov.json").read_text())["overlap"]
-    labeled = json.loads((run / "finetune.json").read_text())["labeled_files"]
+    labeled = json.loads((run / "finetune.json").read_text())["models"]["classifier.keras"]["labeled_files"]
     assert overlap["allowed"] and overlap["finetune"]["n_files"] == len(labeled)
     # Unlabelled training files never trained a supervised model (no pretraining in this run).
     from kerasssl.evaluate import training_overlap
