@@ -168,12 +168,15 @@ def test_folder_errors(tmp_path):
 
 
 def test_unknown_files_are_skipped_with_a_warning(hst_folder, caplog):
-    (hst_folder / "metadata.csv").write_text("a,b\n")
+    (hst_folder / "notes.txt").write_text("a,b\n")
+    (hst_folder / "metadata.csv").write_text("a,b\n")  # the simulator's sidecar: expected
     (hst_folder / ".hidden.npy").write_bytes(b"")  # hidden files are ignored silently
     with caplog.at_level(logging.WARNING, logger="kerasssl.data.load"):
         data = load_images(hst_folder)
     assert len(data) == 36
-    assert any("metadata.csv" in r.getMessage() for r in caplog.records)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "skipped 1 entry that is not" in warnings[0]
+    assert "notes.txt" in warnings[0] and "metadata.csv" not in warnings[0]
 
 
 def test_scan_lists_without_reading_pixels(hst_folder):

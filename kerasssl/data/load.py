@@ -153,14 +153,23 @@ def _visible(children):
     return [c for c in children if not c.name.startswith(".")]
 
 
+# Files kerasssl itself writes beside images (simulate, convert): expected, not warned about.
+SIDECAR_FILES = {"metadata.csv", "manifest.json"}
+
+
 def _warn_skipped(folder: Path, skipped: Sequence[Path]) -> None:
+    sidecars = [p for p in skipped if p.name in SIDECAR_FILES and p.is_file()]
+    if sidecars:
+        logger.debug("%s: not images, ignored: %s", folder, ", ".join(p.name for p in sidecars))
+    skipped = [p for p in skipped if p not in sidecars]
     if not skipped:
         return
     names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in skipped[:3])
     more = f" and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    one = len(skipped) == 1
     logger.warning(
-        "%s: skipped %d entr%s that are not .npy/.fits images: %s%s",
-        folder, len(skipped), "y" if len(skipped) == 1 else "ies", names, more,
+        "%s: skipped %d entr%s that %s not .npy/.fits images: %s%s",
+        folder, len(skipped), "y" if one else "ies", "is" if one else "are", names, more,
     )
 
 
