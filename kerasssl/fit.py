@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -59,6 +60,8 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
     ft = cfg.finetune
     check_options(mode, ft.labels_fraction, ft.epochs, ft.batch_size, ft.class_weight)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Decide about an existing pretraining before config.yaml is replaced.
+    state = None if mode == "supervised" else _pretraining_state(run_dir, _previous_config(run_dir), cfg)
     cfg.save(run_dir / "config.yaml")
     seconds = {}
 
@@ -76,9 +79,12 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
     else:
         from kerasssl.pretrain import pretrain
 
-        say(f"[2/5] pretrain: {cfg.pretrain.method} on {cfg.pretrain.encoder}, "
-            f"{cfg.pretrain.epochs} epochs")
-        pretrain(cfg, data_path, run_dir, resume=False)
+        if state == "done":
+            say(f"[2/5] pretrain: reusing {run_dir / 'encoder.keras'} (same data and pretrain config)")
+        else:
+            say(f"[2/5] pretrain: {cfg.pretrain.method} on {cfg.pretrain.encoder}, "
+                f"{cfg.pretrain.epochs} epochs" + (" (resuming)" if state == "resume" else ""))
+            pretrain(cfg, data_path, run_dir, resume=state == "resume", verbose=2 if verbose else 0)
     seconds["pretrain"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -108,6 +114,37 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
         say("[5/5] export: disabled in the config")
     seconds["export"] = time.perf_counter() - t
     return {"report": report, "paths": paths, "seconds": seconds}
+
+
+def _previous_config(run_dir):
+    """The config a run directory already holds (None for a fresh one)."""
+    from kerasssl.config import RunConfig
+
+    path = Path(run_dir) / "config.yaml"
+    return RunConfig.load(path) if path.exists() else None
+
+
+def _pretraining_state(run_dir, previous, cfg) -> str:
+    """"done" (reuse RUN/encoder.keras), "resume" (interrupted, same config) or "new".
+
+    Reuse needs the same data and pretraining settings (epochs aside for a
+    resume); a run dir pretrained differently is refused rather than mixed.
+    """
+    run_dir = Path(run_dir)
+    has_encoder = (run_dir / "encoder.keras").exists()
+    has_checkpoints = (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir())
+    if not (has_encoder or has_checkpoints):
+        return "new"
+    same = previous is not None and previous.data == cfg.data and previous.seed == cfg.seed
+    if same and has_encoder and previous.pretrain == cfg.pretrain:
+        return "done"
+    if same and has_checkpoints and not has_encoder \
+            and dataclasses.replace(previous.pretrain, epochs=cfg.pretrain.epochs) == cfg.pretrain:
+        return "resume"
+    raise KerassslError(
+        f"{run_dir}: already holds a pretraining run with other data/pretrain settings; "
+        "use a new --run-dir (or `kerasssl finetune` to reuse its encoder)"
+    )
 
 
 def _export(model_path, run_dir, data_path, export_cfg) -> Optional[Path]:
