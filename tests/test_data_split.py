@@ -131,5 +131,7 @@ def test_load_or_create_split_records_reuses_and_refuses(tmp_path, caplog):
     tenth = load_or_create_split(run, data, cfg, labels_fraction=0.1)
     assert tenth.train == first.train and set(tenth.labeled) < set(first.labeled)
     assert Split.load(run / "split.json").labeled == tenth.labeled
+    # A stage that does not choose a fraction (pretraining) keeps the recorded one.
+    assert load_or_create_split(run, data, cfg) == tenth
     with pytest.raises(KerassslError, match="absent from"):
         load_or_create_split(run, fake_set([20, 30], prefix="x/"), cfg)

@@ -267,7 +267,7 @@ def make_split(image_set, val_fraction: float = 0.15, test_fraction: float = 0.1
                   labels_fraction)
 
 
-def load_or_create_split(run_dir, image_set, data_cfg, labels_fraction: float = 1.0) -> Split:
+def load_or_create_split(run_dir, image_set, data_cfg, labels_fraction=None) -> Split:
     """The run's split: read ``RUN/split.json``, or make it from ``data_cfg`` and write it.
 
     An existing split wins over ``data_cfg`` (a run keeps its split; a changed
@@ -279,7 +279,9 @@ def load_or_create_split(run_dir, image_set, data_cfg, labels_fraction: float = 
         image_set: the data.
         data_cfg: :class:`kerasssl.config.DataConfig` (val_fraction,
             test_fraction, seed).
-        labels_fraction: fraction of train whose labels may be used.
+        labels_fraction: fraction of train whose labels may be used; None keeps
+            the run's recorded one (1.0 for a new split), so a stage that uses no
+            labels (pretraining) does not undo a fine-tuning's choice.
 
     Raises:
         KerassslError: the recorded split names files absent from the data.
@@ -289,6 +291,7 @@ def load_or_create_split(run_dir, image_set, data_cfg, labels_fraction: float = 
     """
     path = Path(run_dir) / SPLIT_FILE
     if not path.exists():
+        labels_fraction = 1.0 if labels_fraction is None else labels_fraction
         split = make_split(image_set, data_cfg.val_fraction, data_cfg.test_fraction,
                            labels_fraction, data_cfg.seed)
         split.save(path)
@@ -314,7 +317,7 @@ def load_or_create_split(run_dir, image_set, data_cfg, labels_fraction: float = 
     if extra > 0:
         logger.warning("%s: %d file(s) of the data are not in the run's split and are unused",
                        path, extra)
-    if not np.isclose(labels_fraction, split.labels_fraction):
+    if labels_fraction is not None and not np.isclose(labels_fraction, split.labels_fraction):
         split = split.with_labels_fraction(image_set, labels_fraction)
         split.save(path)
         logger.info("%s: labeled set re-derived for labels fraction %s", path, labels_fraction)
