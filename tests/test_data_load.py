@@ -48,6 +48,14 @@ def test_class_folders_channels_first_are_transposed(three_band_folder):
     np.testing.assert_array_equal(data.images[i], np.moveaxis(stored, 0, -1))
 
 
+@pytest.mark.parametrize("names", [("lenses", "nonlenses"), ("lens", "non_lens"),
+                                   ("train_lenses", "train_nonlenses"), ("Lenses", "NonLenses")])
+def test_binary_lens_folders_put_the_non_lens_class_first(tmp_path, names):
+    pos, neg = names
+    root = write_class_folders(tmp_path / "b", {pos: 1, neg: 1}, size=8)
+    assert scan(root).class_names == [neg, pos]
+
+
 def test_channels_last_and_other_class_names_sorted(tmp_path):
     root = write_class_folders(tmp_path / "sim", {"no_sub": 2, "cdm": 3, "axion": 2},
                                size=16, channels=1, channels_first=False)

@@ -174,18 +174,17 @@ def _warn_skipped(folder: Path, skipped: Sequence[Path]) -> None:
 
 
 def _binary_lens_order(names: List[str]) -> Optional[List[str]]:
-    """[non-lens, lens] if the two folder names are a lens / non-lens pair."""
+    """[non-lens, lens] if two folder names differ by a "non" ("lenses" /
+    "nonlenses", "lens" / "non_lens", "train_lenses" / "train_nonlenses")."""
     if len(names) != 2:
         return None
     a, b = names
     for neg, pos in ((a, b), (b, a)):
         low_neg, low_pos = neg.lower(), pos.lower()
-        if low_neg in {f"non{low_pos}", f"non_{low_pos}", f"non-{low_pos}"}:
-            return [neg, pos]
-        if low_neg in {"nl", "nonlens", "nonlenses", "non_lens", "non_lenses"} and low_pos in {
-            "lens", "lenses", "l",
-        }:
-            return [neg, pos]
+        for marker in ("non_", "non-", "non"):
+            at = low_neg.find(marker)
+            if at >= 0 and low_neg[:at] + low_neg[at + len(marker):] == low_pos:
+                return [neg, pos]
     return None
 
 
