@@ -133,6 +133,10 @@ def test_load_tfrecords_equals_load_images(hst_folder, tmp_path, compression):
     np.testing.assert_array_equal(got.images, want.images[order])  # NaN in the same places
     assert np.isnan(got.images).sum() == 12  # 4 files x 3 NaN pixels
     assert nonfinite_report(got) == nonfinite_report(want.subset(order))
+    from kerasssl.data.split import make_split
+    split_folder, split_shards = make_split(want, seed=4), make_split(got, seed=4)
+    for name in ("train", "val", "test"):  # hashes of the same relpaths: the same split
+        assert sorted(getattr(split_shards, name)) == sorted(getattr(split_folder, name))
     cropped = tfrecord.load_tfrecords(out, image_size=20)  # a folder of shards works too
     np.testing.assert_array_equal(cropped.images,
                                   load_images(hst_folder, image_size=20).images[order])
