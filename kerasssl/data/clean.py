@@ -112,7 +112,9 @@ def repair_nonfinite(images, policy: str = "median") -> np.ndarray:
         3.0
     """
     if policy not in NAN_POLICIES:
-        raise KerassslError(f"unknown NaN policy {policy!r}; choose one of {', '.join(NAN_POLICIES)}")
+        raise KerassslError(
+            f"unknown NaN policy {policy!r}; choose one of {', '.join(NAN_POLICIES)}"
+        )
     x, single = _as_batch(images)
     finite = np.isfinite(x)
     if policy == "zero":

@@ -98,10 +98,11 @@ def make_dataset(
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
 
-    if source_labels is None:
-        gather = lambda idx: tf.gather(source_images, idx)  # noqa: E731
-    else:
-        gather = lambda idx: (tf.gather(source_images, idx), tf.gather(source_labels, idx))  # noqa: E731
+    def gather(idx):
+        if source_labels is None:
+            return tf.gather(source_images, idx)
+        return tf.gather(source_images, idx), tf.gather(source_labels, idx)
+
     ds = ds.map(gather, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
