@@ -297,3 +297,23 @@ def test_writer_refuses_and_leaves_nothing_behind(hst_folder, tmp_path):
     (hst_folder / "zz_bad_hst.npy").unlink()
     tfrecord.write_tfrecords(hst_folder, empty, progress=False)  # an empty OUT is fine
     assert (empty / "data-00000-of-00001.tfrecord").exists()
+
+
+def test_mixed_sizes_need_image_size_and_are_cropped(tmp_path):
+    rng = np.random.default_rng(2)
+    small = rng.normal(size=(3, 10, 10)).astype(np.float32)
+    large = rng.normal(size=(3, 12, 12)).astype(np.float32)
+    shard = tmp_path / "mixed.tfrecord"
+    write_record_file(shard, [tfrecord.encode_example(small, 0, "nonlenses", "nonlenses/a.npy"),
+                              tfrecord.encode_example(large, 1, "lenses", "lenses/b.npy")])
+    with pytest.raises(DataError, match=r"mixed\.tfrecord: record 1 \(lenses/b\.npy\): image is "
+                                        r"12x12 but nonlenses/a\.npy is 10x10; pass --image-size"):
+        tfrecord.load_tfrecords(str(shard))
+    with pytest.raises(DataError, match=r"record 0 \(nonlenses/a\.npy\): image is 10x10, smaller "
+                                        r"than the crop size 11"):
+        tfrecord.load_tfrecords(str(shard), image_size=11)
+    data = tfrecord.load_tfrecords(str(shard), image_size=10)
+    assert data.class_names == ["nonlenses", "lenses"] and data.files == ["nonlenses/a.npy",
+                                                                          "lenses/b.npy"]
+    np.testing.assert_array_equal(data.images[1], np.moveaxis(large, 0, -1)[1:11, 1:11])
+    assert data.meta["stored_shapes"] == [[3, 10, 10], [3, 12, 12]]
