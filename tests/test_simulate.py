@@ -73,6 +73,9 @@ def test_profiles_match_lenstronomy():
         expected = LightModel(["SERSIC_ELLIPSE"]).surface_brightness(x, y, [kw])
         np.testing.assert_allclose(simulate_render.sersic_ellipse(x, y, kw), expected,
                                    rtol=1e-10)
+        lenstronomy_total = LightModel(["SERSIC_ELLIPSE"]).total_flux([kw])[0]
+        assert 2.5 * simulate_render.sersic_total_flux(kw) == pytest.approx(lenstronomy_total,
+                                                                            rel=1e-12)
     kw = {"amp": 3.0, "sigma": 0.3, "center_x": 0.5, "center_y": 0.2}
     np.testing.assert_allclose(simulate_render.gaussian(x, y, kw),
                                LightModel(["GAUSSIAN"]).surface_brightness(x, y, [kw]),
@@ -80,27 +83,28 @@ def test_profiles_match_lenstronomy():
 
 
 def test_noiseless_image_matches_lenstronomy_image_model():
-    """Our renderer vs lenstronomy's own ImageModel (same scene, PSF, sampling)."""
+    """Our renderer vs lenstronomy's ImageModel, finely supersampled (the reference)."""
     survey = SURVEYS["hst"]
     renderer = Renderer(survey, 64)
     scene = lens_scene(survey)
     ours, _ = renderer.render(scene, None, noise=False)
     sim = renderer.sims[0]
     cps = [renderer.fluxes(c)[0] for c in scene.components]
-    amps = [cps[i] * renderer._unit_flux_norm("SERSIC_ELLIPSE", c.kwargs[0])
+    amps = [cps[i] / simulate_render.sersic_total_flux(c.kwargs[0])
             for i, c in enumerate(scene.components)]
     from lenstronomy.Data.psf import PSF
     from lenstronomy.ImSim.image_model import ImageModel
 
     psf = PSF(psf_type="GAUSSIAN", fwhm=0.12, pixel_size=renderer.pixel_scale, truncation=5)
     model = ImageModel(sim.data_class, psf, sim.lens_model_class, sim.source_model_class,
-                       sim.lens_light_model_class, kwargs_numerics={"supersampling_factor": renderer.supersampling})
+                       sim.lens_light_model_class, kwargs_numerics={"supersampling_factor": 8})
     theirs = model.image(scene.lens_kwargs,
                          [{**scene.components[1].kwargs[0], "amp": amps[1]}],
                          [{**scene.components[0].kwargs[0], "amp": amps[0]}])
     ours = ours[0].astype(np.float64)
-    assert ours.sum() == pytest.approx(theirs.sum(), rel=1e-3)
-    assert np.abs(ours - theirs).max() < 1e-3 * theirs.max()
+    # One sample per pixel, except the finely integrated deflector core.
+    assert ours.sum() == pytest.approx(theirs.sum(), rel=4e-3)
+    assert np.abs(ours - theirs).max() < 0.01 * theirs.max()
 
 
 def test_lensed_flux_equals_point_source_magnification():
@@ -261,7 +265,6 @@ def test_nan_fraction_is_honoured(hst_set):
 
 
 def test_nan_patterns_cover_the_requested_fraction():
-    rng = np.random.default_rng(0)
     for i in range(30):
         image = np.zeros((3, 64, 64), np.float32)
         count = sprinkle_nans(image, np.random.default_rng(i))
@@ -270,7 +273,6 @@ def test_nan_patterns_cover_the_requested_fraction():
         assert 0.001 * 4096 - 1 <= pixels <= 0.002 * 4096 + 1
     assert len(nan_indices(1, LENS, 10, 0.25)) == 3
     assert nan_indices(1, LENS, 10, 0.0) == set()
-    assert rng is not None
 
 
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path, hst_set):

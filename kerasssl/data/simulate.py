@@ -51,15 +51,17 @@ logger = logging.getLogger(__name__)
 FORMATS = tuple(SURVEYS)
 MIN_SIZE, MAX_SIZE = 16, 1024
 LENS, NONLENS = 1, 0
-# Random streams spawned from each image's seed: scene parameters, noise, NaN pattern.
-SCENE_STREAM, NOISE_STREAM, NAN_STREAM = 0, 1, 2
+NAN_STREAM = 2**31 - 1  # extra seed word of the NaN file selection stream
 NAN_PIXEL_FRACTION = (0.001, 0.002)   # of the pixels of an affected file, as in the HST set
 CHUNK = 64                            # images per worker task
 
 
-def image_seed(seed, label, index):
-    """SeedSequence of one image: depends on (seed, class, index) only."""
-    return np.random.SeedSequence([seed, label, index])
+def image_rng(seed, label, index):
+    """Generator of one image: depends on (seed, class, index) only.
+
+    It draws, in this order, the scene, the noise and the NaN pattern.
+    """
+    return np.random.default_rng([seed, label, index])
 
 
 def file_name(fmt, label, index):
@@ -146,10 +148,10 @@ def simulate_one(fmt, size, seed, label, index, with_nan=False):
     from kerasssl.data.simulate_scene import draw_scene
 
     renderer = _renderer(fmt, size)
-    scene_ss, noise_ss, nan_ss = image_seed(seed, label, index).spawn(3)
-    scene = draw_scene(np.random.default_rng(scene_ss), label, renderer.survey)
-    image, info = renderer.render(scene, np.random.default_rng(noise_ss))
-    nan_count = sprinkle_nans(image, np.random.default_rng(nan_ss)) if with_nan else 0
+    rng = image_rng(seed, label, index)
+    scene = draw_scene(rng, label, renderer.survey)
+    image, info = renderer.render(scene, rng)
+    nan_count = sprinkle_nans(image, rng) if with_nan else 0
     row = {"filename": file_name(fmt, label, index), "class": class_name(fmt, label),
            "label": label, "index": index, "pixel_scale": renderer.pixel_scale}
     row.update(scene.meta)

@@ -2,8 +2,11 @@
 
 One :class:`Renderer` per worker and image size holds one lenstronomy
 ``SimAPI`` per band (built once, reused for every image: it owns the
-magnitude -> e-/s conversion and the band's noise model), the SIE + SHEAR
-``LensModel`` and the Sersic / Gaussian ``LightModel`` s.
+magnitude -> e-/s conversion and the band's noise model) and its SIE + SHEAR
+``LensModel`` (ray shooting). Light profiles are lenstronomy's SERSIC_ELLIPSE
+and GAUSSIAN written out in NumPy (4x faster than the ``LightModel`` calls;
+parity-tested to 1e-10, and a whole noiseless image against lenstronomy's
+``ImageModel``), with lenstronomy's analytic total-flux normalisation (also parity-tested).
 
 Per image:
 
@@ -44,6 +47,10 @@ PSF_TRUNCATION = 5.0  # kernel radius in sigmas (lenstronomy's default)
 SERSIC_CUT = 8.0     # evaluate lensed Sersics within this many R_eff (negligible beyond)
 GAUSSIAN_CUT = 5.0   # and Gaussians within this many sigma
 SERSIC_SMOOTHING = 1e-4  # lenstronomy's radius floor
+CORE_PIXELS = 5          # side of the block around a Sersic centre integrated finely
+CORE_SUBSAMPLING = 8     # samples per pixel side there
+ARC_SUBSAMPLING = 2      # rays per pixel side where there is lensed light
+ARC_REFINE_LEVEL = 0.03  # ... where a pixel steps by this fraction of the arc's peak
 LENSED_NAMES = ("source", "clumps")
 
 
@@ -89,6 +96,16 @@ def sersic_ellipse(x, y, kwargs):
     r = np.maximum(np.sqrt(xp * xp + yp * yp), SERSIC_SMOOTHING)
     r_frac = r / max(kwargs["R_sersic"], SERSIC_SMOOTHING)
     return kwargs["amp"] * np.exp(-bn * (r_frac ** (1.0 / n) - 1.0))
+
+
+def sersic_total_flux(kwargs):
+    """Total flux of :func:`sersic_ellipse` with amp=1: lenstronomy's analytic
+    ``SersicUtil._total_flux`` (round profile of radius R_sersic, as lenstronomy's
+    product-average convention makes the ellipse area-preserving)."""
+    n = kwargs["n_sersic"]
+    bn = max(1.9992 * n - 0.3271, 1e-5)
+    return (kwargs["R_sersic"] ** 2 * 2.0 * math.pi * n * math.exp(bn) / bn ** (2.0 * n)
+            * math.gamma(2.0 * n))
 
 
 def gaussian(x, y, kwargs):
@@ -175,7 +192,10 @@ class Renderer:
 
     Example:
         >>> renderer = Renderer(SURVEYS["three-band"], 32)
-        >>> image, info = renderer.render(scene, np.random.default_rng(0))  # (3, 32, 32)
+        >>> scene = draw_scene(np.random.default_rng(0), 0, renderer.survey)
+        >>> image, _ = renderer.render(scene, np.random.default_rng(1))
+        >>> image.shape
+        (3, 32, 32)
     """
 
     def __init__(self, survey, size):
@@ -192,12 +212,19 @@ class Renderer:
         self.sims = [SimAPI(size, band.kwargs_single_band(self.pixel_scale), kwargs_model)
                      for band in survey.bands]
         self.lens_model = self.sims[0].lens_model_class
-        self.sersic_model = self.sims[0].lens_light_model_class
         n = size * self.supersampling
         self.x, self.y = util.make_grid(size, self.pixel_scale, subgrid_res=self.supersampling)
         self.sub_shape = (n, n)
         # Flux of a sub-pixel = surface brightness x its area.
-        self.sub_area = (self.pixel_scale / self.supersampling) ** 2
+        self.sample_spacing = self.pixel_scale / self.supersampling
+        self.sub_area = self.sample_spacing ** 2
+        # Pixel centres along an axis (lenstronomy's grid: 0 at the image centre),
+        # and sub-pixel offsets for the fine integration of Sersic cores.
+        self.pixel_centres = (np.arange(size) - (size - 1) / 2.0) * self.pixel_scale
+        self.core_offsets = ((np.arange(CORE_SUBSAMPLING) + 0.5) / CORE_SUBSAMPLING - 0.5) \
+            * self.pixel_scale
+        arc = ((np.arange(ARC_SUBSAMPLING) + 0.5) / ARC_SUBSAMPLING - 0.5) * self.pixel_scale
+        self.arc_offsets = [a.ravel() for a in np.meshgrid(arc, arc)]  # x, y per sub-ray
         self.background_noise = np.array([sim.background_noise for sim in self.sims])
         # Poisson variance per unit flux (e-/s) of each band, from lenstronomy's model.
         self.poisson_variance = np.array([sim.flux_noise(np.ones(1))[0] ** 2 for sim in self.sims])
@@ -211,17 +238,20 @@ class Renderer:
         return image.reshape(self.size, s, self.size, s).sum(axis=(1, 3))
 
     def _unit_flux_norm(self, profile, kwargs):
-        """1 / total flux of a profile with amp=1 (lenstronomy's analytic total_flux)."""
+        """1 / total flux of a profile with amp=1."""
         if profile == "GAUSSIAN":
             return 1.0
-        return 1.0 / self.sersic_model.total_flux([kwargs], norm=True)[0]
+        return 1.0 / sersic_total_flux(kwargs)
 
     def unit_image(self, component, beta=None):
         """The component's pixel image for a total (unlensed) flux of 1 e-/s, before PSF.
 
         Lensed components are evaluated at the source-plane positions ``beta``;
         their image sums to the magnification (the flux that lands in the cutout).
-        Ring and spiral profiles are normalised on the cutout itself.
+        Ring and spiral profiles are normalised on the cutout itself. Structure
+        finer than the sampling (tiny clumps, very compact sources) is widened
+        to the sample spacing so that its flux is integrated correctly; it is
+        far below the PSF anyway.
         """
         x, y = (self.x, self.y) if beta is None else beta
         function = PROFILES[component.profile]
@@ -231,34 +261,93 @@ class Renderer:
                 sb = function(x, y, kwargs)
                 sub += weight * sb / max(sb.sum(), 1e-300)
             return self._bin(sub)
-        sub = np.zeros(x.shape)
+        if beta is not None or component.profile == "GAUSSIAN":
+            return self._bin(self._compact_sb(component, x, y) * self.sub_area)
+        image = np.zeros((self.size, self.size))
         for kwargs, weight in zip(component.kwargs, component.weights):
             full = {**kwargs, "amp": weight * self._unit_flux_norm(component.profile, kwargs)}
-            if beta is None and component.profile == "SERSIC_ELLIPSE":
-                sub += function(x, y, full)
-                continue
-            # Compact (lensed or Gaussian) profiles: only where they are non-negligible.
+            image += self._bin(function(x, y, full) * self.sub_area)
+            self._refine_core(image, function, full)
+        return image
+
+    def _compact_sb(self, component, x, y):
+        """Surface brightness (unit total flux) of a compact profile at points x, y.
+
+        Evaluated only where non-negligible; sizes floored at the sample spacing.
+        """
+        function = PROFILES[component.profile]
+        sb = np.zeros(x.shape)
+        for kwargs, weight in zip(component.kwargs, component.weights):
+            full = dict(kwargs)
             if component.profile == "GAUSSIAN":
-                cut = GAUSSIAN_CUT * kwargs["sigma"]
+                full["sigma"] = max(full["sigma"], 0.6 * self.sample_spacing)
+                cut = GAUSSIAN_CUT * full["sigma"]
             else:
+                full["R_sersic"] = max(full["R_sersic"], self.sample_spacing)
                 e = math.hypot(kwargs["e1"], kwargs["e2"])
-                cut = SERSIC_CUT * kwargs["R_sersic"] / math.sqrt(max((1 - e) / (1 + e), 0.05))
+                cut = SERSIC_CUT * full["R_sersic"] / math.sqrt(max((1 - e) / (1 + e), 0.05))
+            # Normalise after widening: the flux is conserved.
+            full["amp"] = weight * self._unit_flux_norm(component.profile, full)
             near = np.flatnonzero((x - kwargs["center_x"]) ** 2 + (y - kwargs["center_y"]) ** 2
                                   < cut * cut)
             if near.size:
-                sub[near] += function(x[near], y[near], full)
-        return self._bin(sub * self.sub_area)
+                sb[near] += function(x[near], y[near], full)
+        return sb
+
+    def _refine_arcs(self, units, lens_kwargs):
+        """Re-integrate the pixels where lensed light is steep on a finer grid (in place).
+
+        Arcs are thin and steep across: one ray per pixel is ~10 % off at their
+        edges. Pixels that differ from a neighbour by more than ARC_REFINE_LEVEL
+        of the peak get ARC_SUBSAMPLING^2 rays each (smooth parts keep one).
+        """
+        total = sum(unit for _, unit in units)
+        steps = np.zeros_like(total)
+        dy = np.abs(np.diff(total, axis=0))
+        dx = np.abs(np.diff(total, axis=1))
+        steps[1:] = dy
+        steps[:-1] = np.maximum(steps[:-1], dy)
+        steps[:, 1:] = np.maximum(steps[:, 1:], dx)
+        steps[:, :-1] = np.maximum(steps[:, :-1], dx)
+        mask = steps > ARC_REFINE_LEVEL * total.max()
+        rows, cols = np.nonzero(mask)
+        xf = (self.pixel_centres[cols][:, None] + self.arc_offsets[0][None, :]).ravel()
+        yf = (self.pixel_centres[rows][:, None] + self.arc_offsets[1][None, :]).ravel()
+        bx, by = self.lens_model.ray_shooting(xf, yf, lens_kwargs)
+        for component, unit in units:
+            fine = self._compact_sb(component, bx, by).reshape(len(rows), -1).mean(axis=1)
+            unit[rows, cols] = fine * self.pixel_scale ** 2
+
+    def _refine_core(self, image, function, kwargs):
+        """Re-integrate the pixels around a Sersic centre on a fine grid (in place).
+
+        The cusp of an n~4 profile changes within a pixel: one sample per pixel
+        misses ~1 % of a deflector's flux, all of it in the central pixels.
+        """
+        c = CORE_PIXELS // 2
+        col = int(round(kwargs["center_x"] / self.pixel_scale + (self.size - 1) / 2))
+        row = int(round(kwargs["center_y"] / self.pixel_scale + (self.size - 1) / 2))
+        rows = slice(max(row - c, 0), min(row + c + 1, self.size))
+        cols = slice(max(col - c, 0), min(col + c + 1, self.size))
+        if rows.start >= rows.stop or cols.start >= cols.stop:
+            return  # centre outside the cutout
+        yc = self.pixel_centres[rows][:, None, None, None] + self.core_offsets[None, None, :, None]
+        xc = self.pixel_centres[cols][None, :, None, None] + self.core_offsets[None, None, None, :]
+        xc, yc = np.broadcast_arrays(xc, yc)
+        fine = function(xc, yc, kwargs).mean(axis=(2, 3))
+        image[rows, cols] = fine * self.pixel_scale ** 2
 
     def fluxes(self, component):
         """e-/s of the component in each band (from its magnitudes, via SimAPI)."""
         return np.array([sim.magnitude2cps(m) for sim, m in zip(self.sims, component.mags)])
 
-    def render(self, scene, noise_rng, *, drop=(), noise=True):
+    def render(self, scene, noise_rng=None, *, drop=(), noise=True):
         """Render a scene.
 
         Args:
             scene: a :class:`~kerasssl.data.simulate_scene.Scene`.
-            noise_rng: ``numpy.random.Generator`` for the noise (per image).
+            noise_rng: ``numpy.random.Generator`` for the noise (per image);
+                needed when ``noise`` is True.
             drop: component names to leave out (e.g. ``("source", "clumps")``
                 gives the deflector-only counterpart of a lens).
             noise: add sky + Poisson noise.
@@ -278,15 +367,20 @@ class Renderer:
         beta = None
         if scene.lens_kwargs is not None:
             beta = self.lens_model.ray_shooting(self.x, self.y, scene.lens_kwargs)
+        lensed_units = []
         for component in scene.components:
             if component.name in drop:
                 continue
-            is_lensed = component.lensed and beta is not None
-            unit = self.unit_image(component, beta if is_lensed else None)
+            if component.lensed and beta is not None:
+                lensed_units.append((component, self.unit_image(component, beta)))
+            else:
+                unlensed += self.fluxes(component)[:, None, None] * self.unit_image(component)[None]
+        if lensed_units and self.supersampling < ARC_SUBSAMPLING:
+            self._refine_arcs(lensed_units, scene.lens_kwargs)
+        for component, unit in lensed_units:
             if component.name == "source":
                 info["magnification"] = float(unit.sum())
-            target = lensed if is_lensed else unlensed
-            target += self.fluxes(component)[:, None, None] * unit[None]
+            lensed += self.fluxes(component)[:, None, None] * unit[None]
         has_arc = beta is not None and lensed.any()
         # Blur unlensed and lensed light in one batched product (bands x 2 stacks).
         blur = np.stack([gaussian_blur_matrix(self.size, fwhm * FWHM_TO_SIGMA / self.pixel_scale)
@@ -302,5 +396,5 @@ class Renderer:
             info["arc_flux"] = lensed.sum(axis=(1, 2))
             info["arc_snr"] = np.sqrt(((lensed / noise_sd) ** 2).sum(axis=(1, 2)))
         if noise:
-            model = model + noise_rng.standard_normal(shape) * noise_sd
+            model = model + noise_rng.standard_normal(shape, dtype=np.float32) * noise_sd
         return model.astype(np.float32), info
