@@ -1,0 +1,394 @@
+"""Pretraining monitors and safety nets, as Keras callbacks.
+
+Order matters: the loggers add keys to the epoch's ``logs`` dict, which
+Keras hands to every callback in turn, so put them before the checkpoint
+and TensorBoard callbacks (``kerasssl.pretrain`` does):
+
+- :class:`LearningRateLogger`: ``learning_rate`` at the end of each epoch.
+- :class:`KNNProbe`: ``val_knn_auc``, ROC-AUC of a kNN vote on frozen,
+  L2-normalised encoder features (labelled train subset -> validation).
+- :class:`NonFiniteLossGuard`: stops at the first NaN/Inf batch loss.
+- :class:`ScalarEventWriter`: the epoch scalars as TensorBoard event files
+  (written directly as Event protos, so the ``tensorboard`` package that
+  ``tf.summary`` needs is not required).
+- :class:`EpochCheckpoint`: weights + optimizer state + epoch + RNG state
+  + history, written atomically to ``RUN/checkpoints`` after each good epoch.
+
+Example:
+    >>> guard = NonFiniteLossGuard()
+    >>> model.fit(ds, epochs=10, callbacks=[LearningRateLogger(), guard, EpochCheckpoint(run / "checkpoints")])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from kerasssl.errors import KerassslError
+
+log = logging.getLogger(__name__)
+
+
+def _current_lr(optimizer):
+    return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the optimizer's current learning rate to the epoch logs as ``learning_rate``.
+
+    Example:
+        >>> model.fit(ds, callbacks=[LearningRateLogger()])
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.model.optimizer is not None:
+            logs["learning_rate"] = _current_lr(self.model.optimizer)
+
+
+def extract_features(encoder, preprocess, images, batch_size=256):
+    """Frozen features: ``encoder(preprocess(images), training=False)`` as float32 NumPy.
+
+    Args:
+        encoder: the backbone.
+        preprocess: raw -> normalised layer (or None).
+        images: raw (N, H, W, C) array.
+        batch_size: inference batch size.
+
+    Example:
+        >>> feats = extract_features(model.encoder, model.preprocess, val_images)
+    """
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = images[start : start + batch_size]
+        if preprocess is not None:
+            x = preprocess(x)
+        out.append(np.asarray(keras.ops.convert_to_numpy(encoder(x, training=False)), dtype=np.float32))
+    if not out:
+        return np.zeros((0, int(encoder.output_shape[-1])), np.float32)
+    return np.concatenate(out)
+
+
+def knn_scores(train_features, train_labels, query_features, k=20, temperature=0.1, num_classes=None):
+    """Cosine kNN class scores (InstDisc-style weighted vote, exp(sim / T)).
+
+    Args:
+        train_features: (N, D) reference features.
+        train_labels: (N,) int labels.
+        query_features: (M, D) features to score.
+        k: neighbours (capped at N).
+        temperature: vote weight temperature.
+        num_classes: number of classes (default max label + 1).
+
+    Returns:
+        (M, num_classes) scores summing to 1 per row.
+
+    Example:
+        >>> scores = knn_scores(f_train, y_train, f_val, k=20)
+    """
+    def unit(f):
+        f = np.nan_to_num(np.asarray(f, np.float64))
+        return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+    a, b = unit(train_features), unit(query_features)
+    labels = np.asarray(train_labels, np.int64)
+    num_classes = int(num_classes or labels.max() + 1)
+    k = min(int(k), len(a))
+    sim = b @ a.T
+    nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+    weights = np.exp(np.take_along_axis(sim, nearest, axis=1) / temperature)
+    scores = np.zeros((len(b), num_classes))
+    for c in range(num_classes):
+        scores[:, c] = np.sum(weights * (labels[nearest] == c), axis=1)
+    return scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-300)
+
+
+def probe_auc(scores, labels):
+    """ROC-AUC of class scores: column 1 for two classes, macro one-vs-rest otherwise.
+
+    Returns NaN when the labels hold a single class.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels)
+    present = np.unique(labels)
+    if len(present) < 2:
+        return float("nan")
+    if scores.shape[1] == 2:
+        return float(roc_auc_score(labels, scores[:, 1]))
+    aucs = [roc_auc_score(labels == c, scores[:, c]) for c in present]
+    return float(np.mean(aucs))
+
+
+class KNNProbe(keras.callbacks.Callback):
+    """kNN probe ROC-AUC on frozen features, logged as ``val_knn_auc`` each epoch.
+
+    Reference set: labelled training images; queries: the validation split.
+    Features are ``encoder(preprocess(x), training=False)``; no training.
+
+    Args:
+        train_images, train_labels: raw labelled reference images (N, H, W, C), (N,).
+        val_images, val_labels: raw validation images and labels.
+        k: neighbours.
+        every: probe every this many epochs (others log nothing).
+        max_reference: subsample the reference set to at most this many images
+            (seeded) to bound the per-epoch cost.
+
+    Example:
+        >>> probe = KNNProbe(x_train, y_train, x_val, y_val, k=20)
+        >>> model.fit(ds, callbacks=[probe])  # history["val_knn_auc"]
+    """
+
+    def __init__(self, train_images, train_labels, val_images, val_labels, k=20, every=1, max_reference=2000, seed=0):
+        super().__init__()
+        if len(train_images) > max_reference:
+            keep = np.sort(np.random.default_rng(seed).choice(len(train_images), max_reference, replace=False))
+            train_images, train_labels = train_images[keep], train_labels[keep]
+        self.train_images, self.train_labels = train_images, np.asarray(train_labels)
+        self.val_images, self.val_labels = val_images, np.asarray(val_labels)
+        self.num_classes = int(max(self.train_labels.max(), self.val_labels.max()) + 1)
+        self.k = k
+        self.every = max(int(every), 1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or (epoch + 1) % self.every:
+            return
+        if not np.isfinite(logs.get("loss", 0.0)):
+            return
+        logs["val_knn_auc"] = self.evaluate(self.model.encoder, getattr(self.model, "preprocess", None))
+
+    def evaluate(self, encoder, preprocess):
+        """The probe's ROC-AUC for an encoder (also used on a random baseline)."""
+        f_train = extract_features(encoder, preprocess, self.train_images)
+        f_val = extract_features(encoder, preprocess, self.val_images)
+        scores = knn_scores(f_train, self.train_labels, f_val, k=self.k, num_classes=self.num_classes)
+        return probe_auc(scores, self.val_labels)
+
+
+NONFINITE_HINT = (
+    "likely causes: learning rate too high (lower --learning-rate or raise warm-up), "
+    "float16 overflow (try --precision float32 or mixed_bfloat16), or NaN/Inf pixels "
+    "that were not repaired (check data.nan_policy)"
+)
+
+
+class NonFiniteLossGuard(keras.callbacks.Callback):
+    """Stops training at the first NaN/Inf batch loss and remembers where.
+
+    ``kerasssl.pretrain`` turns ``guard.failure`` into a one-line
+    KerassslError; :class:`EpochCheckpoint` skips the failed epoch, so the
+    last good checkpoint survives.
+
+    Example:
+        >>> guard = NonFiniteLossGuard(); model.fit(..., callbacks=[guard])
+        >>> guard.failure  # None, or "non-finite loss (nan) at epoch 3, batch 12"
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.failure = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        value = float(np.asarray(keras.ops.convert_to_numpy(loss)))
+        if not math.isfinite(value):
+            self.failure = f"non-finite loss ({value}) at epoch {self._epoch + 1}, batch {batch + 1}"
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None and self.failure is None and not math.isfinite(float(logs.get("loss", 0.0))):
+            self.failure = f"non-finite loss at epoch {epoch + 1}"
+            self.model.stop_training = True
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Atomic per-epoch checkpoint of everything a resume needs.
+
+    Each good epoch writes ``ckpt-EEEE.npz`` (all model variables, including
+    BatchNorm statistics, BYOL's target network and the augmentation layers'
+    seed-generator states; all optimizer variables, including the iteration
+    count and loss scale) via a temporary file and ``os.replace``, then
+    ``latest.json`` ({"epoch", "file", "history"}) the same way. A kill at
+    any moment leaves the previous complete checkpoint in place. Older
+    checkpoints beyond ``keep`` are deleted. An epoch whose loss is not
+    finite is not saved.
+
+    Args:
+        directory: the checkpoint folder (``RUN/checkpoints``).
+        history: the per-epoch history so far (dict of lists), extended in place.
+        on_saved: optional ``fn(epoch, history)`` called after each save
+            (pretrain writes ``RUN/history.json`` there).
+        keep: number of checkpoints kept.
+
+    Example:
+        >>> ckpt = EpochCheckpoint(run / "checkpoints", history={})
+        >>> state = load_checkpoint(run / "checkpoints")  # on resume
+    """
+
+    def __init__(self, directory, history=None, on_saved=None, keep=2):
+        super().__init__()
+        self.directory = Path(directory)
+        self.history = history if history is not None else {}
+        self.on_saved = on_saved
+        self.keep = keep
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})
+        if not math.isfinite(float(logs.get("loss", float("nan")))) or self.model.stop_training:
+            return
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(float(np.asarray(value)))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        name = f"ckpt-{epoch + 1:04d}.npz"
+        arrays = {}
+        for i, v in enumerate(self.model.variables):
+            arrays[f"model_{i:05d}"] = keras.ops.convert_to_numpy(v.value)
+        for i, v in enumerate(self.model.optimizer.variables):
+            arrays[f"optimizer_{i:05d}"] = keras.ops.convert_to_numpy(v.value)
+        tmp = self.directory / (name + ".tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.directory / name)
+        meta = {"epoch": epoch + 1, "file": name, "history": self.history,
+                "n_model_variables": len(self.model.variables),
+                "n_optimizer_variables": len(self.model.optimizer.variables)}
+        meta_tmp = self.directory / "latest.json.tmp"
+        meta_tmp.write_text(json.dumps(meta))
+        os.replace(meta_tmp, self.directory / "latest.json")
+        for old in sorted(self.directory.glob("ckpt-*.npz"))[: -self.keep]:
+            old.unlink(missing_ok=True)
+        if self.on_saved is not None:
+            self.on_saved(epoch + 1, self.history)
+
+
+class ScalarEventWriter(keras.callbacks.Callback):
+    """Write each epoch's scalar logs to a TensorBoard event file in ``log_dir``.
+
+    ``keras.callbacks.TensorBoard`` needs the ``tensorboard`` package (for
+    ``tf.summary``), which is not a dependency. The event format is a TFRecord
+    of ``Event`` protos, which TensorFlow itself provides; ``tensorboard
+    --logdir RUN/tensorboard`` reads the result. A resumed run appends a new
+    file; steps are epoch numbers (1-based). Without TensorFlow (e.g. a
+    JAX-only machine) nothing is written and a warning is logged once.
+
+    Args:
+        log_dir: e.g. ``RUN/tensorboard``; files go to ``log_dir/train``.
+
+    Example:
+        >>> model.fit(ds, callbacks=[LearningRateLogger(), ScalarEventWriter(run / "tensorboard")])
+    """
+
+    def __init__(self, log_dir):
+        super().__init__()
+        self.log_dir = Path(log_dir) / "train"
+        self._writer = None
+        self._disabled = False
+
+    def _open(self):
+        import socket
+        import time
+
+        try:
+            import tensorflow as tf
+            from tensorflow.core.util import event_pb2
+        except ImportError:
+            log.warning("TensorFlow is not installed: no TensorBoard event files")
+            self._disabled = True
+            return
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        now = time.time()
+        path = self.log_dir / f"events.out.tfevents.{int(now)}.{socket.gethostname()}.kerasssl"
+        self._writer = tf.io.TFRecordWriter(str(path))
+        self._writer.write(event_pb2.Event(wall_time=now, file_version="brain.Event:2").SerializeToString())
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._disabled:
+            return
+        if self._writer is None:
+            self._open()
+            if self._disabled:
+                return
+        import time
+
+        from tensorflow.core.framework import summary_pb2
+        from tensorflow.core.util import event_pb2
+
+        values = []
+        for key, value in (logs or {}).items():
+            try:
+                number = float(np.asarray(value))
+            except (TypeError, ValueError):
+                continue
+            values.append(summary_pb2.Summary.Value(tag=f"epoch_{key}", simple_value=number))
+        event = event_pb2.Event(wall_time=time.time(), step=epoch + 1, summary=summary_pb2.Summary(value=values))
+        self._writer.write(event.SerializeToString())
+        self._writer.flush()
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def load_checkpoint_meta(directory):
+    """``latest.json`` of a checkpoint folder, or None if there is no checkpoint."""
+    path = Path(directory) / "latest.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise KerassslError(f"{path}: unreadable checkpoint record") from None
+
+
+def restore_checkpoint(model, directory):
+    """Load the latest checkpoint into a compiled, built ``model``; returns its meta.
+
+    The optimizer is built first so its variables exist to receive the state.
+
+    Raises:
+        KerassslError: no checkpoint, or it does not match the model.
+
+    Example:
+        >>> meta = restore_checkpoint(model, run / "checkpoints"); meta["epoch"]
+        3
+    """
+    directory = Path(directory)
+    meta = load_checkpoint_meta(directory)
+    if meta is None:
+        raise KerassslError(f"{directory}: no checkpoint to resume from")
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+    path = directory / meta["file"]
+    try:
+        data = np.load(path)
+    except (OSError, ValueError):
+        raise KerassslError(f"{path}: missing or unreadable checkpoint") from None
+    groups = (("model", model.variables), ("optimizer", model.optimizer.variables))
+    for prefix, variables in groups:
+        keys = sorted(k for k in data.files if k.startswith(prefix + "_"))
+        if len(keys) != len(variables):
+            raise KerassslError(
+                f"{path}: checkpoint has {len(keys)} {prefix} variables, the model {len(variables)}; "
+                "was the run's config changed?"
+            )
+        for key, var in zip(keys, variables):
+            value = data[key]
+            if tuple(value.shape) != tuple(var.shape):
+                raise KerassslError(f"{path}: {prefix} variable {var.path} has shape {value.shape} in the "
+                                    f"checkpoint, {tuple(var.shape)} in the model")
+            var.assign(value)
+    return meta
