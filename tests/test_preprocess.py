@@ -159,3 +159,33 @@ def test_bad_arguments_are_user_errors():
         Preprocess(normalization="dataset")
     with pytest.raises(KerassslError, match="3 band"):
         Preprocess(normalization="dataset", mean=[0, 0, 0], std=[1, 1, 1])(np.zeros((1, 4, 4, 1)))
+
+
+def test_arcsinh_matches_numpy_over_the_whole_float32_range():
+    from kerasssl.layers.preprocess import _arcsinh
+
+    y = np.concatenate([np.linspace(-50, 50, 2001), [0.0, -0.0, 1e-30, -1e-8, 1e17, -3e18, 3e38]])
+    got = keras.ops.convert_to_numpy(_arcsinh(keras.ops.convert_to_tensor(y, "float32")))
+    np.testing.assert_allclose(got, np.arcsinh(y.astype(np.float64)), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("policy, norm", [("median", "asinh"), ("mean", "zscore")])
+def test_converts_to_tflite_builtins_and_matches(policy, norm):
+    # Exported models (TF Serving, TFLite) carry this layer: only TFLite builtin ops.
+    import tensorflow as tf
+
+    litert = pytest.importorskip("ai_edge_litert.interpreter")
+    layer = Preprocess(policy, norm)
+    fn = tf.function(lambda t: layer(t), input_signature=[tf.TensorSpec([None, 12, 10, 3])])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], layer)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    interpreter = litert.Interpreter(model_content=converter.convert())
+    x = messy_batch(seed=4, shape=(4, 12, 10, 3))
+    x[1, 3, 3, 1] = -np.inf
+    index = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(index, list(x.shape))
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(index, x)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    np.testing.assert_allclose(got, reference(x, policy, norm), rtol=1e-5, atol=2e-5)

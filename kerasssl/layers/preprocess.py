@@ -98,6 +98,19 @@ def _per_band(stat):
     return ops.expand_dims(ops.expand_dims(stat, 1), 1)
 
 
+def _arcsinh(y):
+    """arcsinh from log/sqrt: TFLite has no Asinh builtin, so exported models need this.
+
+    sign(y) * log(|y| + sqrt(y^2 + 1)); beyond |y| = 1e18 (where y^2 overflows
+    float32) log(2|y|), equal there to float32 precision.
+    """
+    a = ops.abs(y)
+    big = a > 1e18
+    safe = ops.where(big, ops.zeros_like(a), a)
+    r = ops.where(big, ops.log(a) + 0.6931471805599453, ops.log(safe + ops.sqrt(safe * safe + 1.0)))
+    return ops.where(y < 0, -r, r)
+
+
 def _nonzero_or(value, fallback):
     return ops.where(value > 0, value, fallback)
 
@@ -245,7 +258,7 @@ class Preprocess(keras.layers.Layer):
         mad = 0.5 * self._kth_deviation(ordered, count, fill, n_fill, med, k_lo) \
             + 0.5 * self._kth_deviation(ordered, count, fill, n_fill, med, k_hi)
         sigma = ops.where(mad > 0, MAD_TO_SIGMA * mad, _nonzero_or(std, ops.ones_like(std)))
-        return ops.arcsinh((x - _per_band(med)) / _per_band(self.asinh_softening * sigma))
+        return _arcsinh((x - _per_band(med)) / _per_band(self.asinh_softening * sigma))
 
     @staticmethod
     def _kth_deviation(ordered, count, fill, n_fill, centre, k):
