@@ -3,50 +3,72 @@
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from kerasssl.layers.base import RandomImageLayer, probability_value, value_range
 
 
-def blur_matrices(sigma, apply, size, radius):
-    """Per-image 1-D blur operators ``(N, size, size)`` with reflect boundaries.
+def tap_fold(size, radius):
+    """Constant ``(2 * radius + 1, size * size)``: where each kernel tap of each output lands.
 
-    Row ``i`` of image ``n``'s matrix holds the Gaussian weights (sigma
-    ``sigma[n]``, truncated at ``radius`` pixels, normalised to sum 1) that
-    output pixel ``i`` gives to each input pixel; taps that fall past the edge
-    are folded back onto the pixel they reflect to (``d c b a | a b c d``), so
-    every row still sums to 1. Images with ``apply[n]`` False get the identity.
-    Blurring is then one batched matmul per axis, whose cost does not depend
-    on the kernel size and which vectorises well on CPU and GPU.
+    Entry ``[t, i * size + j]`` is 1 when tap ``t`` (offset ``t - radius``) of
+    output pixel ``i`` reads input pixel ``j``, with reflect boundaries
+    (``d c b a | a b c d``). Multiplying per-image taps by it gives the
+    per-image blur matrices in one small matmul.
+
+    Example:
+        >>> tap_fold(4, 1)[0].reshape(4, 4)   # offset -1: pixel 0 reads itself
+    """
+    period = 2 * size
+    source = np.arange(size)[None, :] + np.arange(-radius, radius + 1)[:, None]  # (K, size)
+    source = np.mod(source, period)
+    source = np.where(source >= size, period - 1 - source, source)
+    fold = np.zeros((2 * radius + 1, size, size), dtype="float32")
+    taps, outputs = np.meshgrid(np.arange(2 * radius + 1), np.arange(size), indexing="ij")
+    np.add.at(fold, (taps, outputs, source), 1.0)
+    return fold.reshape(2 * radius + 1, size * size)
+
+
+def gaussian_taps(sigma, apply, radius):
+    """Normalised Gaussian taps ``(N, 2 * radius + 1)``; a unit impulse where not ``apply``.
 
     Args:
         sigma: float32 ``(N,)`` standard deviations in pixels (> 0).
-        apply: bool ``(N,)``; False leaves the image unchanged.
-        size: the axis length (Python int).
-        radius: kernel half-width in pixels (Python int, ``< size``).
+        apply: bool ``(N,)``; False gives the identity kernel.
+        radius: kernel half-width in pixels (Python int).
 
     Example:
-        >>> m = blur_matrices(ops.ones((1,)), ops.ones((1,), "bool"), 16, 4)
-        >>> ops.sum(m, axis=-1)   # all ones
+        >>> gaussian_taps(ops.ones((1,)), ops.ones((1,), "bool"), 4)   # sums to 1
     """
-    i = ops.reshape(ops.arange(size, dtype="float32"), (1, size, 1))
-    j = ops.reshape(ops.arange(size, dtype="float32"), (1, 1, size))
-    inv_var = ops.reshape(1.0 / ops.square(ops.maximum(sigma, 1e-6)), (-1, 1, 1))
-    taps = ops.arange(-radius, radius + 1, dtype="float32")
-    norm = ops.sum(ops.exp(-0.5 * ops.square(taps)[None, :] * ops.reshape(inv_var, (-1, 1))),
-                   axis=1)
+    offsets = ops.arange(-radius, radius + 1, dtype="float32")[None, :]
+    inv_var = 1.0 / ops.square(ops.maximum(ops.reshape(sigma, (-1, 1)), 1e-6))
+    taps = ops.exp(-0.5 * ops.square(offsets) * inv_var)
+    taps = taps / ops.sum(taps, axis=1, keepdims=True)
+    impulse = ops.cast(ops.equal(offsets, 0.0), "float32")
+    return ops.where(ops.reshape(apply, (-1, 1)), taps, impulse)
 
-    def weight(offset):
-        # Gaussian weight of a tap at `offset` pixels, zero beyond the radius.
-        g = ops.exp(-0.5 * ops.square(offset) * inv_var)
-        return ops.where(ops.abs(offset) <= radius, g, ops.zeros_like(g))
 
-    # Input pixel j is read directly (tap j) and through its two mirror images
-    # (-1 - j and 2*size - 1 - j); radius < size means no tap reaches further.
-    gauss = weight(j - i) + weight(-1.0 - j - i) + weight(2.0 * size - 1.0 - j - i)
-    gauss = gauss / ops.reshape(norm, (-1, 1, 1))
-    identity = ops.cast(ops.equal(i, j), "float32")
-    return ops.where(ops.reshape(apply, (-1, 1, 1)), gauss, identity)
+def blur_matrices(taps, size, radius):
+    """Per-image 1-D blur operators ``(N, size, size)`` with reflect boundaries.
+
+    Row ``i`` of image ``n``'s matrix holds the weights that output pixel
+    ``i`` gives each input pixel; taps past the edge fold back onto the pixel
+    they reflect to, so every row sums to 1 like the kernel. Blurring is then
+    one batched matmul per axis: its cost does not depend on the kernel size
+    and it vectorises well on CPU and GPU.
+
+    Args:
+        taps: float32 ``(N, 2 * radius + 1)`` kernel per image.
+        size: the axis length (Python int).
+        radius: kernel half-width (Python int).
+
+    Example:
+        >>> taps = gaussian_taps(ops.ones((1,)), ops.ones((1,), "bool"), 4)
+        >>> ops.sum(blur_matrices(taps, 16, 4), axis=-1)   # all ones
+    """
+    fold = ops.convert_to_tensor(tap_fold(size, radius))
+    return ops.reshape(ops.matmul(taps, fold), (-1, size, size))
 
 
 @keras.saving.register_keras_serializable(package="kerasssl")
@@ -101,11 +123,22 @@ class RandomGaussianBlur(RandomImageLayer):
         n = (ops.shape(images)[0],)
         sigma = keras.random.uniform(n, self.sigma[0], self.sigma[1], seed=self.seed_generator)
         apply = keras.random.uniform(n, seed=self.seed_generator) < self.probability
-        rows = blur_matrices(sigma, apply, height, self.radius(height))
-        cols = rows if width == height else blur_matrices(sigma, apply, width,
-                                                          self.radius(width))
-        images = ops.einsum("nij,njwc->niwc", rows, images)
-        return ops.einsum("nvw,nhwc->nhvc", cols, images)
+        radius_h, radius_w = self.radius(height), self.radius(width)
+        taps = gaussian_taps(sigma, apply, radius_h)
+        rows = blur_matrices(taps, height, radius_h)
+        if (width, radius_w) == (height, radius_h):
+            cols = rows
+        else:
+            cols = blur_matrices(gaussian_taps(sigma, apply, radius_w), width, radius_w)
+        channels = images.shape[3]
+        # Channels first, so both passes are plain batched matmuls:
+        # rows (N,1,H,H) @ x (N,C,H,W) @ cols^T (N,1,W,W).
+        x = ops.transpose(images, (0, 3, 1, 2)) if channels > 1 else \
+            ops.reshape(images, (-1, 1, height, width))
+        x = ops.matmul(ops.matmul(rows[:, None], x), ops.transpose(cols, (0, 2, 1))[:, None])
+        if channels > 1:
+            return ops.transpose(x, (0, 2, 3, 1))
+        return ops.reshape(x, (-1, height, width, 1))
 
     def get_config(self):
         config = super().get_config()

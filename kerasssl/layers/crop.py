@@ -82,7 +82,9 @@ class RandomResizedCrop(RandomImageLayer):
         top = keras.random.uniform(n, seed=self.seed_generator) * (height - crop_h)
         left = keras.random.uniform(n, seed=self.seed_generator) * (width - crop_w)
         matrices = crop_matrices(top, left, crop_h, crop_w, height, width)
-        return affine_sample(images, matrices, self.fill_mode, 0.0, self.interpolation)
+        # Crops lie inside the image: no coordinate needs folding.
+        return affine_sample(images, matrices, self.fill_mode, 0.0, self.interpolation,
+                             reach="inside")
 
     def get_config(self):
         config = super().get_config()

@@ -70,8 +70,13 @@ class RandomRotation(RandomImageLayer):
             seed=self.seed_generator,
         )
         matrices = rotation_matrices(turns * (2.0 * math.pi), height, width)
+        # A rotation about the centre reads within the circumscribed circle;
+        # when that lies within one image size of every edge, one mirror or
+        # wrap folds all coordinates (cheaper than a general modulo).
+        half_diagonal = math.hypot((height - 1) / 2.0, (width - 1) / 2.0)
+        reach = "near" if half_diagonal <= 1.5 * min(height, width) - 1.0 else "any"
         return affine_sample(images, matrices, self.fill_mode, self.fill_value,
-                             self.interpolation)
+                             self.interpolation, reach=reach)
 
     def get_config(self):
         config = super().get_config()
