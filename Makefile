@@ -30,5 +30,11 @@ demo: install
 	$(BIN)/kerasssl fit $(DEMO)/data --run-dir $(DEMO)/run --config examples/quick.yaml
 	@echo "ROC plot: $(CURDIR)/$(DEMO)/run/roc.png"
 
+# Speed benchmarks that finish in minutes on this CPU (numbers are printed, never asserted).
+bench: install
+	$(BIN)/python benchmarks/pipeline.py
+	$(BIN)/python benchmarks/augment.py
+	$(BIN)/python benchmarks/throughput.py --size 64 --channels 1 --batch 64 --steps 8
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

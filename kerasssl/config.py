@@ -28,8 +28,10 @@ class DataConfig:
     """How files become model inputs.
 
     Args:
-        image_size: centre-crop (or pad) every image to this many pixels a side;
-            required when files differ in size. None keeps the files' size.
+        image_size: centre-crop every image to this many pixels a side
+            (never padded: padding could invent arc-like edges; a smaller image
+            is refused). Required when files differ in size. None keeps the
+            files' size.
         nan_policy: how NaN/Inf pixels are repaired: "zero", "median"
             (per-image, per-band median of finite pixels) or "mean".
         normalization: "none", "minmax" (per image), "zscore" (per image),
