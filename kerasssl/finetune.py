@@ -2,7 +2,8 @@
 
 The classifier is ONE Keras model, saved as ``RUN/classifier.keras``::
 
-    raw pixels (N, H, W, C) -> Preprocess -> [light augmentation] -> encoder -> Dense softmax
+    raw pixels (N, H, W, C) -> Preprocess -> [light augmentation] -> encoder
+        -> feature standardisation (fixed, from the training images) -> Dense softmax
 
 so ``predict``, ``evaluate`` and the exported SavedModel apply exactly the
 training transform. The augmentation is identity at inference. Output: softmax
@@ -108,7 +109,7 @@ class ScaledAdamW(keras.optimizers.Adam):
 
 # -- model -----------------------------------------------------------------------
 def build_classifier(encoder, preprocess, n_classes: int, *, input_shape, mode: str = "linear",
-                     augmentation=None, name: str = "classifier") -> keras.Model:
+                     augmentation=None, feature_stats=None, name: str = "classifier") -> keras.Model:
     """Preprocess -> [augmentation] -> encoder -> softmax head, as one functional model.
 
     Args:
@@ -120,6 +121,9 @@ def build_classifier(encoder, preprocess, n_classes: int, *, input_shape, mode: 
             "full" trains it with BatchNorm statistics fixed
             (:func:`freeze_batch_norm`); "supervised" trains everything.
         augmentation: optional layer applied in training only (identity at inference).
+        feature_stats: optional ``(mean, variance)`` of the encoder's features on
+            the training images: a fixed ``Normalization`` layer then standardises
+            the features before the head (see :func:`feature_statistics`).
         name: model name.
 
     Example:
@@ -138,8 +142,29 @@ def build_classifier(encoder, preprocess, n_classes: int, *, input_shape, mode: 
     if augmentation is not None:
         x = augmentation(x)
     features = encoder(x)
+    if feature_stats is not None:
+        mean, variance = feature_stats
+        features = keras.layers.Normalization(mean=mean, variance=variance, name="feature_norm")(features)
     outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="head")(features)
     return keras.Model(inputs, outputs, name=name)
+
+
+def feature_statistics(encoder, preprocess, images, batch_size: int = 256):
+    """Per-feature mean and variance of ``encoder(preprocess(images))`` (inference mode).
+
+    Pretrained features come at arbitrary scales (a pooled ReLU map can be all
+    tiny or all large), which makes a linear head slow to train and sensitive to
+    the learning rate. Standardising them with statistics of the *training
+    images* (no labels involved) is the usual linear-probe normalisation, and
+    unlike a BatchNorm in the head it is not noisy on tiny labelled batches.
+    """
+    inputs = keras.Input(shape=tuple(images.shape[1:]))
+    probe = keras.Model(inputs, encoder(preprocess(inputs)))
+    features = np.asarray(probe.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0),
+                          np.float64)
+    if not np.all(np.isfinite(features)):
+        raise KerassslError("the encoder gives non-finite features on the training images")
+    return features.mean(axis=0).astype(np.float32), np.maximum(features.var(axis=0), 1e-6).astype(np.float32)
 
 
 def freeze_batch_norm(model) -> int:
@@ -361,7 +386,7 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
         mode / labels_fraction / epochs / batch_size: override ``cfg.finetune``.
         output: classifier path (default ``RUN/classifier.keras``).
         patience: early-stopping patience in epochs on validation ROC-AUC
-            (default: max(5, epochs // 3)); the best epoch is restored either way.
+            (default: max(10, epochs // 2)); the best epoch is restored either way.
         image_set: the data already loaded from ``data_path`` (saves re-reading it).
         verbose: Keras fit verbosity.
 
@@ -409,10 +434,12 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
         encoder = load_pretrained_encoder(run_dir, shape)
         encoder_source = str(run_dir / "encoder.keras")
     augmentation = _augmentation(seed) if ft.augment else None
+    # Standardise the features on the whole training split (its images, not its labels).
+    stats = feature_statistics(encoder, preprocess, image_set.images[train])
     model = build_classifier(encoder, preprocess, n_classes, input_shape=shape, mode=mode,
-                             augmentation=augmentation)
+                             augmentation=augmentation, feature_stats=stats)
     if patience is None:
-        patience = max(5, epochs // 3)
+        patience = max(10, epochs // 2)
     log.info("fine-tuning (%s) on %d labelled images, %d epochs", mode, len(labeled), epochs)
     history = train_classifier(
         model, encoder, x, y, x_val=image_set.images[val], y_val=image_set.labels[val], mode=mode,

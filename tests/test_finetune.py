@@ -117,6 +117,17 @@ def test_saved_classifier_gives_the_same_probabilities(tmp_path):
     assert bn and not any(layer.trainable for layer in bn)
 
 
+def test_feature_statistics_standardise_the_head_input():
+    keras.utils.set_random_seed(0)
+    x, _ = make_data(20)
+    encoder, pre = build_encoder("tiny", SHAPE), Preprocess(normalization="zscore")
+    mean, var = ft.feature_statistics(encoder, pre, x)
+    model = ft.build_classifier(encoder, pre, 2, input_shape=SHAPE, mode="linear", feature_stats=(mean, var))
+    normed = keras.Model(model.inputs, model.get_layer("feature_norm").output).predict(x, verbose=0)
+    np.testing.assert_allclose(normed.mean(0), 0.0, atol=1e-3)
+    np.testing.assert_allclose(normed.std(0)[var > 1e-5], 1.0, rtol=1e-2)
+
+
 def test_unknown_mode_is_a_user_error():
     with pytest.raises(KerassslError):
         classifier("probe")
