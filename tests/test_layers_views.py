@@ -1,0 +1,116 @@
+"""View pipelines: per-method defaults, overrides, errors, seeding."""
+
+import keras
+import numpy as np
+import pytest
+
+from kerasssl.errors import KerassslError
+from kerasssl.layers.views import (
+    METHOD_VIEWS,
+    STAGES,
+    build_view_pair,
+    build_view_pipeline,
+    view_config,
+)
+
+
+def images(n=4, size=16, channels=3):
+    rng = np.random.default_rng(0)
+    return rng.normal(0.0, 2.0, size=(n, size, size, channels)).astype("float32")
+
+
+def stage_layers(pipeline):
+    return {layer.name.rsplit("_", 1)[-1]: layer for layer in pipeline.layers}
+
+
+@pytest.mark.parametrize("method", ["simclr", "byol", "simsiam", "barlow_twins", "vicreg"])
+def test_method_defaults_are_lensing_views(method):
+    for view in (1, 2):
+        cfg = view_config(method, view)
+        assert set(cfg) == set(STAGES)
+        # Lensing defaults: symmetries, small rotation, mild crop, blur, relative noise.
+        assert cfg["dihedral"] == {} and cfg["rotation"]["factor"] <= 0.1
+        assert cfg["crop"]["scale"][0] >= 0.5
+        assert cfg["noise"]["relative"] is True
+    view1, view2 = build_view_pair(method, seed=0)
+    x = images()
+    a, b = np.asarray(view1(x, training=True)), np.asarray(view2(x, training=True))
+    assert a.shape == b.shape == x.shape and np.isfinite(a).all() and np.isfinite(b).all()
+    assert not np.allclose(a, b)  # two different views of the same images
+    np.testing.assert_array_equal(np.asarray(view1(x, training=False)), x)
+
+
+def test_byol_style_views_are_asymmetric_and_finetune_is_light():
+    for method in ("byol", "barlow_twins", "vicreg"):
+        assert view_config(method, 1)["blur"]["probability"] == 1.0
+        assert view_config(method, 2)["blur"]["probability"] == 0.1
+    assert view_config("simclr", 1) == view_config("simclr", 2)
+    light = view_config("finetune")
+    assert [stage for stage, options in light.items() if options is not False] == ["dihedral"]
+    # Dihedral only: a lossless permutation of each image.
+    pipeline = build_view_pipeline(light, seed=0)
+    x = images(size=8)
+    out = np.asarray(pipeline(x, training=True))
+    for o, i in zip(out, x):
+        np.testing.assert_array_equal(np.sort(o.ravel()), np.sort(i.ravel()))
+    # The returned dicts are copies: editing one leaves the defaults alone.
+    light["blur"] = True
+    assert view_config("finetune")["blur"] is False
+
+
+def test_overrides_merge_per_option_and_per_view():
+    view1, view2 = build_view_pair(
+        "byol",
+        overrides={"rotation": {"factor": 0.5}, "noise": False,
+                   "view2": {"blur": {"sigma": [2.0, 3.0]}, "flip": True}},
+        seed=0,
+    )
+    s1, s2 = stage_layers(view1), stage_layers(view2)
+    assert "noise" not in s1 and "noise" not in s2
+    assert s1["rotation"].factor == s2["rotation"].factor == (-0.5, 0.5)
+    assert s1["rotation"].fill_mode == "reflect"  # untouched options kept
+    assert s2["blur"].sigma == (2.0, 3.0) and s2["blur"].probability == 0.1
+    assert s1["blur"].sigma == (0.1, 1.5) and s1["blur"].probability == 1.0
+    assert "flip" in s2 and "flip" not in s1
+    # Stage order is fixed whatever the order of the keys.
+    order = list(STAGES)
+    names = [layer.name.rsplit("_", 1)[-1] for layer in view2.layers]
+    assert names == sorted(names, key=order.index)
+
+
+def test_seeds_make_views_reproducible():
+    x = images()
+    first = [np.asarray(v(x, training=True)) for v in build_view_pair("simclr", seed=3)]
+    again = [np.asarray(v(x, training=True)) for v in build_view_pair("simclr", seed=3)]
+    other = [np.asarray(v(x, training=True)) for v in build_view_pair("simclr", seed=4)]
+    for a, b, c in zip(first, again, other):
+        np.testing.assert_array_equal(a, b)
+        assert not np.allclose(a, c)
+
+
+def test_all_stages_off_is_identity_and_saves():
+    pipeline = build_view_pipeline({"blur": False}, seed=0)
+    x = images()
+    np.testing.assert_array_equal(np.asarray(pipeline(x, training=True)), x)
+    assert isinstance(pipeline, keras.Sequential)
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"colour_jitter": True}, "unknown stage 'colour_jitter'"),
+    ({"rotation": {"factor": 0.1, "angle": 3}}, "stage 'rotation'"),
+    ({"blur": {"sigma": -1.0}}, "sigma must be > 0"),
+    ({"crop": "big"}, "true, false or a mapping"),
+    ({"noise": {"seed": 3}}, "seeds and names are set by the pipeline"),
+    ({"view1": {"rotation": {"factor": "x"}}}, "view1"),
+])
+def test_bad_config_is_one_line_kerassslerror(bad, match):
+    with pytest.raises(KerassslError, match=match) as info:
+        build_view_pair("simclr", overrides=bad, seed=0)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_method():
+    with pytest.raises(KerassslError, match="known: simclr"):
+        view_config("moco")
+    assert set(METHOD_VIEWS) >= {"simclr", "byol", "simsiam", "barlow_twins", "vicreg",
+                                 "finetune"}
