@@ -9,7 +9,7 @@ from kerasssl.evaluate import SPLIT_NAMES
 
 @click.command(name="evaluate")
 @click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))  # may be a TFRecord glob
 @click.option("--run-dir", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory holding split.json (which files are in which split).")
 @click.option("--split", type=click.Choice(SPLIT_NAMES), default=None,

@@ -7,7 +7,7 @@ import click
 
 @click.command(name="finetune")
 @click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
-@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))  # may be a TFRecord glob
 @click.option("--mode", type=click.Choice(["linear", "full", "supervised"]), default=None,
               help="linear: frozen encoder; full: encoder at a lower learning rate; "
                    "supervised: same architecture from random weights.  [default: config, linear]")
