@@ -262,6 +262,7 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1):
     """
     import keras
 
+    from kerasssl import distribute
     from kerasssl.callbacks import (
         NONFINITE_HINT,
         EpochCheckpoint,
@@ -276,7 +277,9 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1):
     from kerasssl.data.split import load_or_create_split
 
     _check_config(cfg)
-    run_dir = Path(run_dir)
+    # Data parallelism (tf.distribute / keras.distribution) before any TF op.
+    dist = distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
+    run_dir = _worker_run_dir(dist, Path(run_dir), resume)
     ckpt_dir = run_dir / "checkpoints"
     meta = load_checkpoint_meta(ckpt_dir) if resume else None
     if resume and meta is None:
@@ -305,12 +308,15 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1):
 
     keras.utils.set_random_seed(cfg.seed)
     preprocess = _make_preprocess(cfg, run_dir, train_images, resume)
-    model = build_pretraining_model(cfg, input_shape, preprocess, steps_per_epoch=steps_per_epoch)
-    history = {}
-    if meta:
-        meta = restore_checkpoint(model, ckpt_dir)
-        history = {k: list(v) for k, v in meta["history"].items()}
-        log.info("resuming %s after epoch %d", run_dir, done)
+    with dist.scope():  # variables mirrored / sharded; Keras then splits each global batch
+        model = build_pretraining_model(cfg, input_shape, preprocess, steps_per_epoch=steps_per_epoch)
+        if dist.num_replicas > 1 and getattr(p, "sync_batchnorm", True):
+            distribute.synchronize_batchnorm(model)  # global-batch BN statistics (TF)
+        history = {}
+        if meta:
+            meta = restore_checkpoint(model, ckpt_dir)
+            history = {k: list(v) for k, v in meta["history"].items()}
+            log.info("resuming %s after epoch %d", run_dir, done)
 
     # Full batches only (BatchNorm and the contrastive losses dislike a tiny
     # last batch); repeat so steps_per_epoch may exceed one pass. The shuffle
@@ -339,4 +345,23 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1):
         raise KerassslError(f"pretraining stopped: {guard.failure}; {kept}; {NONFINITE_HINT}")
     save_encoder(model, cfg, input_shape, run_dir / "encoder.keras")
     write_json_atomic(run_dir / "history.json", history)
+    dist.cleanup()
     return history
+
+
+def _worker_run_dir(dist, run_dir, resume):
+    """The run directory this process writes: RUN for the chief, a private copy otherwise.
+
+    Under multiworker every worker runs the same code (saving reads variables
+    that need all workers), but only the chief may write RUN; the others
+    write into a temporary folder (removed at the end) that starts as a copy
+    of RUN's records when resuming, so they restore the same checkpoint.
+    """
+    if dist.is_chief:
+        return run_dir
+    private = dist.write_path(run_dir)
+    if resume and run_dir.exists():
+        import shutil
+
+        shutil.copytree(run_dir, private, ignore=shutil.ignore_patterns("tensorboard", "*.tmp*"))
+    return private

@@ -26,13 +26,19 @@ PRECISIONS = ["float32", "mixed_float16", "mixed_bfloat16"]
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Run config YAML (e.g. a previous RUN/config.yaml); flags override it.")
 @click.option("--seed", type=int, default=None, help="Seed of the split, initialisation and augmentation.")
+@click.option("--strategy", type=click.Choice(["none", "mirrored", "multiworker"]), default=None,
+              help="Data parallelism (pretrain.strategy): mirrored = local GPUs (or --cpu-devices; "
+                   "JAX: DataParallel), multiworker = MultiWorkerMirroredStrategy from TF_CONFIG.")
+@click.option("--cpu-devices", "cpu_devices", type=click.IntRange(min=1), default=None,
+              help="Split the CPU into N logical devices for --strategy mirrored (pretrain.cpu_devices).")
 def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, precision, steps_per_epoch,
-             resume, config_path, seed):
+             resume, config_path, seed, strategy, cpu_devices):
     """Pretrain an encoder on DATA's train split with a self-supervised method.
 
     Writes RUN/config.yaml, RUN/split.json, RUN/preprocess.json, RUN/history.json,
     RUN/checkpoints/, RUN/tensorboard/ and RUN/encoder.keras.
     """
+    from kerasssl import distribute
     from kerasssl.config import RunConfig
     from kerasssl.errors import KerassslError
     from kerasssl.pretrain import pretrain as run_pretrain
@@ -61,7 +67,11 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
             "seed": seed,
             "data.seed": seed,
         })
-    record_invocation(run_dir)
+    # The devices may differ on resume (another machine): flags override the saved run.
+    cfg = cfg.with_overrides({"pretrain.strategy": strategy, "pretrain.cpu_devices": cpu_devices})
+    # Before any TF op: logical CPUs and collective ops are configured only then.
+    dist = distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
+    record_invocation(dist.write_path(run_dir))  # only the chief records into RUN
     history = run_pretrain(cfg, data, run_dir, resume=resume, verbose=1 if sys.stderr.isatty() else 2)
     last = {k: v[-1] for k, v in history.items() if v}
     shown = ", ".join(f"{k} {last[k]:.4g}" for k in ("loss", "embedding_std", "val_knn_auc") if k in last)
