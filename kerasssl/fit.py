@@ -84,7 +84,7 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
         else:
             say(f"[2/5] pretrain: {cfg.pretrain.method} on {cfg.pretrain.encoder}, "
                 f"{cfg.pretrain.epochs} epochs" + (" (resuming)" if state == "resume" else ""))
-            pretrain(cfg, data_path, run_dir, resume=state == "resume", verbose=2 if verbose else 0)
+            pretrain(cfg, data_path, run_dir, resume=state == "resume", verbose=2 if progress else 0)
     seconds["pretrain"] = time.perf_counter() - t
 
     t = time.perf_counter()
