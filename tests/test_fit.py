@@ -120,3 +120,22 @@ def test_multiclass_fit_supervised(tmp_path, capsys):
 def test_fit_bad_input_is_one_line_exit_2(tmp_path, data16, capsys, args, message):
     code, out, err = run_cli(["fit", data16, "--run-dir", tmp_path / "run", *args], capsys)
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_fit_reuses_resumes_or_refuses_an_existing_pretraining(tmp_path):
+    from kerasssl.config import RunConfig
+    from kerasssl.errors import KerassslError
+    from kerasssl.fit import _pretraining_state
+
+    cfg = RunConfig.from_dict(TINY)
+    assert _pretraining_state(tmp_path, None, cfg) == "new"
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "meta.json").write_text("{}")
+    longer = cfg.with_overrides({"pretrain.epochs": 5})
+    assert _pretraining_state(tmp_path, cfg, longer) == "resume"  # interrupted: more epochs is fine
+    (tmp_path / "encoder.keras").write_bytes(b"")
+    assert _pretraining_state(tmp_path, cfg, cfg) == "done"
+    for other in (longer, cfg.with_overrides({"pretrain.method": "byol"}),
+                  cfg.with_overrides({"data.normalization": "zscore"})):
+        with pytest.raises(KerassslError, match="new --run-dir"):
+            _pretraining_state(tmp_path, cfg, other)
