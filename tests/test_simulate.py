@@ -3,6 +3,8 @@
 import csv
 import math
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -143,6 +145,26 @@ def test_deflector_flux_matches_its_magnitude():
     np.testing.assert_allclose(image.sum(axis=(1, 2)), expected, rtol=0.01)
 
 
+def test_unit_images_carry_unit_flux_even_below_the_sampling():
+    """Tiny clumps are widened to the sample spacing without gaining or losing flux."""
+    survey = SURVEYS["hst"]
+    renderer = Renderer(survey, 64)  # 0.1" samples
+    for sigma in (0.001, 0.03, 0.2):
+        clump = Component("clumps", "GAUSSIAN",
+                          [{"sigma": sigma, "center_x": 0.13, "center_y": -0.41}], [1.0],
+                          np.array([22.0]))
+        assert renderer.unit_image(clump).sum() == pytest.approx(1.0, rel=2e-3)
+    ring = Component("ring", "RING", [{"radius": 1.0, "width": 0.1, "e1": 0.05, "e2": 0.0,
+                                       "center_x": 0.0, "center_y": 0.0, "arc_extent": 3.0,
+                                       "arc_angle": 1.0, "knots": 4, "knot_contrast": 0.5,
+                                       "knot_phase": 0.0}], [1.0], np.array([22.0]))
+    image = renderer.unit_image(ring)
+    assert image.sum() == pytest.approx(1.0) and image.min() >= 0.0
+    yy, xx = np.mgrid[:64, :64] - 31.5
+    radius = np.hypot(xx, yy) * renderer.pixel_scale
+    assert image[np.abs(radius - 1.0) < 0.25].sum() > 0.9  # the light is on the ring
+
+
 def test_blur_matrix_is_a_normalised_gaussian():
     g = gaussian_blur_matrix(41, 2.0)
     point = np.zeros((41, 41))
@@ -276,16 +298,41 @@ def test_nan_patterns_cover_the_requested_fraction():
 
 
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path, hst_set):
+    """`kerasssl simulate --workers 2` in a fresh process (forked workers, as users
+    run it) writes exactly the bytes of the in-process, single-worker fixture."""
     root, _ = hst_set
     again = tmp_path / "again"
-    simulate(again, fmt="hst", n_lenses=7, n_nonlenses=5, size=16, seed=3, nan_fraction=0.5,
-             workers=2)
+    result = subprocess.run(
+        [sys.executable, "-m", "kerasssl", "simulate", str(again), "--format", "hst",
+         "--n-lenses", "7", "--n-nonlenses", "5", "--size", "16", "--seed", "3",
+         "--nan-fraction", "0.5", "--workers", "2"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
     assert all_files(again) == all_files(root)
     for name in all_files(root):
         assert (again / name).read_bytes() == (root / name).read_bytes(), name
     other = tmp_path / "other"
     simulate(other, fmt="hst", n_lenses=7, n_nonlenses=5, size=16, seed=4, nan_fraction=0.5)
     assert (other / "0_hst.npy").read_bytes() != (root / "0_hst.npy").read_bytes()
+
+
+@pytest.mark.slow
+def test_spawned_workers_write_the_same_bytes(tmp_path, monkeypatch):
+    """The spawn start method (used when TensorFlow is loaded) gives the same files.
+
+    Slow: every spawned worker imports lenstronomy afresh.
+    """
+    import multiprocessing
+
+    from kerasssl.data import simulate as simulate_module
+
+    monkeypatch.setattr(simulate_module, "_pool_context",
+                        lambda: multiprocessing.get_context("spawn"))
+    args = {"fmt": "three-band", "n_lenses": 2, "n_nonlenses": 2, "size": 16, "seed": 8,
+            "nan_fraction": 0.5}
+    simulate(tmp_path / "one", workers=1, **args)
+    simulate(tmp_path / "two", workers=2, **args)
+    for name in all_files(tmp_path / "one"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
 
 
 def test_refuses_non_empty_output_and_accepts_empty(tmp_path):

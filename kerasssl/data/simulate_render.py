@@ -51,7 +51,6 @@ CORE_PIXELS = 5          # side of the block around a Sersic centre integrated f
 CORE_SUBSAMPLING = 8     # samples per pixel side there
 ARC_SUBSAMPLING = 2      # rays per pixel side where there is lensed light
 ARC_REFINE_LEVEL = 0.03  # ... where a pixel steps by this fraction of the arc's peak
-LENSED_NAMES = ("source", "clumps")
 
 
 def _import_lenstronomy():

@@ -54,7 +54,7 @@ CLUMP_COLOUR = ((0.1, 0.1), (0.05, 0.1))        # bluer knots
 MAX_CLUMPS = 4
 COMPANION_RATE = (0.7, 0.2, 0.1)      # P(0, 1, 2 companions), both classes
 CONFUSERS = ("none", "ring", "spiral", "blend")
-CONFUSER_P = (0.25, 0.25, 0.25, 0.25)  # non-lenses only
+CONFUSER_P = (0.4, 0.2, 0.2, 0.2)      # non-lenses only: 60 % carry a look-alike
 # Arc-like brightness of confusers: a source magnitude brightened by a
 # lens-like magnification (ln-normal around the median of the simulated lenses).
 CONFUSER_MAGNIFICATION = (3.5, 0.5, 1.5, 30.0)   # median, sd of ln, clip low, clip high
