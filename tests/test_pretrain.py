@@ -1,0 +1,146 @@
+"""pretrain(): run directory contents, train-split-only data, resume after a crash,
+NaN stop with the last good checkpoint kept, checkpoint round trip, kNN probe maths."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from kerasssl import callbacks as cb
+from kerasssl import pretrain as pt
+from kerasssl.config import RunConfig
+from kerasssl.errors import KerassslError
+
+
+def _cfg(**pretrain):
+    base = dict(method="simclr", encoder="tiny", epochs=2, batch_size=8, steps_per_epoch=2,
+                method_options={"projection_dim": 16, "hidden_dim": 32})
+    base.update(pretrain)
+    return RunConfig.from_dict({"seed": 0, "data": {"image_size": 32}, "pretrain": base})
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy():
+    yield
+    keras.mixed_precision.set_dtype_policy("float32")
+
+
+def test_pretrain_run_dir_and_resume_after_crash(hst_folder, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    seen = {}
+    real_make_dataset = pt.__dict__.get("make_dataset")  # imported lazily inside pretrain
+    from kerasssl.data import pipeline
+
+    original = pipeline.make_dataset
+
+    def spy(images, *args, **kwargs):
+        seen["n"] = len(images)
+        return original(images, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "make_dataset", spy)
+    hist = pt.pretrain(_cfg(), hst_folder, run, verbose=0)
+    assert real_make_dataset is None
+    split = json.loads((run / "split.json").read_text())
+    assert seen["n"] == len(split["train"])  # train split only
+    for name in ("config.yaml", "split.json", "preprocess.json", "history.json", "encoder.keras"):
+        assert (run / name).exists(), name
+    assert list((run / "tensorboard" / "train").glob("events.out.tfevents.*"))
+    assert RunConfig.load(run / "config.yaml") == _cfg()
+    saved = json.loads((run / "history.json").read_text())
+    assert saved == hist and len(hist["loss"]) == 2
+    assert {"loss", "embedding_std", "learning_rate", "val_knn_auc"} <= set(hist)
+    assert all(np.isfinite(hist["loss"]))
+    encoder = keras.saving.load_model(run / "encoder.keras")
+    assert encoder.input_shape == (None, 32, 32, 1)
+
+    with pytest.raises(KerassslError, match="already holds"):
+        pt.pretrain(_cfg(), hst_folder, run, verbose=0)
+    with pytest.raises(KerassslError, match="only be raised"):
+        pt.resume_config(run, epochs=1)
+
+    # A crash while finishing epoch 4 (before its checkpoint): epoch 3 survives.
+    real_end = cb.LearningRateLogger.on_epoch_end
+
+    def crash_at_epoch_4(self, epoch, logs=None):
+        if epoch == 3:
+            raise RuntimeError("simulated kill")
+        return real_end(self, epoch, logs)
+
+    monkeypatch.setattr(cb.LearningRateLogger, "on_epoch_end", crash_at_epoch_4)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        pt.pretrain(pt.resume_config(run, epochs=4), hst_folder, run, resume=True, verbose=0)
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["epoch"] == 3
+    monkeypatch.setattr(cb.LearningRateLogger, "on_epoch_end", real_end)
+    resumed = pt.pretrain(pt.resume_config(run, epochs=4), hst_folder, run, resume=True, verbose=0)
+    assert len(resumed["loss"]) == 4
+    assert resumed["loss"][:2] == hist["loss"]  # history continues, not restarted
+    with pytest.raises(KerassslError, match="already trained 4"):
+        pt.pretrain(pt.resume_config(run), hst_folder, run, resume=True, verbose=0)
+
+
+def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(hst_folder, tmp_path, monkeypatch):
+    from kerasssl.methods import SimCLR
+
+    real_loss = SimCLR.method_loss
+
+    def nan_from_step_2(self, out):
+        loss = real_loss(self, out)
+        return loss + ops.where(self.optimizer.iterations >= 2, float("nan"), 0.0)
+
+    monkeypatch.setattr(SimCLR, "method_loss", nan_from_step_2)
+    run = tmp_path / "run"
+    with pytest.raises(KerassslError) as err:
+        pt.pretrain(_cfg(), hst_folder, run, verbose=0)
+    message = str(err.value)
+    assert "non-finite loss" in message and "epoch 2" in message
+    assert "last good checkpoint: epoch 1" in message and "learning rate" in message
+    assert "\n" not in message
+    assert json.loads((run / "checkpoints" / "latest.json").read_text())["epoch"] == 1
+    assert len(json.loads((run / "history.json").read_text())["loss"]) == 1
+    assert not (run / "encoder.keras").exists()
+
+
+def test_checkpoint_round_trip_restores_weights_optimizer_and_rng(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = pt.build_pretraining_model(_cfg(method="byol"), (16, 16, 1), None, steps_per_epoch=2)
+    x = np.random.default_rng(0).normal(size=(16, 16, 16, 1)).astype("float32")
+    ckpt = cb.EpochCheckpoint(tmp_path / "ck", history={})
+    model.fit(x, batch_size=8, epochs=1, verbose=0, callbacks=[ckpt])
+    fresh = pt.build_pretraining_model(_cfg(method="byol"), (16, 16, 1), None, steps_per_epoch=2)
+    meta = cb.restore_checkpoint(fresh, tmp_path / "ck")
+    assert meta["epoch"] == 1 and len(meta["history"]["loss"]) == 1
+    for a, b in zip(model.variables, fresh.variables):  # incl. seed states and EMA target
+        np.testing.assert_array_equal(ops.convert_to_numpy(a.value), ops.convert_to_numpy(b.value))
+    for a, b in zip(model.optimizer.variables, fresh.optimizer.variables):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a.value), ops.convert_to_numpy(b.value))
+    assert int(fresh.optimizer.iterations) == 2
+    wrong = pt.build_pretraining_model(_cfg(method="simclr"), (16, 16, 1), None, steps_per_epoch=2)
+    with pytest.raises(KerassslError, match="variables"):
+        cb.restore_checkpoint(wrong, tmp_path / "ck")
+
+
+def test_knn_scores_match_bruteforce_vote_and_auc():
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(30, 5))
+    labels = (train[:, 0] > 0).astype(int)
+    query = rng.normal(size=(10, 5))
+    scores = cb.knn_scores(train, labels, query, k=7, temperature=0.5)
+    tn = train / np.linalg.norm(train, axis=1, keepdims=True)
+    for i, q in enumerate(query / np.linalg.norm(query, axis=1, keepdims=True)):
+        sim = tn @ q
+        top = np.argsort(-sim)[:7]
+        w = np.exp(sim[top] / 0.5)
+        np.testing.assert_allclose(scores[i, 1], w[labels[top] == 1].sum() / w.sum(), rtol=1e-9)
+    assert cb.probe_auc(np.stack([1 - query[:, 0], query[:, 0]], 1), (query[:, 0] > 0).astype(int)) == 1.0
+    assert np.isnan(cb.probe_auc(scores, np.zeros(10, int)))
+
+
+def test_bad_config_is_one_line_error(hst_folder, tmp_path):
+    for cfg, match in ((_cfg(method="moco"), "unknown method"), (_cfg(precision="float8"), "precision"),
+                       (_cfg(epochs=0), "epochs"), (_cfg(method_options={"temp": 1}), "unknown option")):
+        with pytest.raises(KerassslError, match=match):
+            pt.pretrain(cfg, hst_folder, tmp_path / "bad", verbose=0)
+    with pytest.raises(KerassslError, match="no checkpoint"):
+        pt.pretrain(_cfg(), hst_folder, tmp_path / "none", resume=True, verbose=0)
