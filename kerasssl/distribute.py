@@ -284,6 +284,7 @@ def _setup_tf(name, cpu_devices):
         conf = read_tf_config()
         # The cluster resolver reads TF_CONFIG itself; collectives over gRPC.
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        _fix_keras_multiworker_metric_reduce()
         dist = Distribution(
             "multiworker",
             "tensorflow",
@@ -307,6 +308,34 @@ def _setup_tf(name, cpu_devices):
     dist = Distribution("mirrored", "tensorflow", strategy=strategy, num_replicas=strategy.num_replicas_in_sync)
     log.info("distribution: %s over %s", dist.describe(), ", ".join(devices))
     return dist
+
+
+def _fix_keras_multiworker_metric_reduce():
+    """Work around Keras 3 ``fit`` failing under MultiWorkerMirroredStrategy.
+
+    Keras's TF trainer reduces each step's metric values across workers with
+    ``strategy.reduce("MEAN", v, axis=0)``; the values are scalars, so every
+    multi-worker ``fit`` fails with "Invalid reduction dimension 0 for input
+    with 0 dimensions" (tensorflow/tensorflow#72388). Scalars are reduced with
+    ``axis=None`` (an all-reduce mean over the workers) instead; everything
+    else goes to Keras unchanged.
+    """
+    from keras import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "_kerasssl_fixed", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            flat = tree.flatten(values)
+            if all(getattr(v, "shape", None) is not None and v.shape.rank == 0 for v in flat):
+                return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica._kerasssl_fixed = True
+    tf_trainer.reduce_per_replica = reduce_per_replica
 
 
 def _setup_jax(name, cpu_devices):

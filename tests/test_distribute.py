@@ -171,9 +171,30 @@ def child_setup_errors():
     return out
 
 
-def child_mirrored(seed):
+def child_pretrain_resume(data_dir, run_dir):
+    """`kerasssl pretrain --strategy mirrored --cpu-devices 2`, then --resume to 2 epochs."""
+    from kerasssl.cli import main as cli_main
+
+    def cli(*args):
+        try:
+            cli_main(list(map(str, args)))
+        except SystemExit as e:
+            return e.code
+        return 0
+
+    common = ["--strategy", "mirrored", "--cpu-devices", "2"]
+    first = cli("pretrain", data_dir, "--run-dir", run_dir, "--method", "simclr", "--encoder", "tiny",
+                "--image-size", "16", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", *common)
+    after_first = json.loads((Path(run_dir) / "checkpoints" / "latest.json").read_text())["epoch"]
+    second = cli("pretrain", data_dir, "--run-dir", run_dir, "--resume", "--epochs", "2", *common)
+    history = json.loads((Path(run_dir) / "history.json").read_text())
+    return {"exit": [first, second], "epoch_after_first": after_first, "history": history}
+
+
+def child_mirrored(seed, data_dir, run_dir):
     """Every mirrored check in one process (TensorFlow starts once: ~10-30 s here)."""
     out = {"gather": child_gather(seed), "simclr": child_simclr_first_step(seed)}
+    out["pretrain"] = child_pretrain_resume(data_dir, run_dir)
     out["errors"] = child_setup_errors()  # last: TF is initialised by now
     return out
 
@@ -182,8 +203,12 @@ CHILDREN = {"mirrored": child_mirrored}
 
 
 @pytest.fixture(scope="module")
-def mirrored():
-    return run_child("mirrored", 3, timeout=400)
+def mirrored(tmp_path_factory):
+    from conftest import write_class_folders
+
+    tmp = tmp_path_factory.mktemp("mirrored")
+    data = write_class_folders(tmp / "data", {"lenses": 12, "nonlenses": 12}, size=16, channels=1)
+    return run_child("mirrored", 3, data, tmp / "run", timeout=600)
 
 
 # ---------------------------------------------------------------------------
@@ -209,6 +234,14 @@ def test_simclr_first_step_loss_two_replicas_equals_one_device(mirrored):
     assert r["two"] == pytest.approx(r["one"], rel=1e-4)
     # Per-replica BatchNorm statistics change the loss: sync BN is what makes them equal.
     assert abs(r["unsynced"] - r["one"]) > 1e-4 * abs(r["one"])
+
+
+def test_pretrain_cli_mirrored_checkpoint_and_resume(mirrored):
+    r = mirrored["pretrain"]
+    assert r["exit"] == [0, 0]
+    assert r["epoch_after_first"] == 1
+    losses = r["history"]["loss"]
+    assert len(losses) == 2 and np.all(np.isfinite(losses))
 
 
 def test_setup_user_errors_are_one_line(mirrored):

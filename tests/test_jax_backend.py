@@ -1,0 +1,128 @@
+"""The JAX backend: DataParallel training and a JAX-trained model exported with TF.
+
+The JAX work runs in one child process with ``KERAS_BACKEND=jax`` (this pytest
+process runs the TensorFlow backend): it sets up 2 JAX CPU devices, trains a
+tiny SimCLR under ``keras.distribution.DataParallel`` and compares the
+first-step loss with one device (JAX computes BatchNorm moments and the
+NT-Xent over the global sharded batch, so they agree), then runs
+``kerasssl pretrain --strategy mirrored`` on a fake data folder. Back in
+this (TensorFlow) process, the JAX-trained ``RUN/encoder.keras`` is turned
+into a classifier and exported as a SavedModel and TFLite file.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import write_class_folders
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child_jax(data_dir, run_dir):
+    """Runs under KERAS_BACKEND=jax; returns a dict of results."""
+    import keras
+
+    from kerasssl import distribute
+    from kerasssl.cli import main as cli_main
+    from kerasssl.encoders import build_encoder
+    from kerasssl.methods import SimCLR
+
+    out = {"backend": keras.backend.backend()}
+    # 1. The CLI on 2 JAX CPU devices (it configures them before JAX starts).
+    try:
+        cli_main(["pretrain", data_dir, "--run-dir", run_dir, "--method", "simclr",
+                  "--encoder", "tiny", "--image-size", "16", "--epochs", "1",
+                  "--steps-per-epoch", "2", "--batch-size", "8",
+                  "--strategy", "mirrored", "--cpu-devices", "2"])
+    except SystemExit as e:
+        out["cli_exit"] = e.code
+    import jax
+
+    out["devices"] = len(jax.devices())
+    out["distribution"] = type(keras.distribution.distribution()).__name__
+
+    # 2. First-step loss: DataParallel over 2 devices vs one device.
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(16, 16, 16, 1)).astype("float32")
+
+    def build():
+        keras.utils.set_random_seed(0)
+        model = SimCLR(build_encoder("tiny", (16, 16, 1)), temperature=0.5,
+                       projection_dim=16, hidden_dim=32)
+        model.compile(optimizer=keras.optimizers.SGD(0.1))
+        return model
+
+    keras.distribution.set_distribution(None)
+    one = build()
+    weights = one.get_weights()
+    out["one"] = float(one.fit(images, batch_size=16, epochs=1, shuffle=False, verbose=0).history["loss"][0])
+    dist = distribute.setup("mirrored")
+    two = build()
+    two.set_weights(weights)
+    out["two"] = float(two.fit(images, batch_size=16, epochs=1, shuffle=False, verbose=0).history["loss"][0])
+    out["replicas"] = dist.num_replicas
+    kernel = two.encoder.trainable_weights[0]
+    out["kernel_sharding"] = str(getattr(kernel.value, "sharding", None))
+    return out
+
+
+@pytest.fixture(scope="module")
+def jax_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("jax")
+    data = write_class_folders(tmp / "data", {"lenses": 12, "nonlenses": 12}, size=16, channels=1)
+    run_dir = tmp / "run"
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
+               CUDA_VISIBLE_DEVICES="", PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}")
+    proc = subprocess.run([sys.executable, __file__, str(data), str(run_dir)], capture_output=True,
+                          text=True, timeout=400, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["run_dir"] = run_dir
+    result["data"] = data
+    return result
+
+
+def test_jax_pretrain_cli_trains_on_two_devices(jax_run):
+    assert jax_run["backend"] == "jax"
+    assert jax_run.get("cli_exit", 0) == 0
+    assert jax_run["devices"] == 2
+    run_dir = jax_run["run_dir"]
+    history = json.loads((run_dir / "history.json").read_text())
+    losses = history["loss"] if "loss" in history else history["history"]["loss"]
+    assert len(losses) == 1 and np.isfinite(losses[0])
+    assert (run_dir / "encoder.keras").exists()
+
+
+def test_jax_data_parallel_first_step_matches_one_device(jax_run):
+    assert jax_run["replicas"] == 2
+    assert jax_run["distribution"] == "DataParallel"
+    assert jax_run["two"] == pytest.approx(jax_run["one"], rel=1e-4)
+
+
+def test_export_of_jax_trained_encoder(jax_run, tmp_path):
+    """A JAX-trained encoder loads under TF and exports (SavedModel + TFLite fp32)."""
+    import keras
+
+    from kerasssl.export import export_saved_model
+    from kerasssl.finetune import build_classifier, load_preprocess, load_pretrained_encoder
+
+    run_dir = jax_run["run_dir"]
+    encoder = load_pretrained_encoder(run_dir, (16, 16, 1))
+    preprocess = load_preprocess(run_dir)
+    model = build_classifier(encoder, preprocess, 2, input_shape=(16, 16, 1))
+    images = np.random.default_rng(1).normal(5.0, 2.0, size=(4, 16, 16, 1)).astype("float32")
+    version = export_saved_model(model, tmp_path / "saved", "lens_finder", tflite="fp32",
+                                 class_names=["nonlens", "lens"], sample_inputs=images)
+    assert (version / "saved_model.pb").exists()
+    assert list(version.glob("*.tflite"))
+    assert isinstance(model, keras.Model)
+
+
+if __name__ == "__main__":
+    print(json.dumps(child_jax(*sys.argv[1:3])))
