@@ -472,6 +472,11 @@ def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_
 
     model = _load_model(model_path)
     baseline = _load_model(Path(baseline_path)) if baseline_path else None
+    for path, m in ((model_path, model), (baseline_path, baseline)):
+        expected = tuple(m.input_shape[1:]) if m is not None else None
+        if expected is not None and expected != tuple(image_set.image_shape):
+            raise KerassslError(f"{path}: the model takes images {expected}, the data gives "
+                                f"{tuple(image_set.image_shape)} (data.image_size of the run?)")
     # Mode and labels of this classifier, as recorded when it was fine-tuned.
     finetune_record = finetune_records(run_dir).get(model_path.name, {})
     report = evaluate_classifier(
