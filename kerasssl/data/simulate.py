@@ -143,7 +143,8 @@ def simulate_one(fmt, size, seed, label, index, with_nan=False):
     """Render one image and its metadata row (no file written).
 
     Returns:
-        (image float32, (bands, H, W); 2-D for ``hst``), metadata dict).
+        (image, row): float32 (bands, H, W) array (2-D (H, W) for ``hst``) and
+        its metadata.csv row as a dict.
     """
     from kerasssl.data.simulate_scene import draw_scene
 
