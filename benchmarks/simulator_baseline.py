@@ -1,10 +1,11 @@
 """Simulator throughput and how hard the simulated task is for a linear model.
 
-(a) Throughput at 64x64, one process, beside lenstronomy's own reused
-    SimAPI/ImageModel on a simpler scene (the ~445 images/s reference): images per CPU-second (= per core, so a
-    busy shared machine does not distort it much) and per wall-second, for
-    rendering only and for ``simulate()`` end to end (files + metadata), for
-    the ``hst`` (1 band) and ``three-band`` formats.
+(a) Throughput at 64x64, one process: images per CPU-second (= per core; a
+    busy shared machine distorts it less than wall time) and per wall-second,
+    for rendering only and for ``simulate()`` end to end (files + metadata),
+    for the ``hst`` (1 band) and ``three-band`` formats; beside lenstronomy's
+    own reused SimAPI/ImageModel on a simpler scene (the ~445 images/s
+    reference), measured in the same process.
 (b) Difficulty: 1,000 + 1,000 three-band 64x64 images; 5-fold stratified
     ROC-AUC of a logistic regression on asinh-scaled pixels (the best of a
     small C grid: an optimistic linear baseline). The task should need a real

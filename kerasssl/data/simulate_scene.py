@@ -11,13 +11,15 @@ Rules that keep the task honest:
   first, so its parameters carry no class information. Seeing is drawn the same
   way for both classes too.
 - The Einstein radius follows the deflector's luminosity (Faber-Jackson-like,
-  theta_E ~ L^0.5, with 0.35 dex-ish scatter), so bright deflectors tend to make
+  theta_E ~ L^0.5, with a 0.4 ln-normal scatter), so bright deflectors tend to make
   larger rings; non-lenses draw a "pseudo Einstein radius" the same way, which
   sets the scale of their ring / spiral / blend confusers.
 - Companions (satellites, line-of-sight galaxies) appear at the same rate in
-  both classes. Non-lenses may carry a confuser with source-like (blue) colours
-  and arc-like brightness: a partial clumpy ring, spiral arms, or an elongated
-  blended galaxy placed tangentially where an arc would be.
+  both classes. 60 % of non-lenses carry a confuser with source-like (blue)
+  colours and arc-like brightness: a partial clumpy ring, spiral arms, or an
+  elongated blended galaxy placed tangentially where an arc would be.
+- Sources are drawn inside ~0.9 theta_E (multiply imaged), with unlensed
+  magnitudes uniform in the survey's range, so many arcs are faint.
 
 Magnitudes are drawn in the survey's reference band (its last band: i-like /
 F814W); other bands follow from colours (g-r, r-i).
@@ -252,7 +254,8 @@ def _draw_confuser(rng, survey, deflector):
         comp = Component("ring", "RING", [kwargs], [1.0], mags)
     elif kind == "spiral":
         kwargs = {"scale": scale * rng.uniform(0.6, 1.2), "arms": 2,
-                  "pitch": math.radians(rng.uniform(12.0, 30.0)), "sharpness": rng.uniform(2.0, 6.0),
+                  "pitch": math.radians(rng.uniform(12.0, 30.0)),
+                  "sharpness": rng.uniform(2.0, 6.0),
                   "phase": rng.uniform(0.0, 2 * math.pi), "e1": e1, "e2": e2,
                   "center_x": float(center[0]), "center_y": float(center[1])}
         comp = Component("spiral", "SPIRAL", [kwargs], [1.0], mags)
