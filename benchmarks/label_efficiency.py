@@ -24,7 +24,7 @@ The script prints the table and states plainly whether each goal is met.
 Full run (2-core CPU; see the report for the size chosen and its timing):
     .venv/bin/python benchmarks/label_efficiency.py --out benchmarks/results/label_efficiency
 
-End-to-end check at a tiny size (a minute or two, numbers meaningless):
+End-to-end check at a tiny size (3 CPU-minutes; numbers meaningless):
     .venv/bin/python benchmarks/label_efficiency.py --quick --out /tmp/le_quick
 """
 
@@ -93,7 +93,7 @@ def epochs_for(n_labeled, batch_size, steps):
     return max(1, math.ceil(steps / max(1, math.ceil(n_labeled / batch_size))))
 
 
-def run_cell(cfg, data, run_dir, arm, fraction, args):
+def run_cell(cfg, data, run_dir, arm, fraction, args, image_set):
     """Fine-tune one arm at one labels fraction and evaluate it on the test split."""
     from kerasssl.evaluate import evaluate_run
     from kerasssl.finetune import finetune
@@ -104,9 +104,9 @@ def run_cell(cfg, data, run_dir, arm, fraction, args):
     t = time.perf_counter()
     record = finetune(cfg, data, run_dir, mode=MODE_OF_ARM[arm], labels_fraction=fraction,
                       epochs=epochs, output=run_dir / f"classifier_{tag}.keras",
-                      patience=None)
+                      patience=None, image_set=image_set)
     report = evaluate_run(record["model"], data, run_dir, split="test", cfg=cfg,
-                          report_path=run_dir / f"report_{tag}.json")
+                          report_path=run_dir / f"report_{tag}.json", image_set=image_set)
     return {"arm": arm, "fraction": fraction, "roc_auc": report["roc_auc"],
             "roc_auc_ci": report["roc_auc_ci"], "pr_auc": report["pr_auc"],
             "n_labeled": record["n_labeled"], "epochs": epochs,
@@ -179,6 +179,9 @@ def main(argv=None):
             print(f"simulating {args.n_lenses} + {args.n_nonlenses} three-band {args.size}px images -> {data}")
             simulate(data, fmt="three-band", n_lenses=args.n_lenses, n_nonlenses=args.n_nonlenses,
                      size=args.size, seed=1234)
+    from kerasssl.data.load import load_images
+
+    image_set = load_images(data)  # read once; every cell uses the same arrays
     cells = []
     for seed in args.seeds:
         cfg = run_config(args, seed)
@@ -191,7 +194,7 @@ def main(argv=None):
         pretrain_s = time.perf_counter() - t
         for fraction in args.fractions:
             for arm in ARMS:
-                cell = run_cell(cfg, data, run_dir, arm, fraction, args)
+                cell = run_cell(cfg, data, run_dir, arm, fraction, args, image_set)
                 cell.update(seed=seed, pretrain_seconds=pretrain_s)
                 cells.append(cell)
                 print(f"  {arm:11s} {fraction:>5.0%} labels ({cell['n_labeled']:4d} images, "
