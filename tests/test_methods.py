@@ -59,7 +59,8 @@ def test_method_trains_and_uses_its_loss(name):
     loss = float(model.compute_loss(x, None, out, None, training=False))
     np.testing.assert_allclose(loss, float(REFERENCE[name](out, model)), rtol=1e-5)
     before = [w.numpy().copy() for w in model.encoder.trainable_weights]
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=False)
+    # Eager: two tiny steps cost less than tracing the step graph.
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), run_eagerly=True)
     hist = model.fit(x, batch_size=16, epochs=1, verbose=0).history
     assert np.all(np.isfinite(hist["loss"])) and len(hist["loss"]) == 1
     # Collapse monitor: between 0 and 1/sqrt(d)-ish, i.e. not collapsed at init.
@@ -73,7 +74,7 @@ def test_method_trains_and_uses_its_loss(name):
 def test_mixed_float16_scales_loss_and_bfloat16_does_not():
     keras.mixed_precision.set_dtype_policy("mixed_float16")
     model = _make("simclr")
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3), jit_compile=False)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3), run_eagerly=True)
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     # The scaled loss is what gets differentiated: scale_loss multiplies by the
     # dynamic scale (2**15 at the start), and training still gives a finite loss.
@@ -99,7 +100,7 @@ def test_byol_target_is_ema_of_online_and_gets_no_gradient():
     for a, b in zip(online.get_weights(), target.get_weights()):
         np.testing.assert_array_equal(a, b)
     x = _data(16)
-    model.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=False)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), run_eagerly=True)
     model.fit(x, batch_size=16, epochs=1, verbose=0)  # step 0: target == online, EMA is a no-op
     online_1 = [w.numpy().copy() for w in online.weights]
     target_1 = [w.numpy().copy() for w in target.weights]
