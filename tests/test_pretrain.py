@@ -2,6 +2,11 @@
 NaN stop with the last good checkpoint kept, checkpoint round trip, kNN probe maths."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
@@ -30,7 +35,6 @@ def _float32_policy():
 def test_pretrain_run_dir_and_resume_after_crash(hst_folder, tmp_path, monkeypatch):
     run = tmp_path / "run"
     seen = {}
-    real_make_dataset = pt.__dict__.get("make_dataset")  # imported lazily inside pretrain
     from kerasssl.data import pipeline
 
     original = pipeline.make_dataset
@@ -41,7 +45,6 @@ def test_pretrain_run_dir_and_resume_after_crash(hst_folder, tmp_path, monkeypat
 
     monkeypatch.setattr(pipeline, "make_dataset", spy)
     hist = pt.pretrain(_cfg(), hst_folder, run, verbose=0)
-    assert real_make_dataset is None
     split = json.loads((run / "split.json").read_text())
     assert seen["n"] == len(split["train"])  # train split only
     for name in ("config.yaml", "split.json", "preprocess.json", "history.json", "encoder.keras"):
@@ -144,3 +147,26 @@ def test_bad_config_is_one_line_error(hst_folder, tmp_path):
             pt.pretrain(cfg, hst_folder, tmp_path / "bad", verbose=0)
     with pytest.raises(KerassslError, match="no checkpoint"):
         pt.pretrain(_cfg(), hst_folder, tmp_path / "none", resume=True, verbose=0)
+
+
+@pytest.mark.slow  # a real process killed with SIGKILL mid-run, then resumed (~1-2 min)
+def test_sigkill_mid_run_then_resume_loses_at_most_one_epoch(hst_folder, tmp_path):
+    run = tmp_path / "run"
+    cli = [sys.executable, "-m", "kerasssl", "pretrain", str(hst_folder), "--run-dir", str(run),
+           "--encoder", "tiny", "--image-size", "32", "--batch-size", "8", "--steps-per-epoch", "2"]
+    proc = subprocess.Popen(cli + ["--epochs", "200"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest = run / "checkpoints" / "latest.json"
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        if latest.exists() and json.loads(latest.read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = json.loads(latest.read_text())["epoch"]
+    assert 2 <= done < 200
+    assert len(json.loads((run / "history.json").read_text())["loss"]) in (done, done - 1)
+    subprocess.run(cli[:4] + [str(hst_folder), "--run-dir", str(run), "--resume", "--epochs", str(done + 1)],
+                   check=True, capture_output=True)
+    history = json.loads((run / "history.json").read_text())
+    assert len(history["loss"]) == done + 1 and all(np.isfinite(history["loss"]))
