@@ -144,7 +144,8 @@ def build_pretraining_model(cfg: RunConfig, input_shape, preprocess, steps_per_e
     return model
 
 
-def _check_config(cfg):
+def check_config(cfg):
+    """Raise a one-line KerassslError for pretrain settings that cannot work."""
     p = cfg.pretrain
     for name in ("epochs", "batch_size"):
         value = getattr(p, name)
@@ -276,7 +277,7 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1):
     from kerasssl.data.pipeline import make_dataset
     from kerasssl.data.split import load_or_create_split
 
-    _check_config(cfg)
+    check_config(cfg)
     # Data parallelism (tf.distribute / keras.distribution) before any TF op.
     dist = distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
     run_dir = _worker_run_dir(dist, Path(run_dir), resume)

@@ -70,3 +70,5 @@ def test_pretrain_cli_bad_input_is_one_line_exit_2(hst_folder, tmp_path, capsys,
     assert code == 2
     assert err.startswith("kerasssl: error:") and err.count("\n") == 1 and message in err
     assert not (run / "encoder.keras").exists()
+    if message.startswith("unknown"):  # rejected before anything is written
+        assert not run.exists()

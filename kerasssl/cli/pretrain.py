@@ -41,8 +41,8 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
     from kerasssl import distribute
     from kerasssl.config import RunConfig
     from kerasssl.errors import KerassslError
+    from kerasssl.pretrain import check_config, resume_config
     from kerasssl.pretrain import pretrain as run_pretrain
-    from kerasssl.pretrain import resume_config
     from kerasssl.runinfo import record_invocation
 
     if resume:
@@ -71,6 +71,7 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
     cfg = cfg.with_overrides({"pretrain.strategy": strategy, "pretrain.cpu_devices": cpu_devices})
     # Before any TF op: logical CPUs and collective ops are configured only then.
     dist = distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
+    check_config(cfg)  # bad settings: one line, before anything is written into RUN
     record_invocation(dist.write_path(run_dir))  # only the chief records into RUN
     history = run_pretrain(cfg, data, run_dir, resume=resume, verbose=1 if sys.stderr.isatty() else 2)
     last = {k: v[-1] for k, v in history.items() if v}
