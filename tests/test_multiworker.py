@@ -21,7 +21,7 @@ import pytest
 from conftest import write_class_folders
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT_S = 420
+TIMEOUT_S = 900
 
 
 def free_ports(n):
@@ -100,4 +100,5 @@ def test_only_the_chief_writes_the_run_directory(two_workers):
 
 
 if __name__ == "__main__":
-    print(json.dumps(worker_main(*sys.argv[1:3])))
+    print(json.dumps(worker_main(*sys.argv[1:3])), flush=True)
+    os._exit(0)  # skip TF's slow teardown: the result is out
