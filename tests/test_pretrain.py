@@ -170,3 +170,35 @@ def test_sigkill_mid_run_then_resume_loses_at_most_one_epoch(hst_folder, tmp_pat
                    check=True, capture_output=True)
     history = json.loads((run / "history.json").read_text())
     assert len(history["loss"]) == done + 1 and all(np.isfinite(history["loss"]))
+
+
+@pytest.mark.slow  # ~1-2 CPU-minutes: the small "does it learn" check (benchmarks/pretrain_probe.py is the big one)
+def test_pretrained_encoder_beats_random_init_on_linear_probe(tmp_path):
+    from conftest import write_class_folders
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    from kerasssl.callbacks import extract_features
+    from kerasssl.data.load import load_images
+    from kerasssl.data.split import Split
+    from kerasssl.encoders import build_encoder
+    from kerasssl.layers.preprocess import load_preprocess
+
+    data = write_class_folders(tmp_path / "3b", {"lenses": 100, "nonlenses": 100}, size=32)
+    run = tmp_path / "run"
+    cfg = _cfg(epochs=8, batch_size=32, steps_per_epoch=None, method_options={})
+    pt.pretrain(cfg, data, run, verbose=0)
+    images = load_images(data, image_size=32)
+    split = Split.load(run / "split.json")
+    tr, te = split.indices(images, "train"), split.indices(images, "test")
+    pre = load_preprocess(run / "preprocess.json")
+    keras.utils.set_random_seed(0)
+    encoders = {"pretrained": keras.saving.load_model(run / "encoder.keras"),
+                "random": build_encoder("tiny", (32, 32, 3))}
+    aucs = {}
+    for name, enc in encoders.items():
+        f_tr = extract_features(enc, pre, images.images[tr])
+        f_te = extract_features(enc, pre, images.images[te])
+        probe = LogisticRegression(max_iter=5000).fit(f_tr, images.labels[tr])
+        aucs[name] = roc_auc_score(images.labels[te], probe.predict_proba(f_te)[:, 1])
+    assert aucs["pretrained"] > aucs["random"], aucs
