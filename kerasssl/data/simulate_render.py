@@ -310,6 +310,8 @@ class Renderer:
         steps[:, :-1] = np.maximum(steps[:, :-1], dx)
         mask = steps > ARC_REFINE_LEVEL * total.max()
         rows, cols = np.nonzero(mask)
+        if rows.size == 0:
+            return  # no lensed light in the cutout
         xf = (self.pixel_centres[cols][:, None] + self.arc_offsets[0][None, :]).ravel()
         yf = (self.pixel_centres[rows][:, None] + self.arc_offsets[1][None, :]).ravel()
         bx, by = self.lens_model.ray_shooting(xf, yf, lens_kwargs)
@@ -357,6 +359,8 @@ class Renderer:
             source disk), ``arc_flux`` (e-/s of lensed light per band) and
             ``arc_snr`` (matched-filter S/N of the lensed light, per band).
         """
+        if noise and noise_rng is None:
+            raise ValueError("render(noise=True) needs a noise_rng")
         n_bands = len(self.sims)
         shape = (n_bands, self.size, self.size)
         unlensed = np.zeros(shape)
