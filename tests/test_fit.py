@@ -58,6 +58,11 @@ def test_fit_runs_the_whole_job(tmp_path, data16, capsys):
     assert low <= report["roc_auc"] <= high
     split = json.loads((run / "split.json").read_text())
     assert report["n_test"] == len(split["test"]) == sum(report["class_counts"].values())
+    from kerasssl.evaluate import training_overlap
+
+    # Pretraining saw the whole train split: the guard covers its unlabelled files too.
+    assert set(training_overlap(split["train"], run)) >= {"pretrain"}
+    assert training_overlap(split["test"] + split["val"], run) == {}
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["seed"] == 3 and saved["finetune"]["seed"] == 3  # --seed reaches every stage
     assert "ROC-AUC" in out and str(run / "roc.png") in out
@@ -71,13 +76,6 @@ def test_finetune_then_evaluate_commands_and_honesty_guard(tmp_path, data16, cap
     model = run / "classifier.keras"
     assert model.exists() and "classifier" in out
 
-    code, out, err = run_cli(["evaluate", model, data16, "--run-dir", run, "--report", tmp_path / "r.json",
-                              "--plot", tmp_path / "roc.png"], capsys)
-    assert code == 0, err
-    report = json.loads((tmp_path / "r.json").read_text())
-    assert report["mode"] == "supervised" and report["labels_fraction"] == 0.5
-    assert (tmp_path / "roc.png").read_bytes()[:4] == b"\x89PNG"
-
     # The labelled training files are refused, one line, exit 2, nothing written.
     code, out, err = run_cli(["evaluate", model, data16, "--run-dir", run, "--split", "labeled",
                               "--report", tmp_path / "bad.json", "--plot", tmp_path / "bad.png"], capsys)
@@ -89,7 +87,10 @@ def test_finetune_then_evaluate_commands_and_honesty_guard(tmp_path, data16, cap
                               "--allow-overlap", "--report", tmp_path / "ov.json",
                               "--plot", tmp_path / "ov.png"], capsys)
     assert code == 0, err
-    overlap = json.loads((tmp_path / "ov.json").read_text())["overlap"]
+    assert "WARNING" in out and (tmp_path / "ov.png").read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((tmp_path / "ov.json").read_text())
+    assert report["mode"] == "supervised" and report["labels_fraction"] == 0.5
+    overlap = report["overlap"]
     labeled = json.loads((run / "finetune.json").read_text())["models"]["classifier.keras"]["labeled_files"]
     assert overlap["allowed"] and overlap["finetune"]["n_files"] == len(labeled)
     # Unlabelled training files never trained a supervised model (no pretraining in this run).
