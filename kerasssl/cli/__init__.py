@@ -86,9 +86,14 @@ def main(argv=None):
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(1)
+    except click.UsageError as e:
+        # One line, like every other user error; `--help` has the details.
+        where = e.ctx.command_path if e.ctx is not None else "kerasssl"
+        click.echo(f"{where}: error: {e.format_message()} (see --help)", err=True)
+        sys.exit(2)
     except click.ClickException as e:
         e.show()
-        sys.exit(2 if isinstance(e, click.UsageError) else e.exit_code)
+        sys.exit(e.exit_code)
     except KerassslError as e:
         click.echo(f"kerasssl: error: {e}", err=True)
         sys.exit(2)
