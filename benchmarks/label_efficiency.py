@@ -43,8 +43,8 @@ import numpy as np
 ARMS = ("supervised", "ssl+linear", "ssl+full")
 MODE_OF_ARM = {"supervised": "supervised", "ssl+linear": "linear", "ssl+full": "full"}
 
-FULL = dict(n_lenses=1500, n_nonlenses=1500, size=32, encoder="tiny", method="simclr",
-            pretrain_epochs=50, pretrain_batch=128, steps=300, finetune_batch=32,
+FULL = dict(n_lenses=1200, n_nonlenses=1200, size=32, encoder="tiny", method="simclr",
+            pretrain_epochs=40, pretrain_batch=128, steps=300, finetune_batch=32,
             seeds=[0, 1, 2], fractions=[0.01, 0.1, 1.0])
 QUICK = dict(n_lenses=80, n_nonlenses=60, size=16, encoder="tiny", method="simclr",
              pretrain_epochs=1, pretrain_batch=32, steps=4, finetune_batch=16,

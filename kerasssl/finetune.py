@@ -202,19 +202,25 @@ class BestValAUC(keras.callbacks.Callback):
         images / labels: the validation split (raw pixels, int labels).
         patience: epochs without improvement before stopping (None: never stop).
         batch_size: prediction batch size.
+        every: check every this many epochs (and at the last one): tiny
+            labelled sets have one-step epochs, where a check per epoch would
+            cost more than the training.
 
     Example:
         >>> best = BestValAUC(x_val, y_val, patience=5)
         >>> model.fit(ds, epochs=50, callbacks=[best]); best.best_auc
     """
 
-    def __init__(self, images, labels, patience: Optional[int] = None, batch_size: int = 256):
+    def __init__(self, images, labels, patience: Optional[int] = None, batch_size: int = 256,
+                 every: int = 1):
         super().__init__()
+        self.every = max(1, int(every))
         self.images = np.asarray(images, np.float32)
         self.labels = np.asarray(labels)
         self.patience = patience
         self.batch_size = batch_size
         self.history = []
+        self.epochs_checked = []
         self.best_auc = -np.inf
         self.best_epoch = None
         self._best_weights = None
@@ -222,10 +228,15 @@ class BestValAUC(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         from kerasssl.evaluate import roc_auc
 
+        last = epoch + 1 == self.params.get("epochs")
+        if (epoch + 1) % self.every and not last:
+            return
+
         probs = self.model.predict(self.images, batch_size=self.batch_size, verbose=0)
         probs = np.asarray(probs, np.float64)
         auc = roc_auc(self.labels, probs) if np.all(np.isfinite(probs)) else float("nan")
         self.history.append(auc)
+        self.epochs_checked.append(epoch + 1)
         if logs is not None:
             logs["val_roc_auc"] = auc
         if np.isfinite(auc) and auc > self.best_auc:
@@ -281,7 +292,8 @@ def train_classifier(model, encoder, x_train, y_train, *, x_val=None, y_val=None
     callbacks = []
     best = None
     if x_val is not None and len(x_val) and len(np.unique(y_val)) > 1:
-        best = BestValAUC(x_val, y_val, patience=patience)
+        # About 50 checks per run at most, whatever the number of epochs.
+        best = BestValAUC(x_val, y_val, patience=patience, every=max(1, epochs // 50))
         callbacks.append(best)
     # The labelled subset is small and in memory: Keras shuffles it each epoch
     # (seeded by keras.utils.set_random_seed), no tf.data pipeline needed.
@@ -295,6 +307,7 @@ def train_classifier(model, encoder, x_train, y_train, *, x_val=None, y_val=None
     return {
         "loss": losses,
         "val_roc_auc": list(best.history) if best else [],
+        "val_epochs": list(best.epochs_checked) if best else [],
         "best_epoch": None if best is None or best.best_epoch is None else best.best_epoch + 1,
         "best_val_roc_auc": None if best is None or best.best_epoch is None else float(best.best_auc),
     }
