@@ -71,6 +71,9 @@ def test_keras_file_round_trip_in_a_fresh_process(tmp_path):
     np.save(tmp_path / "x.npy", data)
     np.save(tmp_path / "want.npy", np.asarray(model.predict(data, verbose=0)))
     model.save(tmp_path / "model.keras")
+    # Seeded augmentation must also reproduce across processes.
+    seeded = {name: np.asarray(make(21)(data, training=True)) for name, make in LAYERS.items()}
+    np.savez(tmp_path / "seeded.npz", **seeded)
     configs = {layer.name: layer.get_config() for layer in model.layers}
     script = textwrap.dedent(f"""
         import json, os
@@ -82,6 +85,21 @@ def test_keras_file_round_trip_in_a_fresh_process(tmp_path):
         np.testing.assert_allclose(model.predict(x, verbose=0),
                                    np.load({str(tmp_path / "want.npy")!r}), rtol=1e-5)
         y = model(x, training=True)  # augmentation still works after loading
+        seeded = np.load({str(tmp_path / "seeded.npz")!r})
+        again = {{
+            "rotation": kerasssl.layers.RandomRotation(factor=0.2, seed=21),
+            "crop": kerasssl.layers.RandomResizedCrop(scale=(0.5, 1.0), seed=21),
+            "flip": kerasssl.layers.RandomFlip(seed=21),
+            "rot90": kerasssl.layers.RandomRot90(seed=21),
+            "dihedral": kerasssl.layers.RandomDihedral(seed=21),
+            "blur": kerasssl.layers.RandomGaussianBlur(sigma=(0.5, 1.5), seed=21),
+            "noise": kerasssl.layers.RandomGaussianNoise(stddev=(0.5, 1.0), relative=True,
+                                                         seed=21),
+        }}
+        assert sorted(again) == sorted(seeded.files)
+        for name, layer in again.items():
+            np.testing.assert_allclose(np.asarray(layer(x, training=True)), seeded[name],
+                                       rtol=1e-6, atol=1e-6, err_msg=name)
         assert np.isfinite(np.asarray(y)).all()
         print(json.dumps({{l.name: l.get_config() for l in model.layers}}))
     """)

@@ -17,11 +17,11 @@ which has no XLA kernel). Positions outside the image follow ``fill_mode``:
 - ``"nearest"``: ``a a a a | a b c d | d d d d``;
 - ``"constant"``: ``k k k k | a b c d | k k k k`` with ``k = fill_value``.
 
-The image is padded by one pixel as the fill mode extends it and each
-continuous coordinate is folded into the padded range, so the four bilinear
-neighbours of a sample are always adjacent there: a bilinear sample near the
-edge blends real pixels with their reflected, wrapped, clamped or constant
-neighbours, and the result is continuous in the matrix.
+Each continuous coordinate is folded by the fill mode into the range that
+sampling reads (for "wrap" and "constant" the image is first padded by the
+pixels they add), so the four bilinear neighbours of a sample are always
+adjacent: a sample near the edge blends real pixels with their reflected,
+wrapped, clamped or constant neighbours, continuously in the matrix.
 """
 
 import numpy as np
@@ -48,24 +48,26 @@ def check_interpolation(interpolation):
 def _pad(images, fill_mode, fill_value):
     """Pad height and width by 1 before and 2 after, as ``fill_mode`` extends the image.
 
-    One pixel each side is all bilinear sampling reads once coordinates are
-    folded into ``[-0.5, size - 0.5]`` (reflect, wrap) or ``[0, size - 1]``
-    (nearest); "constant" reads up to ``size + 1``, hence 2 after.
+    Used for "wrap" and "constant" (and tiny images): once coordinates are
+    folded (see :func:`fold_coordinate`), "wrap" reads one pixel past each
+    edge and "constant" up to two after, hence the 1 / 2 widths.
     """
-    widths = [[0, 0], [1, 2], [1, 2], [0, 0]]
     if fill_mode == "constant":
+        widths = [[0, 0], [1, 2], [1, 2], [0, 0]]
         return ops.pad(images, widths, mode="constant", constant_values=fill_value)
-    if fill_mode in ("reflect", "nearest"):
-        # "symmetric" repeats the edge pixel next to it, all that is read there.
-        return ops.pad(images, widths, mode="symmetric")
-    for axis in (1, 2):  # wrap: the far edge before, the near edge after
+    for axis in (1, 2):
         size = images.shape[axis]
-        take = [slice(None)] * 4
-        take[axis] = slice(size - 1, size)
-        before = images[tuple(take)]
-        take[axis] = slice(0, 2) if size >= 2 else slice(0, 1)
-        after = images[tuple(take)]
-        if size < 2:
+
+        def part(start, stop, axis=axis):
+            index = [slice(None)] * 4
+            index[axis] = slice(start, stop)
+            return images[tuple(index)]
+
+        if fill_mode == "wrap":  # the far edge before, the near edge(s) after
+            before, after = part(size - 1, size), part(0, min(2, size))
+        else:  # reflect / nearest: the edge pixel repeats next to the edge
+            before, after = part(0, 1), part(size - 1, size)
+        if after.shape[axis] < 2:
             after = ops.concatenate([after, after], axis=axis)
         images = ops.concatenate([before, images, after], axis=axis)
     return images
@@ -75,13 +77,15 @@ REACHES = ("any", "near", "inside")
 
 
 def fold_coordinate(coord, size, fill_mode, reach="any"):
-    """Fold continuous pixel coordinates into the range the padding covers, plus one.
+    """Fold continuous pixel coordinates into the range that sampling reads.
 
     Folding the continuous coordinate (rather than the four integer
     neighbours) gives the same bilinear values — reflection and wrapping are
-    piecewise linear — and lets the neighbours sit next to each other in the
-    padded image, so one gather of 2x2 patches serves every output pixel.
-    The result is shifted by +1: it indexes the padded image directly.
+    piecewise linear — and keeps the neighbours adjacent, so one gather of
+    2x2 patches serves every output pixel. The result lies in ``[0, size-1]``
+    for "reflect" and "nearest" (their outer half pixel repeats the edge, so
+    clamping there is exact and no padding is needed), ``[-0.5, size - 0.5]``
+    for "wrap" and ``[-1, size]`` for "constant" (both read one padded pixel).
 
     Args:
         coord: float32 tensor of positions along one axis.
@@ -93,14 +97,14 @@ def fold_coordinate(coord, size, fill_mode, reach="any"):
             cheaper cases matter on CPU, where each elementwise pass costs.
 
     Example:
-        >>> fold_coordinate(ops.convert_to_tensor([-1.2, 4.2]), 4, "reflect")  # [1.2, 3.8]
+        >>> fold_coordinate(ops.convert_to_tensor([-1.2, 4.2]), 4, "reflect")  # [0.2, 2.8]
     """
-    if reach == "inside":
-        return coord + 1.0
-    if fill_mode == "nearest":
-        return ops.clip(coord, 0.0, size - 1.0) + 1.0
+    if fill_mode == "nearest" or (fill_mode == "reflect" and reach == "inside"):
+        return ops.clip(coord, 0.0, size - 1.0)
     if fill_mode == "constant":  # everything further out reads fill only
-        return ops.clip(coord, -1.0, float(size)) + 1.0
+        return ops.clip(coord, -1.0, float(size))
+    if reach == "inside":  # wrap
+        return coord
     shifted = coord + 0.5  # the image spans [0, size] here
     if fill_mode == "reflect":  # mirror about 0 and size (pixel edges)
         if reach == "any":
@@ -108,12 +112,12 @@ def fold_coordinate(coord, size, fill_mode, reach="any"):
             shifted = shifted - ops.floor(shifted * (1.0 / period)) * period
         else:
             shifted = ops.abs(shifted)
-        return (size + 0.5) - ops.abs(size - shifted)
+        return ops.clip((size - 0.5) - ops.abs(size - shifted), 0.0, size - 1.0)
     # wrap
     if reach == "any":
-        return shifted - ops.floor(shifted * (1.0 / size)) * size + 0.5
+        return shifted - ops.floor(shifted * (1.0 / size)) * size - 0.5
     shifted = ops.where(shifted < 0.0, shifted + size, shifted)
-    return ops.where(shifted >= size, shifted - size, shifted) + 0.5
+    return ops.where(shifted >= size, shifted - size, shifted) - 0.5
 
 
 def affine_sample(images, matrices, fill_mode="reflect", fill_value=0.0,
@@ -149,36 +153,44 @@ def affine_sample(images, matrices, fill_mode="reflect", fill_value=0.0,
         raise ValueError(f"reach must be one of {REACHES}, got {reach!r}")
     pixels = height * width
 
-    # Output pixel grid (3, H*W) -> input positions (N, H*W) in the padded
-    # image, one matmul per axis: (N, 1, 3) @ (3, H*W), no slicing copies.
+    # Output pixel grid (3, H*W) -> input positions (N, H*W) per axis, one
+    # matmul each: (N, 1, 3) @ (3, H*W), no slicing copies of a joint result.
     rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
     grid = np.stack([rows.ravel(), cols.ravel(), np.ones(pixels)]).astype("float32")
     grid = ops.convert_to_tensor(grid)
     matrices = ops.cast(matrices, "float32")
     y = fold_coordinate(ops.matmul(matrices[:, 0:1], grid)[:, 0], height, fill_mode, reach)
     x = fold_coordinate(ops.matmul(matrices[:, 1:2], grid)[:, 0], width, fill_mode, reach)
-    padded = _pad(images, fill_mode, float(fill_value))
+
+    if fill_mode in ("reflect", "nearest") and min(height, width) >= 2:
+        source = images  # coordinates are clamped inside: no padding needed
+    else:
+        source = _pad(images, fill_mode, float(fill_value))
+        y, x = y + 1.0, x + 1.0  # positions in the padded image
+    source_h, source_w = source.shape[1], source.shape[2]
     batch = ops.shape(images)[0]
 
     if interpolation == "nearest":
-        padded_h, padded_w = height + 3, width + 3
-        offsets = ops.reshape(ops.arange(batch, dtype="int32") * (padded_h * padded_w), (-1, 1))
-        index = offsets + ops.cast(ops.floor(y + 0.5) * padded_w + ops.floor(x + 0.5), "int32")
-        table = ops.reshape(padded, (-1, channels))
+        offsets = ops.reshape(ops.arange(batch, dtype="int32") * (source_h * source_w), (-1, 1))
+        index = offsets + ops.cast(ops.floor(y + 0.5) * source_w + ops.floor(x + 0.5), "int32")
+        table = ops.reshape(source, (-1, channels))
         output = ops.take(table, index, axis=0)  # (N, P, C)
         return ops.reshape(output, (-1, height, width, channels))
 
-    # Row k of the patch table holds pixel k of the padded image and its right,
-    # lower and lower-right neighbours, so one gather fetches all four
-    # bilinear corners. Built as four plain slices stacked in front and one
-    # transpose: on CPU ~3x cheaper than stacking along the last axis.
+    # Row k of the patch table holds source pixel k and its right, lower and
+    # lower-right neighbours, so one gather fetches all four bilinear corners.
+    # Built as four plain slices stacked in front and one transpose: on CPU
+    # ~3x cheaper than stacking along the last axis.
     patches = ops.stack(
-        [padded[:, :-1, :-1], padded[:, :-1, 1:], padded[:, 1:, :-1], padded[:, 1:, 1:]]
-    )  # (4, N, H+2, W+2, C)
-    patch_h, patch_w = height + 2, width + 2
+        [source[:, :-1, :-1], source[:, :-1, 1:], source[:, 1:, :-1], source[:, 1:, 1:]]
+    )  # (4, N, h, w, C)
+    patch_h, patch_w = source_h - 1, source_w - 1
     table = ops.reshape(ops.transpose(patches, (1, 2, 3, 4, 0)), (-1, 4 * channels))
 
-    y_floor, x_floor = ops.floor(y), ops.floor(x)
+    # The last row / column has no lower / right neighbour: a sample exactly
+    # on it uses the patch before, with weight 1 on its far corner.
+    y_floor = ops.minimum(ops.floor(y), patch_h - 1.0)
+    x_floor = ops.minimum(ops.floor(x), patch_w - 1.0)
     wy, wx = ops.expand_dims(y - y_floor, -1), ops.expand_dims(x - x_floor, -1)
     offsets = ops.reshape(ops.arange(batch, dtype="int32") * (patch_h * patch_w), (-1, 1))
     index = offsets + ops.cast(y_floor * patch_w + x_floor, "int32")
