@@ -304,6 +304,10 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1):
     if batch_size > len(train_images):
         log.warning("batch size %d > %d training images: using %d", batch_size, len(train_images), len(train_images))
         batch_size = len(train_images)
+    if dist.distribution is not None and batch_size % dist.num_replicas:
+        # keras.distribution.DataParallel shards each batch evenly over the devices.
+        raise KerassslError(f"--batch-size {batch_size} must be a multiple of the {dist.num_replicas} "
+                            "devices of --strategy mirrored under JAX")
     steps_per_epoch = p.steps_per_epoch or max(len(train_images) // batch_size, 1)
     cfg.save(run_dir / CONFIG_FILE)
 
