@@ -227,14 +227,15 @@ def predict_files(model, paths, *, batch_size=64, allow_pickle=False):
     """
     from kerasssl.data.load import is_tfrecord_path
 
+    plain = [p for p in paths if not is_tfrecord_path(p)]
+    files = list_input_files(plain)  # missing inputs fail before the (slow) model load
     predictor = model if isinstance(model, Predictor) else load_predictor(model)
     names, images = [], []
-    plain = [p for p in paths if not is_tfrecord_path(p)]
     for pattern in (p for p in paths if is_tfrecord_path(p)):
         names_, images_ = _read_tfrecords(pattern, predictor.image_shape)
         names.extend(names_)
         images.extend(images_)
-    for f in list_input_files(plain):
+    for f in files:
         names.append(str(f))
         images.append(read_image(f, predictor.image_shape, allow_pickle=allow_pickle))
     if not names:

@@ -156,7 +156,26 @@ def convert(saved_model_dir, mode, representative=None):
         mode: "fp32", "fp16" (float16 weights) or "int8" (int8 weights and
             activations calibrated on ``representative``, float32 in and out).
         representative: raw images (N, H, W, C) for int8 calibration.
+
+    int8 runs in a child process: TF 2.21's quantizer can crash the process
+    (segfault) on some graphs/calibration sets, and an export must fail with a
+    clear line, not take the caller down.
     """
+    if mode not in TFLITE_CONVERT_MODES:
+        raise KerassslError(f"unknown TFLite mode {mode!r}")
+    if mode == "int8":
+        if representative is None or len(representative) == 0:
+            raise KerassslError(
+                "int8 TFLite needs calibration images: pass the run's data (--data) or sample inputs"
+            )
+        return _convert_in_child(saved_model_dir, calibration_images(representative))
+    return _convert(saved_model_dir, mode)
+
+
+TFLITE_CONVERT_MODES = ("fp32", "fp16", "int8")
+
+
+def _convert(saved_model_dir, mode, calibration=None):
     import tensorflow as tf
 
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir), signature_keys=["serving_default"])
@@ -165,20 +184,14 @@ def convert(saved_model_dir, mode, representative=None):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif mode == "int8":
-        if representative is None or len(representative) == 0:
-            raise KerassslError(
-                "int8 TFLite needs calibration images: pass the run's data (--data) or sample inputs"
-            )
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([image[None]] for image in representative)
+        converter.representative_dataset = lambda: ([image[None]] for image in calibration)
         # Builtin int8 kernels where they exist, float kernels elsewhere
         # (e.g. the sort of the median); input and output stay float32.
         converter.target_spec.supported_ops = [
             tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
             tf.lite.OpsSet.TFLITE_BUILTINS,
         ]
-    elif mode != "fp32":
-        raise KerassslError(f"unknown TFLite mode {mode!r}")
     try:
         return converter.convert()
     except Exception as e:  # noqa: BLE001 - the converter raises several types
@@ -189,6 +202,58 @@ def convert(saved_model_dir, mode, representative=None):
                 "(rewrite them with builtin-friendly keras.ops, e.g. asinh as log(x + sqrt(x*x + 1)))"
             ) from None
         raise KerassslError(f"TFLite {mode} conversion failed: {_last_error_line(str(e))}") from None
+
+
+def _convert_in_child(saved_model_dir, calibration):
+    """int8 conversion in a fresh Python process; its crash becomes a KerassslError."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="kerasssl-int8-") as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / "calibration.npy", calibration)
+        code = (
+            "import sys, numpy as np\n"
+            "from pathlib import Path\n"
+            "from kerasssl.errors import KerassslError\n"
+            "from kerasssl.tflite import _convert\n"
+            "try:\n"
+            "    data = _convert(sys.argv[1], 'int8', np.load(sys.argv[2]))\n"
+            "except KerassslError as e:\n"
+            "    Path(sys.argv[3] + '.error').write_text(str(e)); sys.exit(3)\n"
+            "Path(sys.argv[3]).write_bytes(data)\n"
+        )
+        out = tmp / "model.tflite"
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(saved_model_dir), str(tmp / "calibration.npy"), str(out)],
+            capture_output=True, text=True,
+        )
+        if proc.returncode == 3 and Path(str(out) + ".error").exists():
+            raise KerassslError(Path(str(out) + ".error").read_text())
+        if proc.returncode != 0 or not out.exists():
+            lines = [l for l in proc.stderr.splitlines() if l.startswith("error:") or "Error" in l]
+            detail = lines[-1].strip() if lines else f"exit status {proc.returncode}"
+            raise KerassslError(f"TFLite int8 conversion crashed in the TFLite quantizer ({detail[:200]})")
+        return out.read_bytes()
+
+
+def calibration_images(images):
+    """The representative images given to the int8 calibrator: finite ones only.
+
+    The calibrator records min/max of every tensor. Non-finite pixels make
+    those ranges NaN/inf, and in TF 2.21 the quantizer then crashes (segfault);
+    images whose NaN pixels were filled with their median crash it too ("scale
+    out of expressed type range"), so images with NaN/Inf are left out (the NaN
+    path runs in float kernels and the parity check covers it). If every image
+    has some, their non-finite pixels are set to 0.
+    """
+    images = np.asarray(images, dtype=np.float32)
+    finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    if finite.any():
+        return images[finite]
+    log.warning("every calibration image has NaN/Inf pixels: calibrating with them set to 0")
+    return np.nan_to_num(images, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def unsupported_ops(message):
@@ -321,6 +386,8 @@ def export_tflite(saved_model_dir, out_path, mode, model, samples, class_names):
     }
     if mode == "int8":
         report["representative_images"] = int(len(samples.representative))
+        report["calibration_images"] = int(len(calibration_images(samples.representative)))
+        report["calibration_note"] = "images with NaN/Inf pixels are left out of int8 calibration"
         report.update(_auc_change(model, runner, samples, class_names))
     tolerance = PARITY_TOLERANCE.get(mode)
     if not report["outputs_finite"] and report["keras_outputs_finite"]:

@@ -22,7 +22,7 @@ from kerasssl.layers import Preprocess, RandomDihedral
 SIZE = 16
 
 
-def make_classifier(size=SIZE, channels=1, n_classes=2, normalization="zscore", encoder_name="encoder", seed=0):
+def make_classifier(size=SIZE, channels=1, n_classes=2, normalization="asinh", encoder_name="encoder", seed=0):
     """Preprocess -> RandomDihedral + GaussianNoise -> encoder -> Dropout -> softmax.
 
     The augmentation, noise and dropout make training-mode calls random, so a

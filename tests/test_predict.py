@@ -145,3 +145,17 @@ def test_predictor_reports_the_model_input(exported):
     _, _, version_dir = exported
     predictor = load_predictor(version_dir / "lens_finder_fp32.tflite")
     assert predictor.kind == "tflite" and predictor.image_shape == (SIZE, SIZE, 1)
+
+
+def test_a_tfrecord_glob_gives_the_same_as_the_folder(exported, tmp_path):
+    from kerasssl.data.tfrecord import write_tfrecords
+
+    _, _, version_dir = exported
+    folder = write_hst_folder(tmp_path / "hst", 3, 2, size=SIZE + 4, nan_files=2, seed=8)
+    write_tfrecords(folder, tmp_path / "rec", shards=2, progress=False)
+    from_folder = predict_files(version_dir, [folder])
+    from_records = predict_files(version_dir, [str(tmp_path / "rec" / "*.tfrecord*")])
+    by_name = {f.rsplit("/", 1)[-1]: p for f, p in zip(from_folder.files, from_folder.probabilities)}
+    assert sorted(by_name) == sorted(from_records.files)
+    for name, probs in zip(from_records.files, from_records.probabilities):
+        np.testing.assert_allclose(probs, by_name[name], atol=1e-6)

@@ -66,6 +66,8 @@ def test_int8_calibrates_on_train_and_reports_val_auc_change(exported, tmp_path,
     report = tflite_lib.export_tflite(version_dir, tfl, "int8", model, samples, ["nonlens", "lens"])
     assert report["passed"] and report["tolerance"] is None
     assert report["representative_images"] == len(train)
+    finite = np.isfinite(data.images[train]).all(axis=(1, 2, 3))
+    assert 0 < report["calibration_images"] == finite.sum() < len(train)  # NaN images left out
     auc = report["auc"]
     assert auc["split"] == "val" and auc["n"] == len(val)
     keras_auc = roc_auc_score(data.labels[val], np.asarray(model(data.images[val], training=False))[:, 1])
