@@ -66,9 +66,13 @@ def main(argv=None):
     for r in results:
         c, v = r["config"], r["variants"]
         shape = f"{c['size']}x{c['size']}x{c['channels']}"
-        peaks = "/".join(f"{v[k]['peak_memory_mb']:.0f}" for k in "apbc")
-        rates = " ".join(f"{v[k]['images_per_s']:9.1f}" for k in "apbc")
-        print(f"{shape:11s} {rates} {r['b_over_a']:6.3f} {r['b_over_p']:6.3f} {r['b_over_c']:6.3f}   {peaks}")
+        peaks = "/".join(f"{v[k]['peak_memory_mb']:.0f}" if k in v else "n/a" for k in "apbc")
+        rates = " ".join(f"{v[k]['images_per_s']:9.1f}" if k in v else f"{'n/a':>9s}" for k in "apbc")
+        ratios = " ".join(f"{r[key]:6.3f}" if key in r else f"{'n/a':>6s}"
+                          for key in ("b_over_a", "b_over_p", "b_over_c"))
+        print(f"{shape:11s} {rates} {ratios}   {peaks}")
+        for k, why in r.get("skipped", {}).items():
+            print(f"  ({k}) skipped: {why}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return results

@@ -189,6 +189,12 @@ def run(args):
     images[:, args.size // 2 - 2:args.size // 2 + 2, args.size // 2 - 2:args.size // 2 + 2] += 50.0
 
     variants = [v for v in VARIANTS if v in args.variants]
+    skipped = {}
+    if "c" in variants and keras.backend.backend() != "tensorflow" and not _has_tensorflow():
+        # Keras's stock image augmentation layers are TFDataLayers: under JAX
+        # they call into TensorFlow (and cannot be jit-compiled).
+        variants.remove("c")
+        skipped["c"] = "stock Keras augmentation layers need TensorFlow, absent here"
     memory = PeakMemory(device)
     models, peaks, warmup_s = {}, {}, {}
     for v in variants:
@@ -219,6 +225,7 @@ def run(args):
                    "precision": args.precision, "encoder": args.encoder, "steps": args.steps,
                    "jit_compile": jit_compile},
         "variants": {},
+        "skipped": skipped,
     }
     for v in variants:
         median = statistics.median(times[v])
@@ -240,6 +247,14 @@ def run(args):
     return result
 
 
+def _has_tensorflow():
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def format_table(result):
     c = result["config"]
     lines = [
@@ -251,6 +266,8 @@ def format_table(result):
     for v, r in result["variants"].items():
         lines.append(f"{LABELS[v]:40s} {r['images_per_s']:9.1f} {r['median_step_s']:9.3f} "
                      f"{r['min_step_s']:7.3f} {r['peak_memory_mb']:9.0f}  {r['memory_kind']}")
+    for v, why in result.get("skipped", {}).items():
+        lines.append(f"{LABELS[v]:40s} skipped: {why}")
     if "b_over_a" in result:
         lines.append(f"b/a = {result['b_over_a']:.3f}")
     if "b_over_p" in result:
