@@ -154,51 +154,33 @@ def test_sigkill_mid_run_then_resume_loses_at_most_one_epoch(hst_folder, tmp_pat
     run = tmp_path / "run"
     cli = [sys.executable, "-m", "kerasssl", "pretrain", str(hst_folder), "--run-dir", str(run),
            "--encoder", "tiny", "--image-size", "32", "--batch-size", "8", "--steps-per-epoch", "2"]
-    proc = subprocess.Popen(cli + ["--epochs", "200"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(cli + ["--epochs", "6"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = run / "checkpoints" / "latest.json"
     deadline = time.time() + 600
     while time.time() < deadline:
-        if latest.exists() and json.loads(latest.read_text())["epoch"] >= 2:
+        if latest.exists() and json.loads(latest.read_text())["epoch"] >= 1:
             break
-        time.sleep(0.2)
+        time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done = json.loads(latest.read_text())["epoch"]
-    assert 2 <= done < 200
+    assert 1 <= done < 6
     assert len(json.loads((run / "history.json").read_text())["loss"]) in (done, done - 1)
-    subprocess.run(cli[:4] + [str(hst_folder), "--run-dir", str(run), "--resume", "--epochs", str(done + 1)],
-                   check=True, capture_output=True)
+    subprocess.run(cli[:4] + [str(hst_folder), "--run-dir", str(run), "--resume"], check=True, capture_output=True)
     history = json.loads((run / "history.json").read_text())
-    assert len(history["loss"]) == done + 1 and all(np.isfinite(history["loss"]))
+    assert len(history["loss"]) == 6 and all(np.isfinite(history["loss"]))
 
 
-@pytest.mark.slow  # ~1-2 CPU-minutes: the small "does it learn" check (benchmarks/pretrain_probe.py is the big one)
+@pytest.mark.slow  # ~6 CPU-minutes: runs benchmarks/pretrain_probe.py at the size reported in the issue note
 def test_pretrained_encoder_beats_random_init_on_linear_probe(tmp_path):
-    from conftest import write_class_folders
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
+    # Simulated (lenstronomy-style) three-band data: the conftest fakes are so
+    # easy that a random encoder already scores ~0.97, so they cannot show this.
+    from pathlib import Path
 
-    from kerasssl.callbacks import extract_features
-    from kerasssl.data.load import load_images
-    from kerasssl.data.split import Split
-    from kerasssl.encoders import build_encoder
-    from kerasssl.layers.preprocess import load_preprocess
-
-    data = write_class_folders(tmp_path / "3b", {"lenses": 100, "nonlenses": 100}, size=32)
-    run = tmp_path / "run"
-    cfg = _cfg(epochs=8, batch_size=32, steps_per_epoch=None, method_options={})
-    pt.pretrain(cfg, data, run, verbose=0)
-    images = load_images(data, image_size=32)
-    split = Split.load(run / "split.json")
-    tr, te = split.indices(images, "train"), split.indices(images, "test")
-    pre = load_preprocess(run / "preprocess.json")
-    keras.utils.set_random_seed(0)
-    encoders = {"pretrained": keras.saving.load_model(run / "encoder.keras"),
-                "random": build_encoder("tiny", (32, 32, 3))}
-    aucs = {}
-    for name, enc in encoders.items():
-        f_tr = extract_features(enc, pre, images.images[tr])
-        f_te = extract_features(enc, pre, images.images[te])
-        probe = LogisticRegression(max_iter=5000).fit(f_tr, images.labels[tr])
-        aucs[name] = roc_auc_score(images.labels[te], probe.predict_proba(f_te)[:, 1])
-    assert aucs["pretrained"] > aucs["random"], aucs
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "pretrain_probe.py"
+    out = tmp_path / "probe"
+    subprocess.run([sys.executable, str(script), "--out", str(out), "--n-lenses", "300", "--n-nonlenses", "300",
+                    "--size", "32", "--encoder", "tiny", "--method", "simclr", "--epochs", "15", "--seed", "0"],
+                   check=True, capture_output=True)
+    result = json.loads((out / "results.json").read_text())
+    assert result["linear_probe_test_auc_pretrained"] > result["linear_probe_test_auc_random_init"], result
