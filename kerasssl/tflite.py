@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 # How many images feed calibration and the parity / AUC checks.
 MAX_REPRESENTATIVE = 200
+# |val ROC-AUC change| of an int8 file above which export warns.
+INT8_AUC_WARNING = 0.02
 MAX_PARITY = 64
 MAX_VAL = 2000
 _SYNTHETIC_COUNT = 16
@@ -396,6 +398,16 @@ def export_tflite(saved_model_dir, out_path, mode, model, samples, class_names):
         raise KerassslError(
             f"TFLite {mode} parity failed: max |diff| {diff:.3g} > {tolerance:g} vs the Keras model"
         )
+    auc = report.get("auc") or {}
+    if mode == "int8" and (abs(auc.get("change", 0.0)) > INT8_AUC_WARNING or diff > 0.1):
+        # int8 post-training quantisation can hurt a small model a lot: say so
+        # loudly (the export still succeeds: the numbers are in the report).
+        log.warning(
+            "TFLite int8 is far from the Keras model (max |diff| %.3g, val ROC-AUC change %s): "
+            "prefer --tflite fp16, or check the int8 model before deploying it",
+            diff, f"{auc['change']:+.3f}" if "change" in auc else "not measured",
+        )
+        report["warning"] = "int8 differs markedly from the Keras model; fp16 is the safer choice"
     report["passed"] = True
     out_path.write_bytes(content)
     out_path.with_suffix(".parity.json").write_text(json.dumps(report, indent=2))
