@@ -383,7 +383,7 @@ def export_saved_model(
 
     if tflite is not None and tflite not in TFLITE_MODES:
         raise KerassslError(f"--tflite must be one of {', '.join(TFLITE_MODES)}, not {tflite!r}")
-    if not name or "/" in name or name.startswith(".") or name in ("..",):
+    if not name or "/" in name or name.startswith("."):
         raise KerassslError(f"invalid model name {name!r}: use a plain folder name")
     _check_backend()
     model_path = None
