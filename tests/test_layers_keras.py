@@ -149,18 +149,9 @@ def test_mixed_precision_returns_compute_dtype(policy, restore_policy):
         assert keras.backend.standardize_dtype(graph(x).dtype) == compute
 
 
-def test_xla_compiles_every_layer_and_matches_eager():
+def test_xla_matches_eager_with_fixed_parameters():
+    # (That every layer compiles is shown by the jit_compile model test below.)
     x = images(n=3, size=10)
-    chain = [make(11) for make in LAYERS.values()]
-
-    def augment(v):
-        for layer in chain:
-            v = layer(v, training=True)
-        return v
-
-    # jit_compile=True must compile: an op without an XLA kernel raises here.
-    out = np.asarray(tf.function(augment, jit_compile=True)(x))
-    assert out.shape == x.shape and np.isfinite(out).all()
     # XLA draws other random numbers (TF's stateless RNG picks its algorithm
     # per device), so compare the maths with fixed parameters.
     fixed = [
@@ -186,6 +177,8 @@ def test_model_with_layers_trains_under_jit_compile():
     model = keras.Model(inputs, outputs)
     model.compile(optimizer="sgd", loss="mse", jit_compile=True)
     assert model.jit_compile is True  # Keras did not fall back (stock RandomRotation does)
+    # train_on_batch / predict run tf.function(jit_compile=True): an op
+    # without an XLA kernel would raise instead of falling back.
     data = images(n=4, size=10)
     loss = model.train_on_batch(data, np.zeros((4, 1), "float32"))
     assert np.isfinite(loss)

@@ -24,7 +24,6 @@ adjacent: a sample near the edge blends real pixels with their reflected,
 wrapped, clamped or constant neighbours, continuously in the matrix.
 """
 
-import numpy as np
 from keras import ops
 
 FILL_MODES = ("reflect", "wrap", "nearest", "constant")
@@ -153,14 +152,20 @@ def affine_sample(images, matrices, fill_mode="reflect", fill_value=0.0,
         raise ValueError(f"reach must be one of {REACHES}, got {reach!r}")
     pixels = height * width
 
-    # Output pixel grid (3, H*W) -> input positions (N, H*W) per axis, one
-    # matmul each: (N, 1, 3) @ (3, H*W), no slicing copies of a joint result.
-    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    grid = np.stack([rows.ravel(), cols.ravel(), np.ones(pixels)]).astype("float32")
-    grid = ops.convert_to_tensor(grid)
-    matrices = ops.cast(matrices, "float32")
-    y = fold_coordinate(ops.matmul(matrices[:, 0:1], grid)[:, 0], height, fill_mode, reach)
-    x = fold_coordinate(ops.matmul(matrices[:, 1:2], grid)[:, 0], width, fill_mode, reach)
+    # Output pixel (i, j) -> input position, per axis as a row term plus a
+    # column term: one full-size add each. Elementwise on purpose: a matmul
+    # may run in TF32 on GPUs, which would move samples by ~0.1 pixel.
+    rows = ops.arange(height, dtype="float32")[None, :]
+    cols = ops.arange(width, dtype="float32")[None, :]
+    m = ops.cast(matrices, "float32")
+
+    def positions(k):
+        row_term = m[:, k, 0:1] * rows + m[:, k, 2:3]  # (N, H)
+        col_term = m[:, k, 1:2] * cols  # (N, W)
+        return ops.reshape(row_term[:, :, None] + col_term[:, None, :], (-1, pixels))
+
+    y = fold_coordinate(positions(0), height, fill_mode, reach)
+    x = fold_coordinate(positions(1), width, fill_mode, reach)
 
     if fill_mode in ("reflect", "nearest") and min(height, width) >= 2:
         source = images  # coordinates are clamped inside: no padding needed

@@ -12,6 +12,10 @@ Subclasses implement :meth:`RandomImageLayer.augment` on a float32 batch
 - randomness comes from one ``keras.random.SeedGenerator`` per layer, so a
   layer is deterministic for a given seed and stateless under JAX (the
   generator's state is a variable the JAX trainer threads through).
+
+The layers work in ``tf.data.Dataset.map`` with the TensorFlow backend. With
+the JAX backend, put them in the model (on the accelerator, their purpose):
+``keras.ops`` there produce JAX arrays, which a tf.data graph cannot hold.
 """
 
 import keras

@@ -36,16 +36,18 @@ class RandomResizedCrop(RandomImageLayer):
     """Crop a random area and aspect ratio of each image and resize it back.
 
     The SimCLR / Inception crop (Keras has none): per image, an area fraction
-    is drawn uniformly in ``scale`` and an aspect ratio (width / height)
-    log-uniformly in ``ratio``; a side that would exceed the image is clipped
-    to it; the crop's position is uniform among those that fit. The crop is
-    resampled to the input size through the same affine sampler as
-    :class:`RandomRotation`. Lensing images are centred on the lens, so keep
-    ``scale`` near ``(0.7, 1.0)``.
+    is drawn uniformly in ``scale`` and an aspect-ratio change log-uniformly
+    in ``ratio``; a side that would exceed the image is clipped to it; the
+    crop's position is uniform among those that fit. The crop is resampled to
+    the input size through the same affine sampler as :class:`RandomRotation`.
+    Lensing images are centred on the lens, so keep ``scale`` near ``(0.7, 1.0)``.
 
     Args:
         scale: ``(low, high)`` area fraction of the crop, in ``(0, 1]``.
-        ratio: ``(low, high)`` aspect ratio width / height, > 0.
+        ratio: ``(low, high)`` range of the crop's width / height relative to
+            the image's (> 0); 1 keeps the proportions, so the view is resized
+            back without distortion. On square images it is the crop's own
+            aspect ratio, as in torchvision.
         interpolation: "bilinear" (default) or "nearest".
         fill_mode: used only by bilinear neighbours half a pixel past the
             edge; "reflect" (default) repeats the edge pixel there.
