@@ -18,6 +18,8 @@ the JAX backend, put them in the model (on the accelerator, their purpose):
 ``keras.ops`` there produce JAX arrays, which a tf.data graph cannot hold.
 """
 
+import numbers
+
 import keras
 from keras import ops
 
@@ -38,8 +40,10 @@ class RandomImageLayer(keras.layers.Layer):
 
     def __init__(self, seed=None, **kwargs):
         super().__init__(**kwargs)
-        if seed is not None and not isinstance(seed, int):
-            raise ValueError(f"seed must be an int or None, got {seed!r}")
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+                raise ValueError(f"seed must be an int or None, got {seed!r}")
+            seed = int(seed)  # NumPy integers too; the config stays plain JSON
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
         self.built = True
