@@ -76,13 +76,15 @@ def test_rotation_half_turn_non_square_is_exact_flip():
     np.testing.assert_allclose(out, images[:, ::-1, ::-1], atol=1e-2)
 
 
-def test_rotation_fixed_angle_matches_scipy_and_keeps_values():
+@pytest.mark.parametrize("fill_mode", ["reflect", "wrap", "nearest", "constant"])
+def test_rotation_fixed_angle_matches_scipy_and_keeps_values(fill_mode):
+    # 45 degrees: the corners read well outside the image, through each fill mode.
     images = sky(2, 15, 15, 2)
-    turns = 0.07
-    out = np.asarray(RandomRotation(factor=(turns, turns), fill_mode="constant",
-                                    fill_value=0.0, seed=0)(images, training=True))
+    turns = 0.125
+    out = np.asarray(RandomRotation(factor=(turns, turns), fill_mode=fill_mode,
+                                    fill_value=-3.0, seed=0)(images, training=True))
     matrices = np.asarray(rotation_matrices(ops.full((2,), 2 * math.pi * turns), 15, 15))
-    want = scipy_affine(images, matrices, "constant")
+    want = scipy_affine(images, matrices, fill_mode, fill_value=-3.0)
     np.testing.assert_allclose(out, want, rtol=1e-4, atol=5e-2)
     # No clipping: negative sky and the bright core (>> 255) survive.
     assert out.min() < -50 and out.max() > 1000
