@@ -80,7 +80,8 @@ def cli(verbose):
 
 def main(argv=None):
     """Console entry point: user errors become one line and exit code 2."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TF C++ start-up chatter (CUDA probes, oneDNN notes) would bury our one-line errors.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         cli.main(args=argv, prog_name="kerasssl", standalone_mode=False)
     except click.exceptions.Abort:
