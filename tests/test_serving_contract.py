@@ -17,7 +17,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from test_export import SIZE, raw_images, shared_export
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "serving.md"
+DOC = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.fixture
@@ -88,12 +88,12 @@ def test_grpc_predict_request_is_answered_like_the_model(exported, signature, ou
 
 
 def test_serving_doc_uses_the_exported_names(exported):
-    """docs/serving.md (the README section) must name what the export really has."""
+    """The README's serving section must name what the export really has."""
     _, path = exported
     text = DOC.read_text()
     defs = signature_defs(path)
     for name in re.findall(r'signature_name["\s:=]+"?(\w+)', text):
-        assert name in defs, f"docs/serving.md names signature {name!r}, not in the export"
+        assert name in defs, f"README.md names signature {name!r}, not in the export"
     for key in re.findall(r'inputs\["(\w+)"\]', text):
         assert key == "images" or key == "examples"
     assert "docker run" in text and "model_config_list" in text and ":predict" in text
