@@ -67,6 +67,11 @@ class PretrainConfig:
         precision: Keras dtype policy: float32, mixed_float16, mixed_bfloat16.
         jit_compile: "auto" (on for GPU/TPU, off on CPU where XLA is slower),
             or true/false.
+        strategy / cpu_devices: data parallelism (see ``kerasssl.distribute``).
+        sync_batchnorm: with several replicas, BatchNorm statistics over the
+            global batch. Off by default: tracing an all-reduce per BN layer
+            is quadratic in graph size on TF (EfficientNet-B0 on 2 logical
+            CPUs did not finish tracing in 15 minutes).
     """
 
     method: str = "simclr"
@@ -84,6 +89,7 @@ class PretrainConfig:
     augment: dict = field(default_factory=dict)
     strategy: str = "none"
     cpu_devices: Optional[int] = None
+    sync_batchnorm: bool = False
     knn_monitor: bool = True
 
 

@@ -315,7 +315,7 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1):
     preprocess = _make_preprocess(cfg, run_dir, train_images, resume)
     with dist.scope():  # variables mirrored / sharded; Keras then splits each global batch
         model = build_pretraining_model(cfg, input_shape, preprocess, steps_per_epoch=steps_per_epoch)
-        if dist.num_replicas > 1 and getattr(p, "sync_batchnorm", True):
+        if dist.num_replicas > 1 and p.sync_batchnorm:
             distribute.synchronize_batchnorm(model)  # global-batch BN statistics (TF)
         history = {}
         if meta:

@@ -31,8 +31,11 @@ PRECISIONS = ["float32", "mixed_float16", "mixed_bfloat16"]
                    "JAX: DataParallel), multiworker = MultiWorkerMirroredStrategy from TF_CONFIG.")
 @click.option("--cpu-devices", "cpu_devices", type=click.IntRange(min=1), default=None,
               help="Split the CPU into N logical devices for --strategy mirrored (pretrain.cpu_devices).")
+@click.option("--sync-batchnorm/--no-sync-batchnorm", "sync_batchnorm", default=None,
+              help="BatchNorm statistics over the global batch across replicas (pretrain.sync_batchnorm; "
+                   "off by default: slow to trace for large encoders on TF).")
 def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, precision, steps_per_epoch,
-             resume, config_path, seed, strategy, cpu_devices):
+             resume, config_path, seed, strategy, cpu_devices, sync_batchnorm):
     """Pretrain an encoder on DATA's train split with a self-supervised method.
 
     Writes RUN/config.yaml, RUN/split.json, RUN/preprocess.json, RUN/history.json,
@@ -68,7 +71,8 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
             "data.seed": seed,
         })
     # The devices may differ on resume (another machine): flags override the saved run.
-    cfg = cfg.with_overrides({"pretrain.strategy": strategy, "pretrain.cpu_devices": cpu_devices})
+    cfg = cfg.with_overrides({"pretrain.strategy": strategy, "pretrain.cpu_devices": cpu_devices,
+                              "pretrain.sync_batchnorm": sync_batchnorm})
     # Before any TF op: logical CPUs and collective ops are configured only then.
     dist = distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
     check_config(cfg)  # bad settings: one line, before anything is written into RUN
