@@ -9,7 +9,7 @@ PRECISIONS = ["float32", "mixed_float16", "mixed_bfloat16"]
 
 
 @click.command(name="pretrain")
-@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.argument("data", type=click.Path(path_type=Path))  # may be a TFRecord glob
 @click.option("--run-dir", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (config, split, checkpoints, history, encoder).")
 @click.option("--method", default=None, help="simclr | byol | simsiam | barlow_twins | vicreg (pretrain.method).")
