@@ -31,12 +31,14 @@ def finetune(run_dir, data, mode, labels_fraction, epochs, batch_size, config_pa
     """
     from kerasssl.config import RunConfig
     from kerasssl.finetune import finetune as run_finetune
+    from kerasssl.data.load import check_data_path
     from kerasssl.runinfo import record_invocation
 
     if config_path is None and (run_dir / "config.yaml").exists():
         config_path = run_dir / "config.yaml"
     cfg = RunConfig.load(config_path) if config_path else RunConfig()
     cfg = cfg.with_overrides({"finetune.seed": seed, "pretrain.encoder": encoder})
+    check_data_path(data)  # unreadable DATA: one line, and RUN is left untouched
     record_invocation(run_dir)
     if not (run_dir / "config.yaml").exists():
         cfg.save(run_dir / "config.yaml")

@@ -39,6 +39,7 @@ def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, im
     from kerasssl.config import RunConfig
     from kerasssl.fit import fit as run_fit
     from kerasssl.fit import summary_lines
+    from kerasssl.data.load import check_data_path
     from kerasssl.runinfo import record_invocation
 
     cfg = RunConfig.load(config_path) if config_path else RunConfig()
@@ -64,6 +65,7 @@ def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, im
 
         # Before any TF op: logical CPUs / collectives are configured only then.
         distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
+    check_data_path(data)  # unreadable DATA: one line, and RUN is left untouched
     record_invocation(run_dir)
     summary = run_fit(cfg, data, run_dir, progress=click.echo)
     click.echo("")

@@ -46,6 +46,7 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
     from kerasssl.errors import KerassslError
     from kerasssl.pretrain import check_config, resume_config
     from kerasssl.pretrain import pretrain as run_pretrain
+    from kerasssl.data.load import check_data_path
     from kerasssl.runinfo import record_invocation
 
     if resume:
@@ -76,6 +77,7 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
     # Before any TF op: logical CPUs and collective ops are configured only then.
     dist = distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
     check_config(cfg)  # bad settings: one line, before anything is written into RUN
+    check_data_path(data)  # unreadable DATA: one line, and RUN is left untouched
     record_invocation(dist.write_path(run_dir))  # only the chief records into RUN
     history = run_pretrain(cfg, data, run_dir, resume=resume, verbose=1 if sys.stderr.isatty() else 2)
     last = {k: v[-1] for k, v in history.items() if v}

@@ -419,6 +419,25 @@ def _check_finite_bands(image: np.ndarray, path) -> None:
 # -- the whole folder ---------------------------------------------------------
 
 
+def check_data_path(path) -> None:
+    """Fail fast with a one-line :class:`DataError` when DATA names nothing readable.
+
+    Cheap (lists files, reads no pixels), so a command can call it before it
+    creates or writes into a run directory.
+
+    Example:
+        >>> check_data_path("data/hst")          # a folder: scanned
+        >>> check_data_path("rec/*.tfrecord*")   # shards: found
+    """
+    pattern = _tfrecord_pattern(path)
+    if pattern is not None:
+        from kerasssl.data.tfrecord import find_shards
+
+        find_shards(pattern)
+    else:
+        scan(path)
+
+
 def load_images(path, *, image_size: Optional[int] = None, allow_pickle: bool = False) -> ImageSet:
     """Read every image of a data folder (or TFRecord shards) into one array.
 
