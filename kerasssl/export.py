@@ -377,8 +377,6 @@ def export_saved_model(
         >>> export_saved_model(model, "saved_models", "lens_finder", tflite="fp16")
         PosixPath('saved_models/lens_finder/1')
     """
-    import tensorflow as tf
-
     from kerasssl import tflite as tflite_lib
 
     if tflite is not None and tflite not in TFLITE_MODES:

@@ -58,3 +58,21 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_json(path, what):
+    """Read a JSON file of the run; a missing or broken file is the user's one-line error.
+
+    Args:
+        path: the file.
+        what: how the message names it, e.g. "split file".
+    """
+    from kerasssl.errors import KerassslError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise KerassslError(f"{path}: {what} not found") from None
+    except (OSError, ValueError) as e:
+        raise KerassslError(f"{path}: not valid JSON ({e})") from None

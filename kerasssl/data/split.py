@@ -28,7 +28,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Dict, List
 import numpy as np
 
 from kerasssl.errors import KerassslError
-from kerasssl.runinfo import write_json_atomic
+from kerasssl.runinfo import read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -175,12 +174,7 @@ class Split:
             KerassslError: missing, invalid or incomplete file.
         """
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise KerassslError(f"{path}: split file not found") from None
-        except (OSError, ValueError) as e:
-            raise KerassslError(f"{path}: not valid JSON ({e})") from None
+        raw = read_json(path, "split file")
         required = set(SPLIT_NAMES) | {"seed", "val_fraction", "test_fraction", "labels_fraction"}
         if not isinstance(raw, dict) or required - set(raw):
             missing = sorted(required - set(raw)) if isinstance(raw, dict) else sorted(required)

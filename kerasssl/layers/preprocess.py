@@ -13,7 +13,6 @@ of the finite ones (NumPy's definition), found from the finite count.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import keras
@@ -26,6 +25,7 @@ from kerasssl.data.clean import (
     NORMALIZATIONS,
 )
 from kerasssl.errors import KerassslError
+from kerasssl.runinfo import read_json
 
 
 def _band_pixels(x):
@@ -361,12 +361,7 @@ def load_preprocess(path, **kwargs) -> Preprocess:
         KerassslError: missing or invalid file.
     """
     path = Path(path)
-    try:
-        settings = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise KerassslError(f"{path}: preprocess settings not found") from None
-    except (OSError, ValueError) as e:
-        raise KerassslError(f"{path}: not valid JSON ({e})") from None
+    settings = read_json(path, "preprocess settings")
     if not isinstance(settings, dict):
         raise KerassslError(f"{path}: expected a JSON object of preprocess settings")
     unknown = sorted(set(settings) - set(_JSON_KEYS))
