@@ -4,6 +4,8 @@ from pathlib import Path
 
 import click
 
+from kerasssl.cli.options import distribution_options
+
 
 @click.command(name="fit")
 @click.argument("data", type=click.Path(path_type=Path))  # may be a TFRecord glob
@@ -24,13 +26,9 @@ import click
               help="Fine-tune mode (supervised skips pretraining).")
 @click.option("--seed", type=int, default=None, help="Seed of the split, pretraining and fine-tuning.")
 @click.option("--no-export", is_flag=True, default=False, help="Skip the SavedModel export.")
-@click.option("--strategy", type=click.Choice(["none", "mirrored", "multiworker"]), default=None,
-              help="Data-parallel pretraining (pretrain.strategy): mirrored = local GPUs "
-                   "(or --cpu-devices), multiworker = TF_CONFIG cluster.")
-@click.option("--cpu-devices", "cpu_devices", type=click.IntRange(min=1), default=None,
-              help="Split the CPU into N logical devices for --strategy mirrored (pretrain.cpu_devices).")
+@distribution_options
 def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, image_size, batch_size,
-        precision, labels_fraction, mode, seed, no_export, strategy, cpu_devices):
+        precision, labels_fraction, mode, seed, no_export, strategy, cpu_devices, sync_batchnorm):
     """The whole job on DATA: split, pretrain, fine-tune, evaluate (and export).
 
     Writes RUN/config.yaml, RUN/split.json, RUN/classifier.keras, RUN/report.json
@@ -59,6 +57,7 @@ def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, im
         "export.enabled": False if no_export else None,
         "pretrain.strategy": strategy,
         "pretrain.cpu_devices": cpu_devices,
+        "pretrain.sync_batchnorm": sync_batchnorm,
     })
     if cfg.pretrain.strategy != "none":
         from kerasssl import distribute

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import click
 
+from kerasssl.cli.options import distribution_options
+
 PRECISIONS = ["float32", "mixed_float16", "mixed_bfloat16"]
 
 
@@ -26,14 +28,7 @@ PRECISIONS = ["float32", "mixed_float16", "mixed_bfloat16"]
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Run config YAML (e.g. a previous RUN/config.yaml); flags override it.")
 @click.option("--seed", type=int, default=None, help="Seed of the split, initialisation and augmentation.")
-@click.option("--strategy", type=click.Choice(["none", "mirrored", "multiworker"]), default=None,
-              help="Data parallelism (pretrain.strategy): mirrored = local GPUs (or --cpu-devices; "
-                   "JAX: DataParallel), multiworker = MultiWorkerMirroredStrategy from TF_CONFIG.")
-@click.option("--cpu-devices", "cpu_devices", type=click.IntRange(min=1), default=None,
-              help="Split the CPU into N logical devices for --strategy mirrored (pretrain.cpu_devices).")
-@click.option("--sync-batchnorm/--no-sync-batchnorm", "sync_batchnorm", default=None,
-              help="BatchNorm statistics over the global batch across replicas (pretrain.sync_batchnorm; "
-                   "off by default: slow to trace for large encoders on TF).")
+@distribution_options
 def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, precision, steps_per_epoch,
              resume, config_path, seed, strategy, cpu_devices, sync_batchnorm):
     """Pretrain an encoder on DATA's train split with a self-supervised method.
