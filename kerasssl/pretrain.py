@@ -98,8 +98,8 @@ def build_pretraining_model(cfg: RunConfig, input_shape, preprocess, steps_per_e
     """Build and compile the method model (encoder, views, heads, optimizer).
 
     Sets the dtype policy first, so encoder and heads run under it; the loss
-    is computed in float32 and ``compile`` wraps the optimizer in a
-    ``LossScaleOptimizer`` for mixed_float16. Wrap the call in a strategy
+    is computed in float32 and, for mixed_float16, the optimizer is wrapped
+    in a ``LossScaleOptimizer`` with a modest initial scale. Wrap the call in a strategy
     scope to distribute it.
 
     Args:
@@ -140,6 +140,12 @@ def build_pretraining_model(cfg: RunConfig, input_shape, preprocess, steps_per_e
     optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=p.weight_decay)
     # No decay on biases and BatchNorm scales/offsets (standard for SSL).
     optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    if keras.config.dtype_policy().name == "mixed_float16":
+        # Keras starts the dynamic loss scale at 2**15 and halves it per overflowing
+        # step. SSL losses are O(1-1000) (Barlow Twins ~500), so that start overflows
+        # float16 gradients for the first ~10-20 steps, all skipped: a short run would
+        # barely train. 2**8 leaves headroom; the scale still grows when it can.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**8)
     model.compile(optimizer=optimizer, jit_compile=resolve_jit_compile(p.jit_compile))
     return model
 
