@@ -42,13 +42,19 @@ def parse_args(argv=None):
                    choices=["float32", "mixed_float16", "mixed_bfloat16"])
     p.add_argument("--tiny", action="store_true",
                    help="CPU smoke run: tiny encoder, 16 px, batch 8, 2 steps")
-    p.add_argument("--json", default=None, help="also write all results here")
+    p.add_argument("--shapes", nargs="+", default=None, metavar="SIZExBANDS",
+                   help="image shapes to run, e.g. 64x3 128x1 (default: both)")
+    p.add_argument("--json", default=None,
+                   help="also write all results here (rewritten after each shape, so a "
+                        "run cut short keeps what it finished)")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     shapes = SHAPES
+    if args.shapes:
+        shapes = [tuple(int(n) for n in s.lower().split("x")) for s in args.shapes]
     if args.tiny:
         shapes = [(16, 3), (16, 1)]
         args.batch, args.steps, args.warmup, args.encoder = 8, 1, 1, "tiny"
@@ -61,6 +67,8 @@ def main(argv=None):
         ])
         results.append(throughput.run(run_args))
         print(throughput.format_table(results[-1]), flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps(results, indent=2))
 
     print("\nshape        a img/s   p img/s   b img/s   c img/s    b/a    b/p    b/c   peak MB a/p/b/c")
     for r in results:
@@ -73,8 +81,6 @@ def main(argv=None):
         print(f"{shape:11s} {rates} {ratios}   {peaks}")
         for k, why in r.get("skipped", {}).items():
             print(f"  ({k}) skipped: {why}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
     return results
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -197,12 +198,13 @@ def run(args):
         skipped["c"] = "stock Keras augmentation layers need TensorFlow, absent here"
     memory = PeakMemory(device)
     models, peaks, warmup_s = {}, {}, {}
+    losses = {v: [] for v in variants}  # warm-up steps first, then the timed ones
     for v in variants:
         memory.reset()
         models[v] = build_variant(v, args, input_shape, jit_compile)
         t0 = time.perf_counter()
         for _ in range(args.warmup):
-            models[v].train_on_batch(images)
+            losses[v].append(_scalar(models[v].train_on_batch(images)))
         warmup_s[v] = time.perf_counter() - t0
         peaks[v] = memory.read()
 
@@ -211,10 +213,8 @@ def run(args):
         for v in variants:
             t0 = time.perf_counter()
             loss = models[v].train_on_batch(images)
-            loss = float(loss if np.ndim(loss) == 0 else np.asarray(loss).ravel()[0])
             times[v].append(time.perf_counter() - t0)
-            if not np.isfinite(loss):
-                raise SystemExit(f"variant {v}: non-finite loss {loss}")
+            losses[v].append(_scalar(loss))
 
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -236,6 +236,11 @@ def run(args):
             "warmup_s": warmup_s[v],
             "peak_memory_mb": peaks[v][0],
             "memory_kind": peaks[v][1],
+            "losses": losses[v],
+            # A non-finite loss does not stop the timing (the step costs the
+            # same), but the table says so: that step's numbers are suspect.
+            "first_nonfinite_step": next(
+                (i for i, x in enumerate(losses[v]) if not math.isfinite(x)), None),
         }
     ips = {v: result["variants"][v]["images_per_s"] for v in variants}
     if "a" in ips and "b" in ips:
@@ -245,6 +250,12 @@ def run(args):
     if "b" in ips and "c" in ips:
         result["b_over_c"] = ips["b"] / ips["c"]
     return result
+
+
+def _scalar(loss):
+    import numpy as np
+
+    return float(loss if np.ndim(loss) == 0 else np.asarray(loss).ravel()[0])
 
 
 def _has_tensorflow():
@@ -266,6 +277,10 @@ def format_table(result):
     for v, r in result["variants"].items():
         lines.append(f"{LABELS[v]:40s} {r['images_per_s']:9.1f} {r['median_step_s']:9.3f} "
                      f"{r['min_step_s']:7.3f} {r['peak_memory_mb']:9.0f}  {r['memory_kind']}")
+    for v, r in result["variants"].items():
+        if r.get("first_nonfinite_step") is not None:
+            lines.append(f"{LABELS[v]}: loss non-finite from step {r['first_nonfinite_step']} "
+                         f"(warm-up included); losses {[round(x, 3) for x in r['losses'][:8]]}")
     for v, why in result.get("skipped", {}).items():
         lines.append(f"{LABELS[v]:40s} skipped: {why}")
     if "b_over_a" in result:
