@@ -407,7 +407,25 @@ def to_hwc(array: np.ndarray, path) -> np.ndarray:
     )
 
 
-def _check_finite_bands(image: np.ndarray, path) -> None:
+def check_finite_bands(image: np.ndarray, path) -> None:
+    """Refuse an (H, W, C) image with a band that has no finite pixel.
+
+    NaN repair fills a pixel from its band's finite pixels, so a band (or a
+    whole image) with none cannot be repaired; every reader (folders, FITS,
+    TFRecord shards) applies this same check.
+
+    Args:
+        image: (H, W, C) array.
+        path: what to name in the error (a file, or ``shard: record``).
+
+    Raises:
+        DataError: one line naming ``path`` and the empty band(s).
+
+    Example:
+        >>> check_finite_bands(np.full((4, 4, 1), np.nan), "a.npy")
+        Traceback (most recent call last):
+        kerasssl.errors.DataError: a.npy: all pixels are NaN/Inf: nothing to repair from
+    """
     finite_per_band = np.isfinite(image).reshape(-1, image.shape[-1]).any(axis=0)
     if not finite_per_band.any():
         raise DataError(path, "all pixels are NaN/Inf: nothing to repair from")
@@ -499,7 +517,7 @@ def load_images(path, *, image_size: Optional[int] = None, allow_pickle: bool = 
         elif image.shape != images.shape[1:]:
             raise DataError(file, _shape_mismatch(image.shape, images.shape[1:], first_file,
                                                   image_size))
-        _check_finite_bands(image, file)
+        check_finite_bands(image, file)
         images[i] = image
 
     labels = np.array([label for _, label in listing.entries], dtype=np.int64)

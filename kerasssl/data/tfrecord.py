@@ -357,7 +357,7 @@ def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "
         {'nonlenses': 200, 'lenses': 200}
     """
     from kerasssl import __version__
-    from kerasssl.data.load import _check_finite_bands, read_array, scan, to_hwc
+    from kerasssl.data.load import check_finite_bands, read_array, scan, to_hwc
 
     if compression not in COMPRESSIONS:
         raise KerassslError(
@@ -395,7 +395,7 @@ def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "
                 file = root / rel
                 array = read_array(file, allow_pickle=allow_pickle)
                 # Refuse here what the loader would refuse later, naming the source file.
-                _check_finite_bands(to_hwc(array, file), file)
+                check_finite_bands(to_hwc(array, file), file)
                 record = encode_example(array, label, listing.class_names[label], rel)
                 writers[k % shards].write(record)
                 records_per_shard[k % shards] += 1
@@ -588,7 +588,7 @@ def load_tfrecords(pattern, *, image_size: Optional[int] = None) -> "ImageSet":
         ((400, 32, 32, 3), ['nonlenses', 'lenses'])
     """
     from kerasssl.data.clean import center_crop as np_center_crop
-    from kerasssl.data.load import ImageSet, _check_finite_bands
+    from kerasssl.data.load import ImageSet, check_finite_bands
 
     if image_size is not None and (int(image_size) != image_size or image_size < 1):
         raise KerassslError(f"image size must be a positive integer, got {image_size!r}")
@@ -634,7 +634,7 @@ def load_tfrecords(pattern, *, image_size: Optional[int] = None) -> "ImageSet":
             elif image.shape != first_shape:
                 raise DataError(shard, _mismatch(at, image.shape, first_shape, files[0],
                                                  image_size))
-            _check_finite_bands(image, f"{shard}: {at}")
+            check_finite_bands(image, f"{shard}: {at}")
             label, name = int(rec["label"]), rec["class_name"].decode("utf-8", "replace")
             if names_by_label.setdefault(label, name) != name:
                 raise DataError(shard, f"{at}: class_name {name!r} but label {label} is "
