@@ -71,6 +71,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny end-to-end check (numbers meaningless)")
     p.add_argument("--data", type=Path, default=None,
                    help="use this three-band folder instead of simulating one")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
+                   help="run only these arms (pretraining is skipped when no SSL arm is asked)")
     for key, value in FULL.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, list):
@@ -225,11 +227,16 @@ def main(argv=None):
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
         t = time.perf_counter()
-        print(f"seed {seed}: pretraining {args.method}/{args.encoder} for {args.pretrain_epochs} epochs")
-        pretrain(cfg, data, run_dir, resume=False, verbose=2)
+        if any(arm in SSL_ARMS for arm in args.arms):
+            print(f"seed {seed}: pretraining {args.method}/{args.encoder} for {args.pretrain_epochs} epochs")
+            pretrain(cfg, data, run_dir, resume=False, verbose=2)
+        else:  # the supervised arms still need the seed's split
+            from kerasssl.data.split import load_or_create_split
+
+            load_or_create_split(run_dir, image_set, cfg.data)
         pretrain_s = time.perf_counter() - t
         for fraction in args.fractions:
-            for arm in ARMS:
+            for arm in args.arms:
                 if arm == "supervised-long" and (not args.control_steps
                                                  or fraction not in args.control_fractions):
                     continue
@@ -245,6 +252,7 @@ def main(argv=None):
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "seeds": args.seeds,
         "fractions": args.fractions,
+        "arms": args.arms,
         "data": str(data),
         "settings": {k: getattr(args, k) for k in FULL},
         "seconds": time.perf_counter() - started,
