@@ -223,7 +223,9 @@ FRESH_PROCESS = textwrap.dedent(
     result = {"probabilities": out["serving_default"]["probabilities"].numpy(),
               "embeddings": out["embed"]["embeddings"].numpy()}
     if "predict_examples" in loaded.signatures:
-        examples = tf.constant(np.load(images_npy.replace(".npy", "_examples.npy"), allow_pickle=False))
+        packed = np.load(images_npy.replace(".npy", "_examples.npz"), allow_pickle=False)
+        data, ends = packed["bytes"].tobytes(), packed["ends"]
+        examples = tf.constant([data[a:b] for a, b in zip([0, *ends[:-1]], ends)])
         result["from_examples"] = loaded.signatures["predict_examples"](examples=examples)["probabilities"].numpy()
     np.savez(out_npy, **result)
     """
@@ -241,7 +243,12 @@ def test_loads_and_runs_in_a_fresh_tensorflow_only_process(exported, tmp_path):
 
         # as stored in a TFRecord: the file's own layout (2-D for single band)
         serialized = [encode_example(img[..., 0], 0, "nonlens", f"f{i}.npy") for i, img in enumerate(x)]
-        np.save(tmp_path / "images_examples.npy", np.array(serialized, dtype=object).astype(bytes))
+        # Packed as raw bytes + end offsets: a NumPy bytes array ("S") drops
+        # trailing NUL bytes, and a serialized Example can end in one (its map
+        # order follows the hash seed), which corrupted it one run in four.
+        np.savez(tmp_path / "images_examples.npz",
+                 bytes=np.frombuffer(b"".join(serialized), dtype=np.uint8),
+                 ends=np.cumsum([len(s) for s in serialized]))
     (tmp_path / "fresh.py").write_text(FRESH_PROCESS)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
