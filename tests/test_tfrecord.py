@@ -317,3 +317,21 @@ def test_mixed_sizes_need_image_size_and_are_cropped(tmp_path):
                                                                           "lenses/b.npy"]
     np.testing.assert_array_equal(data.images[1], np.moveaxis(large, 0, -1)[1:11, 1:11])
     assert data.meta["stored_shapes"] == [[3, 10, 10], [3, 12, 12]]
+
+
+def test_encode_example_gives_the_same_bytes_in_every_process():
+    # The Example's feature map would otherwise serialize in a per-process
+    # hash order: shards would differ run to run, and a serialized record could
+    # end in a NUL byte one time in four (which NumPy "S" arrays silently drop).
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib, numpy as np\n"
+        "from kerasssl.data.tfrecord import encode_example\n"
+        "a = np.arange(48, dtype='float32').reshape(3, 4, 4); a[0, 0, 0] = np.nan\n"
+        "print(hashlib.sha256(encode_example(a, 1, 'lenses', 'lenses/a.npy')).hexdigest())\n"
+    )
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True).stdout.strip() for _ in range(4)}
+    assert len(digests) == 1, digests

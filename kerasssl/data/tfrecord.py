@@ -89,7 +89,10 @@ def encode_example(array, label, class_name, filename) -> bytes:
         "filename": feature(bytes_list=tf.train.BytesList(value=[str(filename).encode()])),
     }
     example = tf.train.Example(features=tf.train.Features(feature=features))
-    return example.SerializeToString()
+    # deterministic: the feature map in key order, so one array gives the same
+    # bytes in every process (otherwise the order follows a per-process hash
+    # seed) and converted shards are byte-identical run to run.
+    return example.SerializeToString(deterministic=True)
 
 
 def decode_image(image_bytes, shape):
