@@ -181,6 +181,8 @@ def markdown(table, fractions, meta, goal):
     head = "| method | " + " | ".join(f"{f:.0%} labels" for f in fractions) + " |"
     lines = [head, "|" + "---|" * (len(fractions) + 1)]
     for arm in ARMS:
+        if not any(f"{arm}@{f:g}" in table for f in fractions):
+            continue  # an arm this run did not ask for
         row = []
         for f in fractions:
             cell = table.get(f"{arm}@{f:g}")
@@ -259,8 +261,10 @@ def main(argv=None):
         "versions": versions(),
         "description": (f"{args.n_lenses}+{args.n_nonlenses} simulated three-band {args.size}px images, "
                         f"{args.method} on {args.encoder} for {args.pretrain_epochs} epochs, "
-                        f"{args.steps} fine-tuning steps per cell ({args.control_steps} for "
-                        f"supervised-long), test split 15%."
+                        f"{args.steps} fine-tuning steps per cell"
+                        + (f" ({args.control_steps} for supervised-long)"
+                           if args.control_steps and "supervised-long" in args.arms else "")
+                        + ", test split 15%."
                         + (" QUICK run: numbers meaningless." if args.quick else "")),
     }
     write_json_atomic(out / "results.json", {"meta": meta, "table": table, "goals": goal, "cells": cells})
