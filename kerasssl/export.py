@@ -43,12 +43,12 @@ from typing import Callable, Optional
 import numpy as np
 
 from kerasssl.errors import DataError, KerassslError
+from kerasssl.tflite import MODES as TFLITE_MODES
 
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "kerasssl_metadata.json"
 METADATA_FORMAT = 1
-TFLITE_MODES = ("fp32", "fp16", "int8")
 # Markers of a run directory (see docs/ARCHITECTURE.md, "Run directory").
 _RUN_DIR_MARKERS = ("config.yaml", "split.json", "runs.jsonl", "preprocess.json")
 # The SavedModel must reproduce the Keras model to float32 round-off.

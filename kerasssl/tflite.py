@@ -34,6 +34,8 @@ from kerasssl.errors import DataError, KerassslError
 log = logging.getLogger(__name__)
 
 # Max |probability difference| vs the Keras model that an export may have.
+# The TFLite variants an export can write (--tflite).
+MODES = ("fp32", "fp16", "int8")
 PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 # How many images feed calibration and the parity / AUC checks.
 MAX_REPRESENTATIVE = 200
@@ -163,7 +165,7 @@ def convert(saved_model_dir, mode, representative=None):
     (segfault) on some graphs/calibration sets, and an export must fail with a
     clear line, not take the caller down.
     """
-    if mode not in TFLITE_CONVERT_MODES:
+    if mode not in MODES:
         raise KerassslError(f"unknown TFLite mode {mode!r}")
     if mode == "int8":
         if representative is None or len(representative) == 0:
@@ -173,8 +175,6 @@ def convert(saved_model_dir, mode, representative=None):
         return _convert_in_child(saved_model_dir, calibration_images(representative))
     return _convert(saved_model_dir, mode)
 
-
-TFLITE_CONVERT_MODES = ("fp32", "fp16", "int8")
 
 
 def _convert(saved_model_dir, mode, calibration=None):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-TFLITE_MODES = ("fp32", "fp16", "int8")
+from kerasssl.tflite import MODES as TFLITE_MODES
 
 
 @click.command(name="export")
