@@ -8,6 +8,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 
 import click
 
@@ -82,6 +83,10 @@ def main(argv=None):
     """Console entry point: user errors become one line and exit code 2."""
     # TF C++ start-up chatter (CUDA probes, oneDNN notes) would bury our one-line errors.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    # A reloaded single-input functional model warns on every plain-tensor call
+    # (Keras 3.15 records its inputs as a list): export, predict and fit's
+    # export all make such calls; the call is right, the noise is not.
+    warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
     try:
         cli.main(args=argv, prog_name="kerasssl", standalone_mode=False)
     except click.exceptions.Abort:

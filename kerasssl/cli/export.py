@@ -1,6 +1,5 @@
 """`kerasssl export MODEL --name NAME`: TF Serving SavedModel (+ TFLite) of a classifier."""
 
-import warnings
 from pathlib import Path
 
 import click
@@ -32,10 +31,6 @@ def export(model, name, base_dir, version, tflite, data, run_dir):
     are off. The version appears atomically; on failure nothing is left behind.
     """
     from kerasssl.export import export_saved_model, read_metadata
-
-    # A reloaded single-input functional model warns on every plain-tensor call
-    # (Keras 3.15 records its inputs as a list); the call is right, the noise is not.
-    warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
 
     path = export_saved_model(model, base_dir, name, version=version, tflite=tflite, data=data, run_dir=run_dir)
     metadata = read_metadata(path) or {}

@@ -1,6 +1,5 @@
 """`kerasssl predict MODEL FILES_OR_DIR...`: per-file lens probabilities."""
 
-import warnings
 from pathlib import Path
 
 import click
@@ -24,10 +23,6 @@ def predict(model, inputs, as_json, batch_size, allow_pickle):
     of class 1 (lens); multi-class models print every class.
     """
     from kerasssl.predict import format_json, format_table, predict_files
-
-    # A reloaded single-input functional model warns on every plain-tensor call
-    # (Keras 3.15 records its inputs as a list); the call is right, the noise is not.
-    warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
 
     result = predict_files(model, list(inputs), batch_size=batch_size, allow_pickle=allow_pickle)
     click.echo(format_json(result) if as_json else format_table(result))
