@@ -38,9 +38,9 @@ End-to-end check at a tiny size (3 CPU-minutes; numbers meaningless):
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
+import operator
 import sys
 import time
 from pathlib import Path
@@ -109,10 +109,11 @@ def epochs_for(n_labeled, batch_size, steps):
 
 def run_cell(cfg, data, run_dir, arm, fraction, args, image_set):
     """Fine-tune one arm at one labels fraction and evaluate it on the test split."""
+    from kerasssl.data.split import SPLIT_FILE, Split
     from kerasssl.evaluate import evaluate_run
     from kerasssl.finetune import finetune
 
-    n_train = len(json.loads((run_dir / "split.json").read_text())["train"])
+    n_train = len(Split.load(run_dir / SPLIT_FILE).train)
     steps = args.control_steps if arm == "supervised-long" else args.steps
     epochs = epochs_for(max(1, round(fraction * n_train)), args.finetune_batch, steps)
     tag = f"{arm.replace('+', '_')}_{fraction:g}"
@@ -157,14 +158,13 @@ def goals(table, cells):
         return {c["seed"]: c["roc_auc"] for c in cells if c["arm"] == arm and c["fraction"] == f}
 
     out = {}
-    for ssl_f, sup_f, rel in ((0.1, 1.0, ">="), (0.01, 0.1, ">")):
+    for ssl_f, sup_f, rel, holds in ((0.1, 1.0, ">=", operator.ge), (0.01, 0.1, ">", operator.gt)):
         a, ssl_arm = best(SSL_ARMS, ssl_f)
         b, sup_arm = best(SUPERVISED_ARMS, sup_f)
         goal = {"ssl": a, "ssl_arm": ssl_arm, "supervised": b, "supervised_arm": sup_arm,
                 "met": None, "paired_diff_mean": None, "paired_diff_std": None,
                 "seeds_held": None, "n_seeds": None}
         if a is not None and b is not None:
-            holds = (lambda x, y: x >= y) if rel == ">=" else (lambda x, y: x > y)
             goal["met"] = bool(holds(a, b))
             ssl_seeds, sup_seeds = per_seed(ssl_arm, ssl_f), per_seed(sup_arm, sup_f)
             seeds = sorted(set(ssl_seeds) & set(sup_seeds))
