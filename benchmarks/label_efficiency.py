@@ -212,7 +212,7 @@ def main(argv=None):
     started = time.perf_counter()
     data = args.data
     if data is None:
-        from kerasssl.data.simulate import simulate
+        from kerasssl.simulate import simulate
 
         data = out / "data"
         if not data.exists():

@@ -67,7 +67,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     data = args.data
     if data is None:
-        from kerasssl.data.simulate import simulate
+        from kerasssl.simulate import simulate
 
         data = args.out / "data"
         if not data.exists():

@@ -42,7 +42,7 @@ def _rates(step, n):
 
 def _ours(fmt, size):
     """One render per call (no file): alternating lens / non-lens, fresh seeds."""
-    from kerasssl.data.simulate import LENS, NONLENS, simulate_one
+    from kerasssl.simulate import LENS, NONLENS, simulate_one
 
     counter = iter(range(10**9))
 
@@ -62,7 +62,7 @@ def _lenstronomy_reference(size):
     """
     from lenstronomy.SimulationAPI.sim_api import SimAPI
 
-    from kerasssl.data.simulate_survey import SURVEYS
+    from kerasssl.simulate import SURVEYS
 
     band = SURVEYS["hst"].bands[0]
     sim = SimAPI(size, band.kwargs_single_band(SURVEYS["hst"].pixel_scale(size)),
@@ -97,7 +97,7 @@ def throughput(size, n, rounds=5):
     rounds are reported, and ours / reference per round. Then ``simulate()``
     end to end (files + metadata.csv), n images per format.
     """
-    from kerasssl.data.simulate import simulate
+    from kerasssl.simulate import simulate
 
     contenders = {"lenstronomy_imagemodel_reference": _lenstronomy_reference(size),
                   "hst": _ours("hst", size), "three-band": _ours("three-band", size)}
@@ -150,7 +150,7 @@ def cv_auc(features, labels, cs, seed=0):
 
 def difficulty(n, size, workers):
     """LR baselines on a fresh three-band set (no NaNs: the LR cannot take them)."""
-    from kerasssl.data.simulate import simulate
+    from kerasssl.simulate import simulate
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "3b"

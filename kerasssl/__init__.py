@@ -3,7 +3,8 @@
 Sub-packages are imported lazily so that `import kerasssl` stays cheap
 (the CLI's `--help` must not pay for TensorFlow start-up):
 
-- ``kerasssl.data``: read DeepLense-style data, repair, split, tf.data, simulate.
+- ``kerasssl.data``: read DeepLense-style data, repair, split, tf.data.
+- ``kerasssl.simulate``: simulated lens / non-lens data sets (lenstronomy).
 - ``kerasssl.layers``: augmentation and preprocessing Keras layers.
 - ``kerasssl.encoders`` / ``kerasssl.heads`` / ``kerasssl.losses``: building blocks.
 - ``kerasssl.methods``: SimCLR, BYOL, SimSiam, Barlow Twins, VICReg (registry).

@@ -11,12 +11,10 @@ import pytest
 
 pytest.importorskip("lenstronomy")
 
-from kerasssl.data import simulate_render  # noqa: E402
-from kerasssl.data.simulate import (  # noqa: E402
-    LENS, NONLENS, metadata_columns, nan_indices, simulate, sprinkle_nans)
-from kerasssl.data.simulate_render import Renderer, gaussian_blur_matrix  # noqa: E402
-from kerasssl.data.simulate_scene import Component, Scene, draw_scene  # noqa: E402
-from kerasssl.data.simulate_survey import SURVEYS  # noqa: E402
+from kerasssl.simulate import (  # noqa: E402
+    LENS, NONLENS, SURVEYS, Component, Renderer, Scene, draw_scene, metadata_columns,
+    nan_indices, render, simulate, sprinkle_nans)
+from kerasssl.simulate.render import gaussian_blur_matrix  # noqa: E402
 from kerasssl.errors import DataError, KerassslError  # noqa: E402
 
 
@@ -73,13 +71,13 @@ def test_profiles_match_lenstronomy():
         kw = {"amp": 2.5, "R_sersic": 0.6, "n_sersic": n, "e1": 0.2, "e2": -0.1,
               "center_x": 0.1, "center_y": -0.2}
         expected = LightModel(["SERSIC_ELLIPSE"]).surface_brightness(x, y, [kw])
-        np.testing.assert_allclose(simulate_render.sersic_ellipse(x, y, kw), expected,
+        np.testing.assert_allclose(render.sersic_ellipse(x, y, kw), expected,
                                    rtol=1e-10)
         lenstronomy_total = LightModel(["SERSIC_ELLIPSE"]).total_flux([kw])[0]
-        assert 2.5 * simulate_render.sersic_total_flux(kw) == pytest.approx(lenstronomy_total,
+        assert 2.5 * render.sersic_total_flux(kw) == pytest.approx(lenstronomy_total,
                                                                             rel=1e-12)
     kw = {"amp": 3.0, "sigma": 0.3, "center_x": 0.5, "center_y": 0.2}
-    np.testing.assert_allclose(simulate_render.gaussian(x, y, kw),
+    np.testing.assert_allclose(render.gaussian(x, y, kw),
                                LightModel(["GAUSSIAN"]).surface_brightness(x, y, [kw]),
                                rtol=1e-10)
 
@@ -92,7 +90,7 @@ def test_noiseless_image_matches_lenstronomy_image_model():
     ours, _ = renderer.render(scene, None, noise=False)
     sim = renderer.sims[0]
     cps = [renderer.fluxes(c)[0] for c in scene.components]
-    amps = [cps[i] / simulate_render.sersic_total_flux(c.kwargs[0])
+    amps = [cps[i] / render.sersic_total_flux(c.kwargs[0])
             for i, c in enumerate(scene.components)]
     from lenstronomy.Data.psf import PSF
     from lenstronomy.ImSim.image_model import ImageModel
@@ -323,9 +321,9 @@ def test_spawned_workers_write_the_same_bytes(tmp_path, monkeypatch):
     """
     import multiprocessing
 
-    from kerasssl.data import simulate as simulate_module
+    from kerasssl.simulate import generate
 
-    monkeypatch.setattr(simulate_module, "_pool_context",
+    monkeypatch.setattr(generate, "_worker_context",
                         lambda: multiprocessing.get_context("spawn"))
     args = {"fmt": "three-band", "n_lenses": 2, "n_nonlenses": 2, "size": 16, "seed": 8,
             "nan_fraction": 0.5}
@@ -364,3 +362,22 @@ def test_bad_arguments_raise_one_line(tmp_path, kwargs, message):
         simulate(tmp_path / "out", **args)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_simulator_modules_import_only_public_names():
+    """survey / scene / render / writer / generate talk through public names only."""
+    import ast
+    from pathlib import Path
+
+    import kerasssl.simulate
+
+    package = Path(kerasssl.simulate.__file__).parent
+    modules = sorted(p.name for p in package.glob("*.py"))
+    assert modules == ["__init__.py", "generate.py", "render.py", "scene.py", "survey.py",
+                       "writer.py"]
+    for name in modules:
+        tree = ast.parse((package / name).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kerasssl"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{name} imports {private} from {node.module}"

@@ -38,7 +38,7 @@ def simulate(out, fmt, n_lenses, n_nonlenses, size, seed, nan_fraction, workers)
     Example: kerasssl simulate data/sim --format three-band --n-lenses 500
     --n-nonlenses 500 --size 64 --seed 1 --nan-fraction 0.1 --workers 2
     """
-    from kerasssl.data.simulate import simulate as run_simulation
+    from kerasssl.simulate import simulate as run_simulation
 
     summary = run_simulation(out, fmt=fmt, n_lenses=n_lenses, n_nonlenses=n_nonlenses,
                              size=size, seed=seed, nan_fraction=nan_fraction,

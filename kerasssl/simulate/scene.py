@@ -1,8 +1,9 @@
-"""The populations the simulator draws from: one :class:`Scene` per image.
+"""Drawing one image's parameters: one :class:`Scene` per image.
 
+The distributions are the population constants of :mod:`kerasssl.simulate.survey`.
 A scene is pure parameters (no pixels): the deflector galaxy, for lenses its
 SIE + shear mass and a clumpy lensed source, companions, and for non-lenses a
-confuser. :mod:`kerasssl.data.simulate_render` turns it into pixels.
+confuser. :mod:`kerasssl.simulate.render` turns it into pixels.
 
 Rules that keep the task honest:
 
@@ -26,7 +27,7 @@ F814W); other bands follow from colours (g-r, r-i).
 
 Example:
     >>> import numpy as np
-    >>> from kerasssl.data.simulate_survey import SURVEYS
+    >>> from kerasssl.simulate.survey import SURVEYS
     >>> scene = draw_scene(np.random.default_rng(0), 1, SURVEYS["hst"])
     >>> scene.label, [c.name for c in scene.components][:2]
     (1, ['deflector', 'source'])
@@ -39,27 +40,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Population parameters (reference band, arcsec). Kept together so the
-# distributions can be read and tuned in one place.
-DEFLECTOR_MAG = (18.5, 21.0)          # uniform
-DEFLECTOR_REFF_MEDIAN = 0.8           # at mag 19.5; shrinks for fainter galaxies
-DEFLECTOR_N = (3.0, 5.0)
-DEFLECTOR_Q = (0.55, 1.0)
-DEFLECTOR_COLOUR = ((1.5, 0.12), (0.55, 0.06))   # (g-r, r-i): (mean, sd), red
-THETA_E_AT_19_5 = 0.9                 # Einstein radius of a mag-19.5 deflector
-THETA_E_SCATTER = 0.4                 # sd of ln(theta_E) at fixed magnitude
-THETA_E_RANGE = (0.2, 2.0)
-SHEAR_SD = 0.04
-SOURCE_REFF_MEDIAN = 0.2
-SOURCE_COLOUR = ((0.3, 0.15), (0.15, 0.1))      # blue, star-forming
-CLUMP_COLOUR = ((0.1, 0.1), (0.05, 0.1))        # bluer knots
-MAX_CLUMPS = 4
-COMPANION_RATE = (0.7, 0.2, 0.1)      # P(0, 1, 2 companions), both classes
-CONFUSERS = ("none", "ring", "spiral", "blend")
-CONFUSER_P = (0.4, 0.2, 0.2, 0.2)      # non-lenses only: 60 % carry a look-alike
-# Arc-like brightness of confusers: a source magnitude brightened by a
-# lens-like magnification (ln-normal around the median of the simulated lenses).
-CONFUSER_MAGNIFICATION = (3.5, 0.5, 1.5, 30.0)   # median, sd of ln, clip low, clip high
+from kerasssl.simulate.survey import (
+    CLUMP_COLOUR, COMPANION_RATE, CONFUSER_MAGNIFICATION, CONFUSER_P, CONFUSERS,
+    DEFLECTOR_COLOUR, DEFLECTOR_MAG, DEFLECTOR_N, DEFLECTOR_Q, DEFLECTOR_REFF_MEDIAN,
+    MAX_CLUMPS, SHEAR_SD, SOURCE_COLOUR, SOURCE_REFF_MEDIAN, THETA_E_AT_19_5,
+    THETA_E_RANGE, THETA_E_SCATTER)
 
 
 @dataclass
@@ -276,13 +261,13 @@ def draw_scene(rng, label, survey):
     Args:
         rng: ``numpy.random.Generator`` (seeded per image by the caller).
         label: 1 for a lens, 0 for a non-lens.
-        survey: a :class:`kerasssl.data.simulate_survey.Survey`.
+        survey: a :class:`kerasssl.simulate.survey.Survey`.
 
     Returns:
         A :class:`Scene`.
 
     Example:
-        >>> from kerasssl.data.simulate_survey import SURVEYS
+        >>> from kerasssl.simulate.survey import SURVEYS
         >>> draw_scene(np.random.default_rng(1), 0, SURVEYS["hst"]).lens_kwargs is None
         True
     """

@@ -1,4 +1,9 @@
-"""Instruments the simulator observes with: bands, noise, PSF and field of view.
+"""What the simulator observes: the galaxy populations, and the instruments
+(bands, noise, PSF, field of view) it observes them with.
+
+The population constants (deflector, mass, source, companions, confusers) are
+the distributions :func:`kerasssl.simulate.scene.draw_scene` draws from, kept
+together so they can be read and tuned in one place.
 
 Each output format of ``kerasssl simulate`` is one :class:`Survey`: an
 HST-like single band (format ``hst``) or a ground-based g, r, i-like survey
@@ -19,6 +24,28 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+# Population parameters (reference band, arcsec), the same for every survey
+# except the source magnitudes (Survey.source_mag).
+DEFLECTOR_MAG = (18.5, 21.0)          # uniform
+DEFLECTOR_REFF_MEDIAN = 0.8           # at mag 19.5; shrinks for fainter galaxies
+DEFLECTOR_N = (3.0, 5.0)
+DEFLECTOR_Q = (0.55, 1.0)
+DEFLECTOR_COLOUR = ((1.5, 0.12), (0.55, 0.06))   # (g-r, r-i): (mean, sd), red
+THETA_E_AT_19_5 = 0.9                 # Einstein radius of a mag-19.5 deflector
+THETA_E_SCATTER = 0.4                 # sd of ln(theta_E) at fixed magnitude
+THETA_E_RANGE = (0.2, 2.0)
+SHEAR_SD = 0.04
+SOURCE_REFF_MEDIAN = 0.2
+SOURCE_COLOUR = ((0.3, 0.15), (0.15, 0.1))      # blue, star-forming
+CLUMP_COLOUR = ((0.1, 0.1), (0.05, 0.1))        # bluer knots
+MAX_CLUMPS = 4
+COMPANION_RATE = (0.7, 0.2, 0.1)      # P(0, 1, 2 companions), both classes
+CONFUSERS = ("none", "ring", "spiral", "blend")
+CONFUSER_P = (0.4, 0.2, 0.2, 0.2)      # non-lenses only: 60 % carry a look-alike
+# Arc-like brightness of confusers: a source magnitude brightened by a
+# lens-like magnification (ln-normal around the median of the simulated lenses).
+CONFUSER_MAGNIFICATION = (3.5, 0.5, 1.5, 30.0)   # median, sd of ln, clip low, clip high
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Pixels from a :class:`~kerasssl.data.simulate_scene.Scene` with lenstronomy.
+"""Pixels from a :class:`~kerasssl.simulate.scene.Scene` with lenstronomy.
 
 One :class:`Renderer` per worker and image size holds one lenstronomy
 ``SimAPI`` per band (built once, reused for every image: it owns the
@@ -22,11 +22,12 @@ Per image:
    seed only.
 
 Units: e-/s per pixel, sky-subtracted (negative pixels occur, as in real data).
+:func:`sprinkle_nans` adds the bad pixels of real cutouts (NaN).
 
 Example:
     >>> import numpy as np
-    >>> from kerasssl.data.simulate_survey import SURVEYS
-    >>> from kerasssl.data.simulate_scene import draw_scene
+    >>> from kerasssl.simulate.survey import SURVEYS
+    >>> from kerasssl.simulate.scene import draw_scene
     >>> renderer = Renderer(SURVEYS["hst"], 64)
     >>> scene = draw_scene(np.random.default_rng(0), 1, SURVEYS["hst"])
     >>> image, info = renderer.render(scene, np.random.default_rng(1))
@@ -42,6 +43,7 @@ import numpy as np
 
 from kerasssl.errors import KerassslError
 
+NAN_PIXEL_FRACTION = (0.001, 0.002)   # of the pixels of an affected file, as in the HST set
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
 PSF_TRUNCATION = 5.0  # kernel radius in sigmas (lenstronomy's default)
 SERSIC_CUT = 8.0     # evaluate lensed Sersics within this many R_eff (negligible beyond)
@@ -53,7 +55,8 @@ ARC_SUBSAMPLING = 2      # rays per pixel side where there is lensed light
 ARC_REFINE_LEVEL = 0.03  # ... where a pixel steps by this fraction of the arc's peak
 
 
-def _import_lenstronomy():
+def import_lenstronomy():
+    """lenstronomy's SimAPI and util, or one line saying how to install it."""
     try:
         from lenstronomy.SimulationAPI.sim_api import SimAPI
         from lenstronomy.Util import util
@@ -186,7 +189,7 @@ class Renderer:
     """Renders scenes of one survey at one image size (reuse it: setup is slow).
 
     Args:
-        survey: a :class:`kerasssl.data.simulate_survey.Survey`.
+        survey: a :class:`kerasssl.simulate.survey.Survey`.
         size: image side in pixels.
 
     Example:
@@ -198,7 +201,7 @@ class Renderer:
     """
 
     def __init__(self, survey, size):
-        SimAPI, util = _import_lenstronomy()
+        SimAPI, util = import_lenstronomy()
         self.survey = survey
         self.size = size
         self.pixel_scale = survey.pixel_scale(size)
@@ -346,7 +349,7 @@ class Renderer:
         """Render a scene.
 
         Args:
-            scene: a :class:`~kerasssl.data.simulate_scene.Scene`.
+            scene: a :class:`~kerasssl.simulate.scene.Scene`.
             noise_rng: ``numpy.random.Generator`` for the noise (per image);
                 needed when ``noise`` is True.
             drop: component names to leave out (e.g. ``("source", "clumps")``
@@ -401,3 +404,37 @@ class Renderer:
         if noise:
             model = model + noise_rng.standard_normal(shape, dtype=np.float32) * noise_sd
         return model.astype(np.float32), info
+
+
+def sprinkle_nans(image, rng):
+    """Put 0.1-0.2 % NaN pixels (at least 1) into ``image`` (bands, H, W) in place.
+
+    Patterns seen in real cutouts: scattered hot/dead pixels, a small cluster,
+    or a bad-column segment; in one band or in all bands.
+
+    Returns:
+        The number of NaN values written (pixels x bands affected).
+    """
+    bands, h, w = image.shape
+    n = max(1, int(round(rng.uniform(*NAN_PIXEL_FRACTION) * h * w)))
+    pattern = rng.integers(3)
+    if pattern == 0:  # scattered pixels
+        flat = rng.choice(h * w, size=n, replace=False)
+        rows, cols = np.unravel_index(flat, (h, w))
+    elif pattern == 1:  # compact cluster around a random pixel
+        r0, c0 = rng.integers(h), rng.integers(w)
+        side = max(1, int(math.ceil(math.sqrt(n))))
+        offsets = np.arange(side) - side // 2
+        rr, cc = np.meshgrid(offsets, offsets, indexing="ij")
+        rows = np.clip(r0 + rr.ravel()[:n], 0, h - 1)
+        cols = np.clip(c0 + cc.ravel()[:n], 0, w - 1)
+    else:  # bad-column segment
+        col = rng.integers(w)
+        start = rng.integers(max(1, h - n + 1))
+        rows = np.arange(start, min(start + n, h))
+        cols = np.full(rows.shape, col)
+    if bands > 1 and rng.uniform() < 0.5:
+        image[int(rng.integers(bands)), rows, cols] = np.nan  # one band only
+    else:
+        image[:, rows, cols] = np.nan
+    return int(np.isnan(image).sum())
