@@ -66,6 +66,49 @@ def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys, args, message):
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_simulate_writes_an_unlabeled_pool(tmp_path, capsys):
+    out = tmp_path / "pool"
+    code, stdout, stderr = run(["simulate", str(out), "--format", "pool", "--n", "10",
+                                "--lens-fraction", "0.2", "--size", "16", "--seed", "1"],
+                               capsys)
+    assert code == 0, stderr
+    lines = stdout.strip().splitlines()
+    assert len(lines) == 1 and "unlabeled pool of 10 images (2 lenses, 8 non-lenses" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == \
+        ["metadata.csv"] + [f"pool_{i:06d}.npy" for i in range(10)]
+    assert np.load(out / "pool_000003.npy").shape == (3, 16, 16)
+    with open(out / "metadata.csv") as f:
+        assert sorted(r["is_lens"] for r in csv.DictReader(f)) == ["0"] * 8 + ["1"] * 2
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n", "0", "--lens-fraction", "0.1"], "--n: must be a whole number >= 1, got 0"),
+    (["--n", "10", "--lens-fraction", "1.5"], "--lens-fraction: must be in [0, 1], got 1.5"),
+    (["--n", "10"], "--lens-fraction: required with --format pool"),
+    (["--lens-fraction", "0.1"], "--n: required with --format pool"),
+    (["--n", "10", "--lens-fraction", "0.1", "--bands", "2"], "--bands: must be 1 or 3"),
+    (["--n", "10", "--lens-fraction", "0.1", "--n-lenses", "3"],
+     "--n-lenses / --n-nonlenses: not used with --format pool"),
+])
+def test_bad_pool_arguments_exit_2_with_one_line(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    code, stdout, stderr = run(["simulate", str(out), "--format", "pool", "--size", "16", *args],
+                               capsys)
+    assert code == 2
+    assert stderr.count("\n") == 1 and stderr.startswith("kerasssl: error: ")
+    assert message in stderr and "Traceback" not in stderr
+    assert stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_pool_options_are_refused_for_labelled_formats(tmp_path, capsys):
+    code, _, stderr = run(["simulate", str(tmp_path / "out"), "--format", "three-band",
+                           "--n", "10", "--bands", "1"], capsys)
+    assert code == 2
+    assert stderr.strip() == "kerasssl: error: --n / --bands: only with --format pool " \
+                             "(use --n-lenses / --n-nonlenses)"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_existing_output_is_refused_and_left_untouched(tmp_path, capsys):
     out = tmp_path / "data"
     out.mkdir()
@@ -83,5 +126,6 @@ def test_existing_output_is_refused_and_left_untouched(tmp_path, capsys):
 def test_help_names_the_formats(capsys):
     code, stdout, _ = run(["simulate", "--help"], capsys)
     assert code == 0
-    for word in ("three-band", "nl_<n>_hst.npy", "--nan-fraction", "--workers", "metadata.csv"):
+    for word in ("three-band", "nl_<n>_hst.npy", "--nan-fraction", "--workers", "metadata.csv",
+                 "pool", "--lens-fraction", "--unlabeled"):
         assert word in stdout

@@ -12,8 +12,9 @@ import pytest
 pytest.importorskip("lenstronomy")
 
 from kerasssl.simulate import (  # noqa: E402
-    LENS, NONLENS, SURVEYS, Component, Renderer, Scene, draw_scene, metadata_columns,
-    nan_indices, render, simulate, sprinkle_nans)
+    LENS, NONLENS, SURVEYS, Component, Renderer, Scene, draw_scene, exact_count,
+    metadata_columns, nan_indices, pool_positions, render, simulate, simulate_pool,
+    sprinkle_nans)
 from kerasssl.simulate.render import gaussian_blur_matrix  # noqa: E402
 from kerasssl.errors import DataError, KerassslError  # noqa: E402
 
@@ -41,6 +42,16 @@ def three_band_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("sim") / "3b"
     summary = simulate(root, fmt="three-band", n_lenses=4, n_nonlenses=3, size=24, seed=5)
     return root, summary
+
+
+POOL_ARGS = {"n": 24, "lens_fraction": 0.3, "size": 16, "seed": 3, "nan_fraction": 0.25}
+
+
+@pytest.fixture(scope="module")
+def pool_set(tmp_path_factory):
+    """An unlabeled pool: 24 images, round(0.3 * 24) = 7 lenses; workers=1."""
+    root = tmp_path_factory.mktemp("sim") / "pool"
+    return root, simulate_pool(root, **POOL_ARGS)
 
 
 def lens_scene(survey, source_r_eff=0.15, source_pos=(0.25, -0.1), n_deflector=4.0):
@@ -381,3 +392,109 @@ def test_simulator_modules_import_only_public_names():
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kerasssl"):
                 private = [a.name for a in node.names if a.name.startswith("_")]
                 assert not private, f"{name} imports {private} from {node.module}"
+
+
+
+# --- unlabeled pools ---------------------------------------------------------------
+
+
+def test_pool_names_do_not_reveal_the_class(pool_set):
+    root, summary = pool_set
+    files = [f for f in all_files(root) if f != "metadata.csv"]
+    assert files == [f"pool_{i:06d}.npy" for i in range(24)]  # flat, numbered, nothing else
+    rows = read_metadata(root)
+    assert list(rows[0]) == metadata_columns("pool")
+    assert list(rows[0])[:3] == ["filename", "is_lens", "index"]
+    assert [r["filename"] for r in rows] == files  # in the pool's order, not by class
+    is_lens = [r["is_lens"] == "1" for r in rows]
+    assert set(r["is_lens"] for r in rows) == {"0", "1"}
+    # The lenses are spread through the pool, not a contiguous block.
+    positions = [i for i, lens in enumerate(is_lens) if lens]
+    assert positions != list(range(positions[0], positions[0] + len(positions)))
+    for r in rows:
+        array = np.load(root / r["filename"], allow_pickle=False)
+        assert array.shape == (3, 16, 16) and array.dtype == np.float32
+        assert (r["einstein_radius"] != "") == (r["is_lens"] == "1")
+        assert int(np.isnan(array).sum()) == int(r["nan_pixels"])
+    assert summary["format"] == "pool" and summary["bands"] == 3
+
+
+def test_pool_has_exactly_round_n_times_fraction_lenses(pool_set):
+    root, summary = pool_set
+    rows = read_metadata(root)
+    lenses = [r for r in rows if r["is_lens"] == "1"]
+    assert len(rows) == 24
+    assert len(lenses) == summary["n_lenses"] == round(24 * 0.3) == 7
+    assert summary["n_nonlenses"] == 17
+    # Each class's images are numbered 0..n-1 (with the seed they determine the image).
+    assert sorted(int(r["index"]) for r in lenses) == list(range(7))
+    assert sorted(int(r["index"]) for r in rows if r["is_lens"] == "0") == list(range(17))
+    assert summary["files_with_nan"] == nan_count_expected(7, 17, 0.25)
+    assert [exact_count(f, n) for f, n in ((0.05, 3000), (0.5, 5), (0.0, 9), (1.0, 9))] == \
+        [150, 3, 0, 9]
+    lens_at, nonlens_at = pool_positions(3, 7, 17)
+    assert sorted(lens_at.tolist() + nonlens_at.tolist()) == list(range(24))
+
+
+def nan_count_expected(n_lenses, n_nonlenses, fraction):
+    return exact_count(fraction, n_lenses) + exact_count(fraction, n_nonlenses)
+
+
+def test_pool_bytes_do_not_depend_on_the_workers(tmp_path, pool_set):
+    """`--format pool --workers 2` in a fresh process writes the fixture's bytes."""
+    root, _ = pool_set
+    again = tmp_path / "again"
+    result = subprocess.run(
+        [sys.executable, "-m", "kerasssl", "simulate", str(again), "--format", "pool",
+         "--n", "24", "--lens-fraction", "0.3", "--size", "16", "--seed", "3",
+         "--nan-fraction", "0.25", "--workers", "2"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert all_files(again) == all_files(root)
+    for name in all_files(root):
+        assert (again / name).read_bytes() == (root / name).read_bytes(), name
+
+
+def test_pool_shares_no_image_with_a_labelled_set_of_the_same_seed(tmp_path, pool_set):
+    root, _ = pool_set
+    labelled = tmp_path / "3b"
+    simulate(labelled, fmt="three-band", n_lenses=7, n_nonlenses=17, size=16, seed=3,
+             nan_fraction=0.25)
+    pool_bytes = {(root / f).read_bytes() for f in all_files(root) if f.endswith(".npy")}
+    assert not pool_bytes & {(labelled / f).read_bytes() for f in all_files(labelled)
+                             if f.endswith(".npy")}
+    other = tmp_path / "seed4"
+    simulate_pool(other, **{**POOL_ARGS, "seed": 4})
+    assert (other / "pool_000000.npy").read_bytes() != (root / "pool_000000.npy").read_bytes()
+
+
+def test_single_band_pool_is_hst_like(tmp_path):
+    root = tmp_path / "pool1"
+    summary = simulate_pool(root, n=5, lens_fraction=0.4, size=16, seed=1, bands=1)
+    rows = read_metadata(root)
+    assert list(rows[0]) == metadata_columns("pool", bands=1)
+    assert "psf_fwhm_f814w" in rows[0] and "psf_fwhm_g" not in rows[0]
+    assert sum(r["is_lens"] == "1" for r in rows) == summary["n_lenses"] == 2
+    for r in rows:
+        assert np.load(root / r["filename"]).shape == (16, 16)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n": 0}, "--n: must be a whole number >= 1"),
+    ({"lens_fraction": 1.5}, "--lens-fraction: must be in [0, 1]"),
+    ({"lens_fraction": -0.1}, "--lens-fraction"),
+    ({"bands": 2}, "--bands: must be 1 or 3"),
+    ({"size": 8}, "--size"),
+    ({"workers": 0}, "--workers"),
+])
+def test_bad_pool_arguments_raise_one_line(tmp_path, kwargs, message):
+    args = {"n": 4, "lens_fraction": 0.5, "size": 16, "seed": 0, **kwargs}
+    with pytest.raises(KerassslError, match=re.escape(message)) as info:
+        simulate_pool(tmp_path / "out", **args)
+    assert "\n" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_simulate_refuses_the_pool_format(tmp_path):
+    with pytest.raises(KerassslError, match="--format pool.*--n and --lens-fraction"):
+        simulate(tmp_path / "out", fmt="pool", n_lenses=2, n_nonlenses=2, size=16, seed=0)
+    assert list(tmp_path.iterdir()) == []
