@@ -1,0 +1,75 @@
+"""Figures of the reports (matplotlib, Agg backend, imported when a figure is drawn).
+
+Example:
+    >>> plot_completeness("completeness.png", {"Youden (val)": completeness(y, s, meta, t)})
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+AXIS_LABELS = {
+    "einstein_radius": "Einstein radius (arcsec)",
+    "arc_snr": "arc S/N (matched filter, bands in quadrature)",
+    "psf_fwhm": "PSF FWHM (arcsec, mean over bands)",
+}
+LOG_AXES = {"arc_snr"}  # S/N spans decades
+
+
+def plot_completeness(path, curves: Mapping[str, dict],
+                      columns: Sequence[str] = ("einstein_radius", "arc_snr"),
+                      title: Optional[str] = None) -> Path:
+    """Write a PNG of TPR per bin, one panel per metadata column, one line per threshold.
+
+    Args:
+        path: output PNG (written atomically).
+        curves: ``{legend label: kerasssl.metrics.completeness(...) result}``, e.g.
+            the Youden threshold chosen on val and the FPR 1e-2 threshold.
+        columns: the binned columns to draw, one panel each (absent ones are skipped).
+        title: figure title.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> plot_completeness("RUN/completeness.png",
+        ...                   {"Youden (val)": c_youden, "FPR 1e-2": c_fpr})
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [c for c in columns if any(c in curve["columns"] for curve in curves.values())]
+    if not shown:
+        raise ValueError(f"no completeness results for the columns {list(columns)}")
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.0 * len(shown), 4.2), dpi=120, squeeze=False)
+    for ax, column in zip(axes[0], shown):
+        for i, (label, curve) in enumerate(curves.items()):
+            bins = [b for b in curve["columns"].get(column, {}).get("bins", []) if b["n"]]
+            if not bins:
+                continue
+            log = column in LOG_AXES and all(b["low"] > 0 for b in bins)
+            x = [(b["low"] * b["high"]) ** 0.5 if log else (b["low"] + b["high"]) / 2 for b in bins]
+            y = [b["tpr"] for b in bins]
+            yerr = [[b["tpr"] - b["ci"][0] for b in bins], [b["ci"][1] - b["tpr"] for b in bins]]
+            xerr = [[c - b["low"] for c, b in zip(x, bins)], [b["high"] - c for c, b in zip(x, bins)]]
+            ax.errorbar(x, y, yerr=yerr, xerr=xerr, marker="o", ms=4, capsize=2, color=f"C{i}",
+                        label=f"{label} (score >= {curve['threshold']:.3g})")
+        if column in LOG_AXES and ax.get_xlim()[0] > 0:
+            ax.set_xscale("log")
+        ax.set_xlabel(AXIS_LABELS.get(column, column))
+        ax.set_ylabel("TPR (completeness)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=7)
+    fig.suptitle(title or "Completeness of the lens finder (bars: bin width, Wilson interval)", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
