@@ -52,14 +52,15 @@ def _as_probs(probs) -> np.ndarray:
     return np.stack([1.0 - probs, probs], axis=1) if probs.ndim == 1 else probs
 
 
-def roc_auc(labels, probs, *, missing: str = "raise") -> float:
+def roc_auc(labels, probs, *, classes: str = "all") -> float:
     """ROC-AUC: binary on column 1, macro one-vs-rest for more than two classes.
 
     Args:
         labels: int labels (N,).
         probs: probabilities (N, K), or the lens scores (N,) of a binary set.
-        missing: ``"raise"`` (scikit-learn's ValueError when a class is absent) or
-            ``"skip"``: average over the classes present, NaN when fewer than two are
+        classes: ``"all"``: average over every class (NaN, with scikit-learn's
+            warning, when one is absent from labels; evaluate's rule), or
+            ``"present"``: over the classes in labels, NaN when fewer than two are
             (the kNN probe's rule on small validation splits).
 
     Example:
@@ -70,16 +71,18 @@ def roc_auc(labels, probs, *, missing: str = "raise") -> float:
 
     labels = np.asarray(labels)
     probs = _as_probs(probs)
-    classes = range(probs.shape[1])
-    if missing == "skip":
-        classes = np.unique(labels)
-        if len(classes) < 2:
+    if classes not in ("all", "present"):
+        raise ValueError(f"classes must be 'all' or 'present', not {classes!r}")
+    averaged = range(probs.shape[1])
+    if classes == "present":
+        averaged = np.unique(labels)
+        if len(averaged) < 2:
             return float("nan")
     if probs.shape[1] == 2:
         return float(roc_auc_score(labels, probs[:, 1]))
     # Macro one-vs-rest: the mean of the per-class binary AUCs (as scikit-learn's
     # multi_class="ovr", without its check that rows sum to 1 in float64).
-    return float(np.mean([roc_auc_score(labels == k, probs[:, k]) for k in classes]))
+    return float(np.mean([roc_auc_score(labels == k, probs[:, k]) for k in averaged]))
 
 
 def per_class_auc(labels, probs, class_names: Sequence[str]) -> dict:

@@ -46,18 +46,20 @@ def plot_completeness(path, curves: Mapping[str, dict],
         raise ValueError(f"no completeness results for the columns {list(columns)}")
     fig, axes = plt.subplots(1, len(shown), figsize=(5.0 * len(shown), 4.2), dpi=120, squeeze=False)
     for ax, column in zip(axes[0], shown):
+        per_curve = {label: [b for b in curve["columns"].get(column, {}).get("bins", []) if b["n"]]
+                     for label, curve in curves.items()}
+        log = column in LOG_AXES and all(b["low"] > 0 for bins in per_curve.values() for b in bins)
         for i, (label, curve) in enumerate(curves.items()):
-            bins = [b for b in curve["columns"].get(column, {}).get("bins", []) if b["n"]]
+            bins = per_curve[label]
             if not bins:
                 continue
-            log = column in LOG_AXES and all(b["low"] > 0 for b in bins)
             x = [(b["low"] * b["high"]) ** 0.5 if log else (b["low"] + b["high"]) / 2 for b in bins]
             y = [b["tpr"] for b in bins]
             yerr = [[b["tpr"] - b["ci"][0] for b in bins], [b["ci"][1] - b["tpr"] for b in bins]]
             xerr = [[c - b["low"] for c, b in zip(x, bins)], [b["high"] - c for c, b in zip(x, bins)]]
             ax.errorbar(x, y, yerr=yerr, xerr=xerr, marker="o", ms=4, capsize=2, color=f"C{i}",
                         label=f"{label} (score >= {curve['threshold']:.3g})")
-        if column in LOG_AXES and ax.get_xlim()[0] > 0:
+        if log:
             ax.set_xscale("log")
         ax.set_xlabel(AXIS_LABELS.get(column, column))
         ax.set_ylabel("TPR (completeness)")

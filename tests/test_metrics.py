@@ -1,0 +1,311 @@
+"""kerasssl.metrics: hand-computed cases, brute-force definitions, agreement with
+evaluate's and scikit-learn's numbers, not-estimable cases, completeness and its PNG."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from kerasssl import evaluate as ev
+from kerasssl import metrics as m
+from kerasssl.errors import DataError, KerassslError
+
+
+def scored_set(n_pos, n_neg, seed=0, decimals=2):
+    """Labels and lens scores with many ties (scores rounded)."""
+    rng = np.random.default_rng(seed)
+    labels = np.r_[np.ones(n_pos, int), np.zeros(n_neg, int)]
+    scores = 1 / (1 + np.exp(-(2.0 * labels + rng.normal(0, 1, n_pos + n_neg))))
+    return labels, np.round(scores, decimals)
+
+
+def brute_tpr_within_fp(labels, scores, max_fp):
+    """Largest TPR over every threshold (each distinct score, and above all) with FP <= max_fp."""
+    best = 0.0
+    for t in np.unique(scores):
+        selected = scores >= t
+        if np.sum(selected & (labels == 0)) <= max_fp:
+            best = max(best, np.mean(selected[labels == 1]))
+    return best
+
+
+# -- agreement with evaluate.py (exact) and scikit-learn -------------------------
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_auc_functions_agree_exactly_with_evaluate(n_classes):
+    rng = np.random.default_rng(n_classes)
+    labels = rng.integers(0, n_classes, 300)
+    probs = rng.dirichlet(np.ones(n_classes), 300)
+    probs[:, -1] = np.round(probs[:, -1], 2)  # ties
+    assert m.roc_auc(labels, probs) == ev.roc_auc(labels, probs)
+    assert m.pr_auc(labels, probs) == ev.pr_auc(labels, probs)
+    assert m.fast_auc(labels, probs) == ev._fast_auc(labels, probs)
+    assert m.bootstrap_auc_ci(labels, probs, 200, seed=3) == ev.bootstrap_auc_ci(labels, probs, 200, seed=3)
+    assert m.per_class_auc(labels, probs, list("abc")[:n_classes]) == \
+        ev._per_class_auc(labels, probs, list("abc")[:n_classes])
+    assert m.confusion(labels, probs.argmax(1), n_classes) == ev.confusion(labels, probs.argmax(1), n_classes)
+    if n_classes == 2:
+        assert m.youden_threshold(labels, probs[:, 1]) == ev.youden_threshold(labels, probs[:, 1])
+
+
+def test_roc_auc_takes_binary_scores_and_matches_sklearn_ovr():
+    labels, scores = scored_set(40, 60)
+    assert m.roc_auc(labels, scores) == m.roc_auc(labels, np.stack([1 - scores, scores], 1))
+    assert m.fast_auc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    rng = np.random.default_rng(5)
+    y3 = rng.integers(0, 3, 200)
+    p3 = rng.dirichlet(np.ones(3), 200)
+    # tflite's int8 ΔAUC used sklearn's multi_class="ovr": the same number.
+    assert m.roc_auc(y3, p3) == pytest.approx(roc_auc_score(y3, p3, multi_class="ovr"), abs=1e-12)
+
+
+def test_roc_auc_present_classes_is_the_knn_probe_rule():
+    from kerasssl.callbacks import probe_auc
+
+    rng = np.random.default_rng(6)
+    probs = rng.dirichlet(np.ones(3), 50)
+    labels = rng.integers(0, 2, 50)  # class 2 absent
+    assert m.roc_auc(labels, probs, classes="present") == probe_auc(probs, labels)
+    assert np.isnan(m.roc_auc(np.zeros(50, int), probs, classes="present"))
+    assert np.isnan(probe_auc(probs, np.zeros(50, int)))
+    binary = probs[:, :2] / probs[:, :2].sum(1, keepdims=True)
+    assert m.roc_auc(labels, binary, classes="present") == probe_auc(binary, labels)
+    with pytest.warns(UserWarning):  # evaluate's rule: every class, so undefined here
+        assert np.isnan(m.roc_auc(labels, probs)) and np.isnan(ev.roc_auc(labels, probs))
+
+
+def test_bootstrap_auc_ci_needs_both_classes():
+    with pytest.raises(KerassslError, match="both classes"):
+        m.bootstrap_auc_ci(np.ones(10, int), np.random.default_rng(0).random(10))
+
+
+# -- TPR0, TPR10, TPR at FPR ----------------------------------------------------------
+def test_tpr0_hand_computed_and_ties_with_the_top_negative_do_not_count():
+    labels = [1, 1, 1, 1, 1, 0, 0, 0, 0]
+    scores = [0.95, 0.9, 0.85, 0.5, 0.3, 0.8, 0.6, 0.4, 0.2]
+    r = m.tpr0(labels, scores, bootstrap=0)
+    assert r["value"] == pytest.approx(3 / 5) and r["false_positives"] == 0
+    assert r["threshold"] == 0.85 and r["estimable"] and r["ci"] is None
+    tied = [0.95, 0.8, 0.8, 0.5, 0.3, 0.8, 0.6, 0.4, 0.2]  # two lenses tie the top non-lens
+    r = m.tpr0(labels, tied, bootstrap=0)
+    assert r["value"] == pytest.approx(1 / 5) and r["threshold"] == 0.95
+    # Every lens ties or falls below the top non-lens: nothing is selected, just above the top score.
+    r = m.tpr0([1, 0, 1], [0.5, 0.5, 0.1], bootstrap=0)
+    assert r["value"] == 0.0 and r["threshold"] > 0.5 and r["false_positives"] == 0
+
+
+def test_tpr10_is_above_the_tenth_highest_negative():
+    neg = np.arange(1, 21) / 100.0  # 0.01 .. 0.20: the 10th highest is 0.11
+    pos = np.array([0.5, 0.12, 0.11, 0.105, 0.05])
+    labels = np.r_[np.ones(5, int), np.zeros(20, int)]
+    r = m.tpr10(labels, np.r_[pos, neg], bootstrap=0)
+    assert r["value"] == pytest.approx(2 / 5)
+    assert r["false_positives"] == 9 and r["max_false_positives"] == 9 and r["threshold"] == 0.12
+
+
+@pytest.mark.parametrize("max_fp", [0, 3, 9, 25])
+def test_tpr_within_false_positives_matches_brute_force_with_ties(max_fp):
+    labels, scores = scored_set(80, 300, seed=max_fp, decimals=2)
+    r = m.tpr_at_false_positives(labels, scores, max_fp, bootstrap=0)
+    assert r["value"] == pytest.approx(brute_tpr_within_fp(labels, scores, max_fp), abs=1e-15)
+    selected = scores >= r["threshold"]
+    assert r["false_positives"] == np.sum(selected & (labels == 0)) <= max_fp
+    assert np.mean(selected[labels == 1]) == pytest.approx(r["value"])
+
+
+@pytest.mark.parametrize("target", [1e-2, 1e-3, 0.05])
+def test_tpr_at_fpr_matches_sklearn_roc_curve(target):
+    labels, scores = scored_set(300, 2000, seed=7, decimals=3)
+    r = m.tpr_at_fpr(labels, scores, target, bootstrap=0)
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    assert r["value"] == pytest.approx(tpr[fpr <= target + 1e-15].max(), abs=1e-15)
+    assert r["fpr"] <= target and r["target_fpr"] == target
+    assert r["max_false_positives"] == int(target * 2000 + 1e-9)
+
+
+@pytest.mark.parametrize("target, n_enough", [(1e-2, 100), (1e-3, 1000)])
+def test_tpr_at_fpr_not_estimable_with_too_few_negatives(target, n_enough):
+    for n_neg, estimable in ((n_enough - 1, False), (n_enough, True)):
+        labels, scores = scored_set(20, n_neg, seed=1)
+        r = m.tpr_at_fpr(labels, scores, target, bootstrap=20)
+        assert r["estimable"] is estimable
+        if estimable:
+            assert r["value"] is not None and r["reason"] is None and r["max_false_positives"] == 1
+        else:
+            assert r["value"] is None and r["ci"] is None
+            assert f"at least {n_enough} negatives" in r["reason"] and str(n_neg) in r["reason"]
+
+
+def test_tpr0_tpr10_not_estimable_without_enough_negatives_or_positives():
+    labels, scores = scored_set(10, 9)
+    assert not m.tpr10(labels, scores)["estimable"]
+    assert "only 9 negatives" in m.tpr10(labels, scores)["reason"]
+    assert m.tpr10(*scored_set(10, 10))["estimable"]
+    assert not m.tpr0(np.ones(5, int), np.linspace(0, 1, 5))["estimable"]
+    r = m.tpr0(np.zeros(5, int), np.linspace(0, 1, 5))
+    assert not r["estimable"] and "no positives" in r["reason"]
+
+
+def test_bad_input_is_a_kerasssl_error():
+    with pytest.raises(KerassslError, match="binary labels"):
+        m.tpr0([0, 1, 2], [0.1, 0.2, 0.3])
+    with pytest.raises(KerassslError, match="not finite"):
+        m.tpr0([0, 1, 1], [0.1, np.nan, 0.3])
+    with pytest.raises(KerassslError, match="expected two"):
+        m.tpr0([0, 1], [0.1, 0.2, 0.3])
+
+
+# -- precision at a prevalence ---------------------------------------------------------
+def test_purity_formula():
+    assert m.purity(0.5, 0.001, 0.001) == pytest.approx(0.0005 / (0.0005 + 0.999 * 0.001))
+    assert m.purity(1.0, 0.0, 0.001) == 1.0
+    assert np.isnan(m.purity(0.0, 0.0, 0.001))
+
+
+def test_precision_at_prevalence_hand_computed():
+    # Ranked: P .9, N .85, P .8, N .4, P .3, P .2, N .1, N .05. At prevalence 0.5 the survey
+    # fraction of a selection is (tp + fp) / 8; the top half is tp = fp = 2 (score >= 0.4).
+    labels = [1, 1, 1, 1, 0, 0, 0, 0]
+    scores = [0.9, 0.8, 0.3, 0.2, 0.85, 0.4, 0.1, 0.05]
+    r = m.precision_at_prevalence(labels, scores, prevalence=0.5, top_fraction=0.5, bootstrap=0)
+    assert r["value"] == pytest.approx(0.5) and r["threshold"] == 0.4
+    assert (r["tpr"], r["fpr"]) == (0.5, 0.5)
+    # The top quarter (tp + fp <= 2) stops at score >= 0.85: adding the lens at 0.8 makes 3.
+    r = m.precision_at_prevalence(labels, scores, prevalence=0.5, top_fraction=0.25, bootstrap=0)
+    assert r["threshold"] == 0.85 and r["value"] == pytest.approx(0.5)
+    assert m.precision_at_prevalence(labels, scores, prevalence=0.5, top_k=2, survey_size=8,
+                                     bootstrap=0) == r
+
+
+def test_precision_at_prevalence_reweights_negatives_like_a_survey():
+    labels, scores = scored_set(200, 3000, seed=9)
+    prevalence, fraction = 0.01, 0.02
+    r = m.precision_at_prevalence(labels, scores, prevalence=prevalence, top_fraction=fraction, bootstrap=0)
+    best = None  # brute force: the largest selection whose survey fraction fits
+    for t in np.unique(scores)[::-1]:
+        sel = scores >= t
+        tpr, fpr = np.mean(sel[labels == 1]), np.mean(sel[labels == 0])
+        if prevalence * tpr + (1 - prevalence) * fpr <= fraction:
+            best = (t, prevalence * tpr / (prevalence * tpr + (1 - prevalence) * fpr))
+    assert r["threshold"] == best[0] and r["value"] == pytest.approx(best[1], abs=1e-15)
+    # The split's raw precision at that threshold is far higher than the survey's.
+    raw = np.mean(labels[scores >= r["threshold"]])
+    assert raw > r["value"]
+
+
+def test_precision_not_estimable_when_no_false_positive_fits():
+    labels, scores = scored_set(50, 500)
+    r = m.precision_at_prevalence(labels, scores, prevalence=0.001)  # needs 999 negatives
+    assert not r["estimable"] and r["value"] is None and "at least 999 negatives" in r["reason"]
+    assert m.precision_at_prevalence(*scored_set(50, 999), prevalence=0.001, bootstrap=0)["estimable"]
+    with pytest.raises(KerassslError, match="survey_size"):
+        m.precision_at_prevalence(labels, scores, top_k=10)
+
+
+# -- bootstrap CIs and the report -------------------------------------------------------
+def test_bootstrap_cis_are_seeded_and_contain_the_estimate():
+    labels, scores = scored_set(400, 3000, seed=2)
+    report = m.lens_finder_report(labels, scores, prevalence=0.001, bootstrap=300, seed=4)
+    again = m.lens_finder_report(labels, scores, prevalence=0.001, bootstrap=300, seed=4)
+    other = m.lens_finder_report(labels, scores, prevalence=0.001, bootstrap=300, seed=5)
+    assert report == again and report != other
+    metrics = [*report["tpr_at_fpr"].values(), report["tpr0"], report["tpr10"],
+               report["precision_at_prevalence"]]
+    for r in metrics:
+        assert r["estimable"], r["reason"]
+        low, high = r["ci"]
+        assert low <= r["value"] <= high and low < high
+    # One set of resamples for all: each CI is the one its own function gives.
+    assert report["tpr10"] == m.tpr10(labels, scores, bootstrap=300, seed=4)
+    assert report["tpr_at_fpr"]["1e-3"] == m.tpr_at_fpr(labels, scores, 1e-3, bootstrap=300, seed=4)
+
+
+def test_lens_finder_report_keys_and_json():
+    labels, scores = scored_set(30, 150)
+    report = m.lens_finder_report(labels, scores, bootstrap=50)
+    assert set(report["tpr_at_fpr"]) == {"1e-2", "1e-3"}
+    assert report["tpr_at_fpr"]["1e-2"]["estimable"] and not report["tpr_at_fpr"]["1e-3"]["estimable"]
+    assert report["tpr0"]["estimable"] and report["tpr10"]["estimable"]
+    assert not report["precision_at_prevalence"]["estimable"]  # 150 negatives < 999
+    assert report["precision_at_prevalence"]["prevalence"] == 0.001
+    assert (report["n_positives"], report["n_negatives"]) == (30, 150)
+    json.dumps(report, allow_nan=False)  # strict JSON: no NaN / Infinity
+    assert m.fpr_key(0.01) == "1e-2" and m.fpr_key(0.005) == "5e-3" and m.fpr_key(1e-3) == "1e-3"
+
+
+# -- completeness -----------------------------------------------------------------------
+def test_wilson_interval_known_values():
+    low, high = m.wilson_interval(8, 10)
+    assert (low, high) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    assert m.wilson_interval(0, 5)[0] == 0.0 and m.wilson_interval(5, 5)[1] == 1.0
+
+
+def completeness_set():
+    """20 lenses: radius 0.25..2.0 in 4 groups of 5, detected when radius >= 1; 10 non-lenses."""
+    radius = np.repeat([0.25, 0.75, 1.25, 1.75], 5)
+    scores = np.r_[np.where(radius >= 1.0, 0.9, 0.1), np.full(10, 0.95)]  # non-lenses score high: ignored
+    labels = np.r_[np.ones(20, int), np.zeros(10, int)]
+    meta = {"einstein_radius": np.r_[radius, np.full(10, np.nan)],
+            "arc_snr_g": np.r_[np.full(20, 3.0), np.full(10, np.nan)],
+            "arc_snr_r": np.r_[np.full(20, 4.0), np.full(10, np.nan)]}
+    return labels, scores, meta
+
+
+def test_completeness_bins_given_edges_and_quantiles():
+    labels, scores, meta = completeness_set()
+    meta["einstein_radius"][0] = np.nan  # one lens without a radius
+    c = m.completeness(labels, scores, meta, 0.5, bins={"einstein_radius": [0, 0.5, 1, 1.5, 2]},
+                       columns=("einstein_radius",))
+    col = c["columns"]["einstein_radius"]
+    assert [(b["n"], b["detected"], b["tpr"]) for b in col["bins"]] == \
+        [(4, 0, 0.0), (5, 0, 0.0), (5, 5, 1.0), (5, 5, 1.0)]
+    assert col["n_missing"] == 1 and col["n_outside"] == 0
+    assert col["bins"][2]["ci"] == m.wilson_interval(5, 5)
+    q = m.completeness(labels, scores, meta, 0.5, bins=2, columns=("einstein_radius", "absent"))
+    assert list(q["columns"]) == ["einstein_radius"]
+    assert [(b["n"], b["detected"]) for b in q["columns"]["einstein_radius"]["bins"]] == [(9, 0), (10, 10)]
+    # Values outside given edges are counted, not binned; an empty bin has no TPR.
+    e = m.completeness(labels, scores, meta, 0.5, bins={"einstein_radius": [0.5, 1.0, 1.1]})
+    col = e["columns"]["einstein_radius"]
+    assert col["n_outside"] == 14 and col["bins"][1] == {"low": 1.0, "high": 1.1, "n": 0, "detected": 0,
+                                                          "tpr": None, "ci": None}
+    json.dumps(e, allow_nan=False)
+
+
+def test_completeness_columns_combine_bands():
+    _, _, meta = completeness_set()
+    cols = m.completeness_columns({**meta, "psf_fwhm_g": [1.0] * 30, "psf_fwhm_r": [0.8] * 30})
+    assert cols["arc_snr"][0] == pytest.approx(5.0) and cols["psf_fwhm"][0] == pytest.approx(0.9)
+    assert m.completeness_columns({"arc_snr": [2.0], "arc_snr_g": [9.0]})["arc_snr"][0] == 2.0
+
+
+def test_read_metadata_aligns_simulator_csv(tmp_path):
+    from kerasssl.simulate import writer
+
+    columns = writer.metadata_columns("three-band")
+    rows = [{"filename": "lenses/lens_0.npy", "class": "lenses", "label": 1, "einstein_radius": 1.2,
+             "arc_snr_g": 30.0, "confuser": "none"},
+            {"filename": "nonlenses/nonlens_0.npy", "class": "nonlenses", "label": 0, "confuser": "blend"}]
+    path = tmp_path / "metadata.csv"
+    writer.write_metadata(path, columns, rows)
+    meta = m.read_metadata(path, ["nonlenses/nonlens_0.npy", "lenses/lens_0.npy", "other.npy"])
+    assert "class" not in meta and "confuser" not in meta and "filename" not in meta
+    assert meta["einstein_radius"][1] == 1.2 and np.isnan(meta["einstein_radius"][[0, 2]]).all()
+    assert list(meta["label"][:2]) == [0.0, 1.0]
+    with pytest.raises(DataError, match="none of the data's files"):
+        m.read_metadata(path, ["x.npy"])
+    (tmp_path / "bad.csv").write_text("name,label\na.npy,1\n")
+    with pytest.raises(DataError, match="filename"):
+        m.read_metadata(tmp_path / "bad.csv", ["a.npy"])
+
+
+def test_completeness_png_is_written(tmp_path):
+    from kerasssl.plots import plot_completeness
+
+    labels, scores, meta = completeness_set()
+    meta = m.completeness_columns(meta)
+    curves = {"Youden (val)": m.completeness(labels, scores, meta, 0.5),
+              "FPR 1e-2": m.completeness(labels, scores, meta, 0.95)}
+    path = plot_completeness(tmp_path / "sub" / "completeness.png", curves)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    assert list(tmp_path.joinpath("sub").iterdir()) == [path]  # no temporary file left
