@@ -93,7 +93,8 @@ def per_class_auc(labels, probs, class_names: Sequence[str]) -> dict:
     out = {}
     for k, name in enumerate(class_names):
         positives = labels == k
-        out[name] = float(roc_auc_score(positives, probs[:, k])) if 0 < positives.sum() < len(labels) else None
+        defined = 0 < positives.sum() < len(labels)
+        out[name] = float(roc_auc_score(positives, probs[:, k])) if defined else None
     return out
 
 
@@ -116,7 +117,7 @@ def pr_auc(labels, probs) -> float:
 
 def _average_ranks(x: np.ndarray) -> np.ndarray:
     """1-based ranks, ties given their mean rank (scipy's rankdata "average"; exact)."""
-    values, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
     ends = np.cumsum(counts)
     return (ends - (counts - 1) / 2.0)[inverse.reshape(-1)]
 
@@ -220,8 +221,9 @@ def _binary(labels, scores):
         raise KerassslError(f"labels {labels.shape} and lens scores {scores.shape}: expected two (N,) arrays")
     if not np.all(np.isin(labels, (0, 1))):
         raise KerassslError("lens-finder metrics need binary labels (1 = lens, 0 = non-lens)")
-    if not np.all(np.isfinite(scores)):
-        raise KerassslError(f"{int(np.sum(~np.isfinite(scores)))} lens scores are not finite")
+    if not len(scores) or not np.all(np.isfinite(scores)):
+        bad = int(np.sum(~np.isfinite(scores)))
+        raise KerassslError(f"{bad} of {len(scores)} lens scores are not finite" if bad else "no lens scores")
     return labels == 1, scores
 
 
@@ -235,18 +237,22 @@ class _Curve:
     def __init__(self, positive, scores):
         order = np.argsort(-scores, kind="stable")
         ranked = scores[order]
-        self.is_pos = positive[order]
-        self.ends = np.flatnonzero(np.r_[ranked[1:] != ranked[:-1], True])  # last of each tie run
-        self.distinct = ranked[self.ends]
+        is_pos = positive[order]
+        new_run = np.r_[True, ranked[1:] != ranked[:-1]]
+        self.distinct = ranked[new_run]
+        run = np.cumsum(new_run) - 1  # tie run (operating point - 1) of each ranked image
+        self.runs = [run[is_pos], run[~is_pos]]
         self.n_pos, self.n_neg = int(positive.sum()), int((~positive).sum())
 
-    def _at_points(self, per_image):
-        cum = np.cumsum(per_image, axis=-1)[..., self.ends]
-        return np.concatenate([np.zeros(cum.shape[:-1] + (1,)), cum], axis=-1)
+    @staticmethod
+    def _cumulative(per_run):
+        zero = np.zeros(per_run.shape[:-1] + (1,))
+        return np.concatenate([zero, np.cumsum(per_run, axis=-1)], axis=-1)
 
     def counts(self):
         """(tp, fp), each (G + 1,)."""
-        return self._at_points(self.is_pos), self._at_points(~self.is_pos)
+        g = len(self.distinct)
+        return tuple(self._cumulative(np.bincount(r, minlength=g)) for r in self.runs)
 
     def threshold(self, point: int) -> float:
         """The threshold of a point; point 0 is just above the highest score."""
@@ -259,18 +265,14 @@ class _Curve:
         their numbers (and so the false-positive budget of an FPR target).
         """
         rng = np.random.default_rng(seed)
-        n = len(self.is_pos)
-        groups = [np.flatnonzero(self.is_pos), np.flatnonzero(~self.is_pos)]
-        per_chunk = max(1, chunk_values // max(n, 1))
+        g = len(self.distinct)
+        per_chunk = max(1, chunk_values // (self.n_pos + self.n_neg + g))
         for start in range(0, n_resamples, per_chunk):
             b = min(per_chunk, n_resamples - start)
             out = []
-            for where in groups:
-                m = len(where)
-                draws = rng.integers(0, m, size=(b, m)) + m * np.arange(b)[:, None]
-                weights = np.zeros((b, n))
-                weights[:, where] = np.bincount(draws.ravel(), minlength=b * m).reshape(b, m)
-                out.append(self._at_points(weights))
+            for run in self.runs:
+                drawn = run[rng.integers(0, len(run), size=(b, len(run)))] + g * np.arange(b)[:, None]
+                out.append(self._cumulative(np.bincount(drawn.ravel(), minlength=b * g).reshape(b, g)))
             yield out[0], out[1]
 
 
@@ -300,31 +302,29 @@ def purity(tpr, fpr, prevalence: float):
     return float(out) if out.ndim == 0 else out
 
 
-def _tpr_spec(curve, max_fp, not_estimable):
+_NO_POSITIVES = "no positives (lenses) in the split"
+
+
+def _tpr_spec(curve, max_fp, reason=None):
     """(result without CI, bootstrap statistic or None) of the TPR within max_fp false positives."""
-    tp, fp = curve.counts()
-    out = {"value": None, "ci": None, "estimable": not_estimable is None, "reason": not_estimable,
+    if reason is None and curve.n_pos == 0:
+        reason = _NO_POSITIVES
+    elif reason is None and curve.n_neg <= max_fp:
+        reason = f"only {curve.n_neg} negatives: every threshold has at most {max_fp} false positives"
+    out = {"value": None, "ci": None, "estimable": reason is None, "reason": reason,
            "max_false_positives": int(max_fp), "n_positives": curve.n_pos, "n_negatives": curve.n_neg}
-    if not_estimable is not None:
+    if reason is not None:
         return out, None
+    tp, fp = curve.counts()
     point = int(_point_within_fp(fp, max_fp))
     out.update(value=float(tp[point] / curve.n_pos), threshold=curve.threshold(point),
                false_positives=int(fp[point]))
     return out, lambda tp, fp: _pick(tp, _point_within_fp(fp, max_fp)) / curve.n_pos
 
 
-def _fp_budget_reason(curve, max_fp):
-    if curve.n_pos == 0:
-        return "no positives (lenses) in the split"
-    if curve.n_neg <= max_fp:
-        return (f"only {curve.n_neg} negatives: every threshold has at most {max_fp} "
-                "false positives")
-    return None
-
-
 def _fpr_spec(curve, target):
     max_fp = math.floor(target * curve.n_neg * (1 + _RELATIVE_EPS))
-    reason = "no positives (lenses) in the split" if curve.n_pos == 0 else None
+    reason = _NO_POSITIVES if curve.n_pos == 0 else None
     if reason is None and max_fp < 1:
         reason = (f"needs at least {math.ceil(1 / target * (1 - _RELATIVE_EPS))} negatives to "
                   f"resolve FPR {target:g}; the split has {curve.n_neg}")
@@ -345,7 +345,7 @@ def _precision_spec(curve, prevalence, top_fraction):
                          "<= top_fraction"}
     need = (1 - prevalence) / top_fraction  # negatives for one false positive to fit the budget
     if curve.n_pos == 0:
-        out.update(estimable=False, reason="no positives (lenses) in the split")
+        out.update(estimable=False, reason=_NO_POSITIVES)
     elif curve.n_neg < need * (1 - _RELATIVE_EPS):
         out.update(estimable=False, reason=(
             f"needs at least {math.ceil(need * (1 - _RELATIVE_EPS))} negatives to resolve the top "
@@ -365,7 +365,8 @@ def _precision_spec(curve, prevalence, top_fraction):
     out.update(value=None if np.isnan(value) else float(value), threshold=curve.threshold(point),
                tpr=float(tp[point] / curve.n_pos), fpr=float(fp[point] / curve.n_neg))
     if out["value"] is None:
-        out.update(estimable=False, reason="the highest score is shared by more images than the top fraction holds")
+        out.update(estimable=False,
+                   reason="the highest score is shared by more images than the top fraction holds")
         return out, None
     return out, lambda tp, fp: statistic(tp, fp)[0]
 
@@ -413,8 +414,7 @@ def tpr_at_false_positives(labels, scores, max_false_positives: int, *, bootstra
         0.666...
     """
     curve = _Curve(*_binary(labels, scores))
-    spec = _tpr_spec(curve, max_false_positives, _fp_budget_reason(curve, max_false_positives))
-    return _fill_cis(curve, [spec], bootstrap, seed, level)[0]
+    return _fill_cis(curve, [_tpr_spec(curve, max_false_positives)], bootstrap, seed, level)[0]
 
 
 def tpr0(labels, scores, **kwargs) -> dict:
@@ -523,7 +523,7 @@ def lens_finder_report(labels, scores, *, prevalence: float = 0.001,
     """
     curve = _Curve(*_binary(labels, scores))
     specs = [_fpr_spec(curve, t) for t in fpr_targets]
-    specs += [_tpr_spec(curve, k, _fp_budget_reason(curve, k)) for k in (0, 9)]
+    specs += [_tpr_spec(curve, k) for k in (0, 9)]
     specs.append(_precision_spec(curve, prevalence, prevalence if top_fraction is None else top_fraction))
     results = _fill_cis(curve, specs, bootstrap, seed, level)
     n_fpr = len(fpr_targets)
@@ -624,7 +624,8 @@ def completeness(labels, scores, metadata: Mapping[str, np.ndarray], threshold: 
         threshold: a positive is detected when ``score >= threshold``.
         columns: the columns to bin by; those absent from metadata are skipped.
         bins: the number of quantile bins of the positives' values, or
-            ``{column: edges}`` (values outside the edges are left out).
+            ``{column: edges}`` (values outside the edges are left out; columns
+            not in it get 4 quantile bins).
         level: coverage of each bin's Wilson interval.
 
     Returns:
@@ -646,10 +647,12 @@ def completeness(labels, scores, metadata: Mapping[str, np.ndarray], threshold: 
             continue
         values = np.asarray(metadata[column], np.float64)[positive]
         known = np.isfinite(values)
-        if isinstance(bins, Mapping):
-            edges = np.asarray(bins[column], np.float64)
+        given = bins.get(column) if isinstance(bins, Mapping) else None
+        if given is not None:
+            edges = np.asarray(given, np.float64)
         else:
-            edges = np.unique(np.quantile(values[known], np.linspace(0, 1, int(bins) + 1))) \
+            n_bins = 4 if isinstance(bins, Mapping) else int(bins)
+            edges = np.unique(np.quantile(values[known], np.linspace(0, 1, n_bins + 1))) \
                 if known.any() else np.zeros(0)
         if len(edges) == 1:
             edges = np.r_[edges, edges]  # one value: one closed bin [v, v]
@@ -660,7 +663,8 @@ def completeness(labels, scores, metadata: Mapping[str, np.ndarray], threshold: 
             member = inside & (which == k)
             n, hits = int(member.sum()), int(detected[member].sum())
             rows.append({"low": float(edges[k]), "high": float(edges[k + 1]), "n": n, "detected": hits,
-                         "tpr": hits / n if n else None, "ci": wilson_interval(hits, n, level) if n else None})
+                         "tpr": hits / n if n else None,
+                         "ci": wilson_interval(hits, n, level) if n else None})
         out["columns"][column] = {"edges": [float(e) for e in edges], "n_missing": int((~known).sum()),
                                   "n_outside": int((known & ~inside).sum()), "bins": rows}
     return out

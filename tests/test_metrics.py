@@ -270,6 +270,12 @@ def test_completeness_bins_given_edges_and_quantiles():
     assert col["n_outside"] == 14 and col["bins"][1] == {"low": 1.0, "high": 1.1, "n": 0, "detected": 0,
                                                           "tpr": None, "ci": None}
     json.dumps(e, allow_nan=False)
+    # Edges for one column; the others get quantile bins.
+    both = m.completeness(labels, scores, m.completeness_columns(meta), 0.5,
+                          bins={"einstein_radius": [0, 1, 2]})
+    assert len(both["columns"]["einstein_radius"]["bins"]) == 2
+    assert both["columns"]["arc_snr"]["bins"] == [{"low": 5.0, "high": 5.0, "n": 20, "detected": 10,
+                                                   "tpr": 0.5, "ci": m.wilson_interval(10, 20)}]
 
 
 def test_completeness_columns_combine_bands():
