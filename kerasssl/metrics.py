@@ -7,17 +7,12 @@ one-vs-rest. An image is selected when ``score >= threshold``, so images with eq
 scores are selected together: no operating point separates them.
 
 Lenses are rare (~1 in 1,000 galaxies), so a lens finder reads the low false-positive
-end of the ROC curve (Metcalf et al. 2019, the Strong Lens Finding Challenge):
-
-- **TPR at FPR** 1e-2 / 1e-3: the largest TPR of a threshold whose FPR <= the target.
-  It needs at least ``1 / target`` negatives (else the only FPR <= target is 0) and is
-  "not estimable" below that.
-- **TPR0**: the fraction of positives scoring strictly above the highest-scoring
-  negative (before the first false positive); **TPR10**: strictly above the 10th
-  highest negative (fewer than 10 false positives). Both grow harder with more
-  negatives: compare them between test sets of the same size only.
-- **Precision at a prevalence**: the expected purity of the top of a survey in which
-  lenses have that prevalence (see :func:`precision_at_prevalence`).
+end of the ROC curve (Metcalf et al. 2019, the Strong Lens Finding Challenge): TPR at
+FPR 1e-2 / 1e-3, TPR0 and TPR10 (:func:`tpr_at_fpr`, :func:`tpr_at_false_positives`),
+the purity of the top of a survey at a stated prevalence (:func:`precision_at_prevalence`),
+and completeness binned by Einstein radius, arc S/N and PSF (:func:`completeness`). A
+metric the split cannot resolve (too few negatives) is reported as not estimable, with
+the reason, instead of a number.
 
 NumPy only (no TensorFlow, no Keras); :func:`roc_auc`, :func:`pr_auc` and
 :func:`youden_threshold` call scikit-learn (lazily), whose numbers the reports have
@@ -129,10 +124,8 @@ def fast_auc(labels, probs) -> float:
     validation overhead (~30 ms a call on a busy 2-core machine).
     """
     labels, probs = np.asarray(labels), _as_probs(probs)
-    if probs.shape[1] == 2:
-        columns = [(labels == 1, probs[:, 1])]
-    else:
-        columns = [(labels == k, probs[:, k]) for k in range(probs.shape[1])]
+    classes = [1] if probs.shape[1] == 2 else range(probs.shape[1])
+    columns = [(labels == k, probs[:, k]) for k in classes]
     aucs = []
     for positive, score in columns:
         n_pos = int(positive.sum())
@@ -311,8 +304,9 @@ def _tpr_spec(curve, max_fp, reason=None):
         reason = _NO_POSITIVES
     elif reason is None and curve.n_neg <= max_fp:
         reason = f"only {curve.n_neg} negatives: every threshold has at most {max_fp} false positives"
-    out = {"value": None, "ci": None, "estimable": reason is None, "reason": reason,
-           "max_false_positives": int(max_fp), "n_positives": curve.n_pos, "n_negatives": curve.n_neg}
+    out = {"value": None, "ci": None, "estimable": reason is None, "reason": reason, "threshold": None,
+           "false_positives": None, "max_false_positives": int(max_fp),
+           "n_positives": curve.n_pos, "n_negatives": curve.n_neg}
     if reason is not None:
         return out, None
     tp, fp = curve.counts()
@@ -329,17 +323,16 @@ def _fpr_spec(curve, target):
         reason = (f"needs at least {math.ceil(1 / target * (1 - _RELATIVE_EPS))} negatives to "
                   f"resolve FPR {target:g}; the split has {curve.n_neg}")
     out, statistic = _tpr_spec(curve, max_fp, reason)
-    out = {"target_fpr": float(target), **out}
-    if out["estimable"]:
-        out["fpr"] = out["false_positives"] / curve.n_neg
+    out = {"target_fpr": float(target), **out,
+           "fpr": out["false_positives"] / curve.n_neg if out["estimable"] else None}
     return out, statistic
 
 
 def _precision_spec(curve, prevalence, top_fraction):
     if not 0 < prevalence < 1 or not 0 < top_fraction <= 1:
         raise KerassslError(f"prevalence {prevalence:g} and top fraction {top_fraction:g} must lie in (0, 1)")
-    out = {"value": None, "ci": None, "estimable": True, "reason": None,
-           "prevalence": float(prevalence), "top_fraction": float(top_fraction),
+    out = {"value": None, "ci": None, "estimable": True, "reason": None, "threshold": None,
+           "tpr": None, "fpr": None, "prevalence": float(prevalence), "top_fraction": float(top_fraction),
            "definition": "prevalence*TPR / (prevalence*TPR + (1-prevalence)*FPR) at the largest "
                          "selection whose survey fraction prevalence*TPR + (1-prevalence)*FPR "
                          "<= top_fraction"}
@@ -394,8 +387,10 @@ def tpr_at_false_positives(labels, scores, max_false_positives: int, *, bootstra
     """The largest TPR with at most ``max_false_positives`` negatives selected.
 
     That is the fraction of positives scoring strictly above the
-    ``(max_false_positives + 1)``-th highest negative score. Not estimable when
-    there are no more negatives than the budget (every threshold qualifies).
+    ``(max_false_positives + 1)``-th highest negative score. TPR0 (budget 0) and
+    TPR10 (budget 9) grow harder with more negatives: compare them between test
+    sets of one size. Not estimable when there are no more negatives than the
+    budget (every threshold qualifies).
 
     Args:
         labels: 0/1 labels (N,), 1 = lens.
@@ -406,8 +401,8 @@ def tpr_at_false_positives(labels, scores, max_false_positives: int, *, bootstra
 
     Returns:
         ``{"value", "ci", "estimable", "reason", "threshold", "false_positives",
-        "max_false_positives", "n_positives", "n_negatives"}``; value and ci None
-        when not estimable (reason says why).
+        "max_false_positives", "n_positives", "n_negatives"}``; value, ci,
+        threshold and false_positives None when not estimable (reason says why).
 
     Example:
         >>> tpr_at_false_positives([1, 1, 0, 1], [0.9, 0.8, 0.7, 0.6], 0)["value"]
@@ -527,17 +522,13 @@ def lens_finder_report(labels, scores, *, prevalence: float = 0.001,
     specs.append(_precision_spec(curve, prevalence, prevalence if top_fraction is None else top_fraction))
     results = _fill_cis(curve, specs, bootstrap, seed, level)
     n_fpr = len(fpr_targets)
-    return {
-        "tpr_at_fpr": {fpr_key(t): r for t, r in zip(fpr_targets, results)},
-        "tpr0": results[n_fpr],
-        "tpr10": results[n_fpr + 1],
-        "precision_at_prevalence": results[n_fpr + 2],
-        "n_positives": curve.n_pos,
-        "n_negatives": curve.n_neg,
-        "selection": "score >= threshold",
-        "ci_method": (f"percentile bootstrap, positives and negatives resampled separately, "
-                      f"{bootstrap} resamples, seed {seed}, {100 * level:g}%") if bootstrap > 0 else None,
-    }
+    method = (f"percentile bootstrap, positives and negatives resampled separately, "
+              f"{bootstrap} resamples, seed {seed}, {100 * level:g}%")
+    return {"tpr_at_fpr": {fpr_key(t): r for t, r in zip(fpr_targets, results)},
+            "tpr0": results[n_fpr], "tpr10": results[n_fpr + 1],
+            "precision_at_prevalence": results[n_fpr + 2],
+            "n_positives": curve.n_pos, "n_negatives": curve.n_neg,
+            "selection": "score >= threshold", "ci_method": method if bootstrap > 0 else None}
 
 
 # -- completeness: where the model stops seeing lenses ----------------------------
@@ -569,13 +560,12 @@ def read_metadata(path, files: Sequence[str]) -> dict:
     if files and not any(matched):
         raise DataError(path, "none of the data's files has a row (metadata of another folder?)")
     out = {}
-    for column in rows[0]:
-        try:
-            values = [float(r[column]) if r is not None and r[column] not in ("", None) else math.nan
-                      for r in matched]
+    for column in (c for c in rows[0] if c is not None):  # None: the extra fields of a long row
+        try:  # a column with any non-number (class, confuser) is not numeric
+            out[column] = np.asarray([float(r[column]) if r and r[column] not in ("", None) else math.nan
+                                      for r in matched], np.float64)
         except ValueError:
             continue
-        out[column] = np.asarray(values, np.float64)
     return out
 
 

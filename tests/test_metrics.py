@@ -228,6 +228,11 @@ def test_lens_finder_report_keys_and_json():
     assert report["tpr0"]["estimable"] and report["tpr10"]["estimable"]
     assert not report["precision_at_prevalence"]["estimable"]  # 150 negatives < 999
     assert report["precision_at_prevalence"]["prevalence"] == 0.001
+    # One schema whether estimable or not: the same keys, None where there is no number.
+    assert list(report["tpr_at_fpr"]["1e-2"]) == list(report["tpr_at_fpr"]["1e-3"])
+    assert report["tpr_at_fpr"]["1e-3"]["threshold"] is None
+    assert list(report["precision_at_prevalence"]) == list(
+        m.precision_at_prevalence(labels, scores, prevalence=0.01, bootstrap=0))
     assert (report["n_positives"], report["n_negatives"]) == (30, 150)
     json.dumps(report, allow_nan=False)  # strict JSON: no NaN / Infinity
     assert m.fpr_key(0.01) == "1e-2" and m.fpr_key(0.005) == "5e-3" and m.fpr_key(1e-3) == "1e-3"
@@ -300,6 +305,9 @@ def test_read_metadata_aligns_simulator_csv(tmp_path):
     assert list(meta["label"][:2]) == [0.0, 1.0]
     with pytest.raises(DataError, match="none of the data's files"):
         m.read_metadata(path, ["x.npy"])
+    (tmp_path / "ragged.csv").write_text("filename,label,x\na.npy,1,2,extra\nb.npy,0\n")
+    ragged = m.read_metadata(tmp_path / "ragged.csv", ["a.npy", "b.npy"])
+    assert list(ragged) == ["label", "x"] and ragged["x"][0] == 2 and np.isnan(ragged["x"][1])
     (tmp_path / "bad.csv").write_text("name,label\na.npy,1\n")
     with pytest.raises(DataError, match="filename"):
         m.read_metadata(tmp_path / "bad.csv", ["a.npy"])
@@ -315,3 +323,15 @@ def test_completeness_png_is_written(tmp_path):
     path = plot_completeness(tmp_path / "sub" / "completeness.png", curves)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
     assert list(tmp_path.joinpath("sub").iterdir()) == [path]  # no temporary file left
+
+
+def test_metrics_import_neither_tensorflow_nor_keras():
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, kerasssl.metrics as m, kerasssl.plots\n"
+            "m.lens_finder_report(np.r_[np.ones(20, int), np.zeros(200, int)], np.linspace(0, 1, 220),"
+            " bootstrap=5)\n"
+            "print(sorted(k for k in sys.modules if k.split('.')[0] in ('tensorflow', 'keras', 'jax')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
