@@ -23,6 +23,10 @@ import yaml
 from kerasssl.errors import KerassslError
 
 
+#: Values of data.channel_axis: decide from the data, (C, H, W) or (H, W, C).
+CHANNEL_AXES = ("auto", "first", "last")
+
+
 @dataclass
 class DataConfig:
     """How files become model inputs.
@@ -39,6 +43,9 @@ class DataConfig:
             "dataset" (per-band mean/std of the training split).
         allow_pickle: read object arrays (e.g. DeepLense axion `[image, mass]`);
             only for files you trust.
+        channel_axis: which axis of stored 3-D arrays holds the bands:
+            "auto" (decided from all files: the axis whose size is small and
+            the same in every file), "first" (C, H, W) or "last" (H, W, C).
         val_fraction / test_fraction: stratified held-out fractions.
         seed: split seed.
     """
@@ -47,9 +54,15 @@ class DataConfig:
     nan_policy: str = "median"
     normalization: str = "asinh"
     allow_pickle: bool = False
+    channel_axis: str = "auto"
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
+
+    def __post_init__(self):
+        if self.channel_axis not in CHANNEL_AXES:
+            raise KerassslError(f"data.channel_axis must be one of {', '.join(CHANNEL_AXES)}, "
+                                f"got {self.channel_axis!r}")
 
 
 @dataclass

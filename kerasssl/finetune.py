@@ -425,7 +425,7 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
 
     if image_set is None:
         image_set = load_images(data_path, image_size=cfg.data.image_size,
-                                allow_pickle=cfg.data.allow_pickle)
+                                allow_pickle=cfg.data.allow_pickle, channel_axis=cfg.data.channel_axis)
     split = load_or_create_split(run_dir, image_set, cfg.data, labels_fraction=labels_fraction)
     labeled = np.asarray(split.indices(image_set, "labeled"), np.int64)
     val = np.asarray(split.indices(image_set, "val"), np.int64)

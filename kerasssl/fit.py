@@ -67,7 +67,8 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
 
     t = time.perf_counter()
     say(f"[1/5] split: reading {data_path}")
-    image_set = load_images(data_path, image_size=cfg.data.image_size, allow_pickle=cfg.data.allow_pickle)
+    image_set = load_images(data_path, image_size=cfg.data.image_size, allow_pickle=cfg.data.allow_pickle,
+                            channel_axis=cfg.data.channel_axis)
     split = load_or_create_split(run_dir, image_set, cfg.data, labels_fraction=cfg.finetune.labels_fraction)
     say(f"      {len(image_set)} images {image_set.image_shape}, classes {image_set.class_counts()}; "
         f"train {len(split.train)} / val {len(split.val)} / test {len(split.test)}")

@@ -160,12 +160,12 @@ def list_input_files(paths):
     return files
 
 
-def read_image(path, image_shape, allow_pickle=False):
+def read_image(path, image_shape, allow_pickle=False, channel_axis="auto"):
     """One file as the model's raw input (H, W, C): read, to (H, W, C), centre-crop."""
     from kerasssl.data.clean import center_crop
     from kerasssl.data.load import read_array, to_hwc
 
-    image = to_hwc(read_array(path, allow_pickle=allow_pickle), path)
+    image = to_hwc(read_array(path, allow_pickle=allow_pickle), path, channel_axis)
     height, width, channels = image_shape
     if image.shape[-1] != channels:
         raise DataError(path, f"has {image.shape[-1]} band(s); the model takes {channels}")
@@ -212,7 +212,7 @@ class Predictions:
         return {"model": self.model, "kind": self.kind, "class_names": self.class_names, "predictions": rows}
 
 
-def predict_files(model, paths, *, batch_size=64, allow_pickle=False):
+def predict_files(model, paths, *, batch_size=64, allow_pickle=False, channel_axis="auto"):
     """Probabilities for every image file in ``paths`` (files, folders or a TFRecord glob).
 
     Args:
@@ -221,6 +221,8 @@ def predict_files(model, paths, *, batch_size=64, allow_pickle=False):
             TFRecord shard globs.
         batch_size: images per model call.
         allow_pickle: read object arrays (trusted files only).
+        channel_axis: "auto" (each file's smallest axis holds the bands), "first"
+            or "last"; as ``data.channel_axis`` in training.
 
     Returns:
         :class:`Predictions`.
@@ -232,23 +234,25 @@ def predict_files(model, paths, *, batch_size=64, allow_pickle=False):
     predictor = model if isinstance(model, Predictor) else load_predictor(model)
     names, images = [], []
     for pattern in (p for p in paths if is_tfrecord_path(p)):
-        names_, images_ = _read_tfrecords(pattern, predictor.image_shape)
+        names_, images_ = _read_tfrecords(pattern, predictor.image_shape, channel_axis)
         names.extend(names_)
         images.extend(images_)
     for f in files:
         names.append(str(f))
-        images.append(read_image(f, predictor.image_shape, allow_pickle=allow_pickle))
+        images.append(read_image(f, predictor.image_shape, allow_pickle=allow_pickle,
+                                 channel_axis=channel_axis))
     if not names:
         raise KerassslError("no input files given")
     probs = predictor.predict(np.stack(images), batch_size=batch_size)
     return Predictions(names, probs, list(predictor.class_names), str(predictor.path), predictor.kind)
 
 
-def _read_tfrecords(pattern, image_shape):
+def _read_tfrecords(pattern, image_shape, channel_axis="auto"):
     from kerasssl.data.load import load_images
 
     height, width, channels = image_shape
-    image_set = load_images(pattern, image_size=height if height == width else None)
+    image_set = load_images(pattern, image_size=height if height == width else None,
+                            channel_axis=channel_axis)
     if tuple(image_set.images.shape[1:]) != tuple(image_shape):
         raise DataError(pattern, f"images {list(image_set.images.shape[1:])} do not fit the model input {list(image_shape)}")
     return list(image_set.files), list(image_set.images)

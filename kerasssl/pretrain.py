@@ -298,7 +298,8 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1):
     if done >= p.epochs:
         raise KerassslError(f"{run_dir}: already trained {done} epoch(s); raise --epochs to continue")
 
-    image_set = load_images(data_path, image_size=cfg.data.image_size, allow_pickle=cfg.data.allow_pickle)
+    image_set = load_images(data_path, image_size=cfg.data.image_size, allow_pickle=cfg.data.allow_pickle,
+                            channel_axis=cfg.data.channel_axis)
     run_dir.mkdir(parents=True, exist_ok=True)
     split = load_or_create_split(run_dir, image_set, cfg.data)
     train_idx, val_idx = _train_val(image_set, split)

@@ -226,8 +226,8 @@ def test_tfrecord_paths_are_delegated(monkeypatch, tmp_path):
     calls = []
     fake = types.ModuleType("kerasssl.data.tfrecord")
 
-    def load_tfrecords(pattern, image_size=None):
-        calls.append((pattern, image_size))
+    def load_tfrecords(pattern, image_size=None, channel_axis="auto"):
+        calls.append((pattern, image_size, channel_axis))
         return "delegated"
 
     fake.load_tfrecords = load_tfrecords
@@ -237,8 +237,8 @@ def test_tfrecord_paths_are_delegated(monkeypatch, tmp_path):
     shards.mkdir()
     (shards / "train-00000-of-00002.tfrecord").write_bytes(b"")
     (shards / "train-00001-of-00002.tfrecord").write_bytes(b"")
-    assert load_images(shards) == "delegated"
-    assert calls == [("data/train-*.tfrecord.gz", 32), (str(shards), None)]
+    assert load_images(shards, channel_axis="first") == "delegated"
+    assert calls == [("data/train-*.tfrecord.gz", 32, "auto"), (str(shards), None, "first")]
 
 
 def test_subset_keeps_rows_in_order(three_band_folder):
@@ -248,3 +248,84 @@ def test_subset_keeps_rows_in_order(three_band_folder):
     np.testing.assert_array_equal(sub.images[0], data.images[5])
     assert sub.labels.tolist() == [data.labels[5], data.labels[1]]
     assert sub.class_names == data.class_names and sub.format == data.format
+
+
+def _lying_header(path, shape=(100000, 100000)):
+    """A .npy file whose header claims `shape` float32 and that holds nothing else (128 bytes)."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    return path
+
+
+def test_a_header_claiming_more_than_the_file_holds_is_refused_before_any_allocation(
+        tmp_path, monkeypatch):
+    root = write_hst_folder(tmp_path / "d", 2, 2, size=8)
+    bad = _lying_header(root / "nl_7_hst.npy")
+    assert bad.stat().st_size == 128
+    loads = []
+    real_load = np.load
+    monkeypatch.setattr(np, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    expected = (r"nl_7_hst\.npy: not a valid \.npy file: its header claims a 100000x100000 float32 "
+                r"array \(37\.3 GiB\) but the file holds 0 bytes after the header")
+    with pytest.raises(DataError, match=expected):
+        read_array(bad)
+    assert loads == []  # refused from the header alone: np.load (which allocates) never ran
+    with pytest.raises(DataError, match=expected):
+        load_images(root)  # the header pass refuses it before any pixel of the folder is read
+    assert loads == []
+    # A file cut short by a few bytes is named the same way, with the sizes.
+    np.save(root / "nl_7_hst.npy", np.ones((8, 8), np.float32))
+    (root / "nl_7_hst.npy").write_bytes((root / "nl_7_hst.npy").read_bytes()[:-1])
+    with pytest.raises(DataError, match=r"claims a 8x8 float32 array \(256 bytes\) but the file "
+                                        r"holds 255 bytes after the header"):
+        load_images(root)
+
+
+def test_npz_archives_are_named_as_such(tmp_path):
+    archive = tmp_path / "images.npz"
+    np.savez(archive, a=np.ones((8, 8)))
+    message = r"images\.npz: is a \.npz archive; save each image as \.npy$"
+    with pytest.raises(DataError, match=message):
+        read_array(archive)
+    with pytest.raises(DataError, match=message):
+        read_array(archive, allow_pickle=True)
+    disguised = tmp_path / "x.npy"  # an archive saved under a .npy name
+    disguised.write_bytes(archive.read_bytes())
+    with pytest.raises(DataError, match=r"x\.npy: is a \.npz archive; save each image as \.npy$"):
+        read_array(disguised)
+    # In a folder being scanned: named, not skipped as "not an image" (flat and class folders).
+    flat = write_hst_folder(tmp_path / "flat", 2, 2, size=8)
+    np.savez(flat / "more.npz", a=np.ones((8, 8)))
+    with pytest.raises(DataError, match=r"more\.npz: is a \.npz archive; save each image as \.npy$"):
+        scan(flat)
+    only = tmp_path / "only"
+    only.mkdir()
+    for name in ("a.npz", "b.npz"):
+        np.savez(only / name, a=np.ones((8, 8)))
+    with pytest.raises(DataError, match=r"a\.npz: is a \.npz archive; save each image as \.npy "
+                                        r"\(and 1 more \.npz in .*only\)$"):
+        load_images(only)
+    classes = write_class_folders(tmp_path / "c", {"lenses": 2, "nonlenses": 2}, size=8)
+    np.savez(classes / "lenses" / "rest.npz", a=np.ones((3, 8, 8)))
+    with pytest.raises(DataError, match=r"lenses.rest\.npz: is a \.npz archive"):
+        load_images(classes)
+
+
+def test_stored_shape_reads_headers_only(tmp_path, monkeypatch):
+    from kerasssl.data.load import stored_shape
+
+    np.save(tmp_path / "a.npy", np.ones((3, 9, 7), np.float64))
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("np.load called"))
+    assert stored_shape(tmp_path / "a.npy") == (3, 9, 7)
+
+
+def test_a_plain_pickle_is_named_with_allow_pickle(tmp_path):
+    import pickle
+
+    path = tmp_path / "x.npy"
+    path.write_bytes(pickle.dumps([1, 2]))
+    with pytest.raises(DataError, match=r"x\.npy: holds a pickled list, not a NumPy array"):
+        read_array(path, allow_pickle=True)
+    with pytest.raises(DataError, match="no NumPy header"):
+        read_array(path)

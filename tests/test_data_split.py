@@ -10,7 +10,7 @@ import pytest
 from kerasssl.config import DataConfig
 from kerasssl.data.load import ImageSet
 from kerasssl.data.split import Split, load_or_create_split, make_split
-from kerasssl.errors import KerassslError
+from kerasssl.errors import DataError, KerassslError
 
 
 def fake_set(counts, prefix=""):
@@ -82,11 +82,36 @@ def test_labeled_sets_are_nested_and_rederived():
 
 
 def test_tiny_classes_keep_train_and_get_held_out_files():
-    data = fake_set([3, 1, 2])
+    data = fake_set([3, 4])
     split = make_split(data, 0.15, 0.15, 1.0, seed=0)
-    assert by_class(data, split.test).tolist() == [1, 0, 0]
-    assert by_class(data, split.val).tolist() == [1, 0, 0]
-    assert by_class(data, split.train).tolist() == [1, 1, 2]
+    assert by_class(data, split.test).tolist() == [1, 1]
+    assert by_class(data, split.val).tolist() == [1, 1]
+    assert by_class(data, split.train).tolist() == [1, 2]
+    assert by_class(data, split.labeled).tolist() == [1, 2]
+    # Two files are enough when only one part is held out: one test, one train.
+    data = fake_set([2, 5])
+    split = make_split(data, 0.0, 0.15, 0.1, seed=0)
+    assert by_class(data, split.test).tolist() == [1, 1] and split.val == []
+    assert by_class(data, split.train).tolist() == [1, 4]
+    assert by_class(data, split.labeled).tolist() == [1, 1]
+
+
+@pytest.mark.parametrize("counts, fractions, message", [
+    ([3, 1, 2], (0.15, 0.15),
+     r"^/data: classes 'class1', 'class2' have too few images \(images per class: class0 3, "
+     r"class1 1, class2 2\); each class needs at least 3 \(1 train, 1 val, 1 test at val "
+     r"fraction 0\.15 and test fraction 0\.15\)$"),
+    ([9, 1], (0.0, 0.2),
+     r"^/data: class 'class1' has too few images .*needs at least 2 \(1 train, 1 test at test "
+     r"fraction 0\.2\)$"),
+    ([12], (0.15, 0.15), r"^/data: only class 'class0' has images \(images per class: class0 12\)"),
+    ([0, 24], (0.15, 0.15), r"^/data: only class 'class1' has images .*class0 0, class1 24.*two"),
+])
+def test_too_few_classes_or_images_per_class_are_refused_in_one_line(counts, fractions, message):
+    data = fake_set(counts)
+    with pytest.raises(DataError, match=message) as info:
+        make_split(data, *fractions, labels_fraction=0.1, seed=0)
+    assert "\n" not in str(info.value)
 
 
 def test_bad_fractions_are_user_errors():

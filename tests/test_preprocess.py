@@ -94,6 +94,24 @@ def test_parity_on_jax_backend(tmp_path):
                                    err_msg=key)
 
 
+@pytest.mark.parametrize("norm", ["asinh", "dataset"])
+def test_one_image_eager_and_in_dataset_map_equals_the_batched_result(norm):
+    import tensorflow as tf
+
+    x = messy_batch(seed=3)
+    kwargs = STATS if norm == "dataset" else {}
+    layer = Preprocess("median", norm, **kwargs)
+    batched = keras.ops.convert_to_numpy(layer(x))
+    one = keras.ops.convert_to_numpy(layer(x[1]))  # eager, (H, W, C)
+    assert one.shape == x.shape[1:]
+    np.testing.assert_allclose(one, batched[1], rtol=1e-6, atol=1e-6)
+    mapped = tf.data.Dataset.from_tensor_slices(x).map(Preprocess("median", norm, **kwargs))
+    out = np.stack([image.numpy() for image in mapped])  # graph, one image per call
+    np.testing.assert_allclose(out, batched, rtol=1e-6, atol=1e-6)
+    with pytest.raises(KerassslError, match=r"\(H, W, C\)"):
+        layer(x[0, ..., 0])  # 2-D: no band axis
+
+
 def test_mixed_precision_computes_in_float32():
     # Values near 1000 with fine structure: autocasting the input to float16 first
     # (resolution 0.5 there) would change the result; computing in float32 must not.

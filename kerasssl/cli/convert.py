@@ -2,6 +2,8 @@
 
 import click
 
+from kerasssl.cli.options import data_options
+
 
 @click.command(name="convert")
 @click.argument("data", type=click.Path(path_type=str))
@@ -12,11 +14,10 @@ import click
               help="Number of shard files (records go round-robin, so each mixes the classes).")
 @click.option("--compression", type=click.Choice(["none", "gzip"]), default="none",
               show_default=True, help="Compress the shards (files end in .tfrecord.gz).")
-@click.option("--allow-pickle", is_flag=True, default=False,
-              help="Read object arrays (e.g. DeepLense axion [image, mass]); trusted files only.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress bar on stderr.")
-def convert(data, out, to, shards, compression, allow_pickle, progress):
+@data_options
+def convert(data, out, to, shards, compression, progress, allow_pickle, channel_axis):
     """Convert the data folder DATA to TFRecord files of tf.Example in the new folder OUT.
 
     Each record holds one file: `image` (the array exactly as stored, NaN kept,
@@ -24,11 +25,14 @@ def convert(data, out, to, shards, compression, allow_pickle, progress):
     DATA, so splits stay the same). OUT gets data-0000i-of-0000N.tfrecord[.gz]
     and manifest.json; it is written atomically and must not exist yet (or be
     empty). Afterwards every command takes 'OUT/*.tfrecord*' (or OUT) as DATA.
+    The band axis (decided from all files, or --channels-first/--channels-last)
+    is recorded in OUT/manifest.json, so readers of OUT use the same.
     """
     from kerasssl.data.tfrecord import write_tfrecords
 
     manifest = write_tfrecords(data, out, shards=shards, compression=compression,
-                               allow_pickle=allow_pickle, progress=progress)
+                               allow_pickle=bool(allow_pickle), progress=progress,
+                               channel_axis=channel_axis or "auto")
     counts = ", ".join(f"{name} {n}" for name, n in manifest["counts"].items())
     click.echo(f"wrote {manifest['num_records']} records ({counts}) in {manifest['shards']} "
                f"{to} shard(s) to {out}")

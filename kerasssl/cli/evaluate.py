@@ -4,6 +4,7 @@ from pathlib import Path
 
 import click
 
+from kerasssl.cli.options import data_options
 from kerasssl.evaluate import SPLIT_NAMES
 
 
@@ -23,7 +24,9 @@ from kerasssl.evaluate import SPLIT_NAMES
 @click.option("--allow-overlap", is_flag=True, default=False,
               help="Evaluate even on files used for pretraining or fine-tuning (the report says so).")
 @click.option("--bootstrap", type=int, default=None, help="Bootstrap resamples for the CI.  [default: 1000]")
-def evaluate(model, data, run_dir, split, report_path, plot_path, baseline_path, allow_overlap, bootstrap):
+@data_options
+def evaluate(model, data, run_dir, split, report_path, plot_path, baseline_path, allow_overlap, bootstrap,
+             allow_pickle, channel_axis):
     """Evaluate classifier MODEL on a split of DATA recorded in RUN/split.json.
 
     Refuses to evaluate on files that trained the model (pretraining or the
@@ -34,6 +37,7 @@ def evaluate(model, data, run_dir, split, report_path, plot_path, baseline_path,
     from kerasssl.runinfo import record_invocation
 
     cfg = RunConfig.load(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else RunConfig()
+    cfg = cfg.with_overrides({"data.allow_pickle": allow_pickle, "data.channel_axis": channel_axis})
     if bootstrap is not None and bootstrap < 10:
         raise click.BadParameter("at least 10 resamples", param_hint="--bootstrap")
     report_path = report_path or run_dir / "report.json"

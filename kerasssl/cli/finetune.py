@@ -4,6 +4,8 @@ from pathlib import Path
 
 import click
 
+from kerasssl.cli.options import data_options
+
 
 @click.command(name="finetune")
 @click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
@@ -22,7 +24,9 @@ import click
 @click.option("--seed", type=int, default=None, help="Fine-tuning seed.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the classifier.  [default: RUN/classifier.keras]")
-def finetune(run_dir, data, mode, labels_fraction, epochs, batch_size, config_path, encoder, seed, output):
+@data_options
+def finetune(run_dir, data, mode, labels_fraction, epochs, batch_size, config_path, encoder, seed, output,
+             allow_pickle, channel_axis):
     """Fine-tune RUN's pretrained encoder on a labelled fraction of DATA's training split.
 
     For --mode supervised, RUN may be a fresh directory: the split and the
@@ -37,7 +41,8 @@ def finetune(run_dir, data, mode, labels_fraction, epochs, batch_size, config_pa
     if config_path is None and (run_dir / "config.yaml").exists():
         config_path = run_dir / "config.yaml"
     cfg = RunConfig.load(config_path) if config_path else RunConfig()
-    cfg = cfg.with_overrides({"finetune.seed": seed, "pretrain.encoder": encoder})
+    cfg = cfg.with_overrides({"finetune.seed": seed, "pretrain.encoder": encoder,
+                              "data.allow_pickle": allow_pickle, "data.channel_axis": channel_axis})
     check_data_path(data)  # unreadable DATA: one line, and RUN is left untouched
     record_invocation(run_dir)
     if not (run_dir / "config.yaml").exists():

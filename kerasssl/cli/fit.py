@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import distribution_options
+from kerasssl.cli.options import data_options, distribution_options
 
 
 @click.command(name="fit")
@@ -27,8 +27,10 @@ from kerasssl.cli.options import distribution_options
 @click.option("--seed", type=int, default=None, help="Seed of the split, pretraining and fine-tuning.")
 @click.option("--no-export", is_flag=True, default=False, help="Skip the SavedModel export.")
 @distribution_options
+@data_options
 def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, image_size, batch_size,
-        precision, labels_fraction, mode, seed, no_export, strategy, cpu_devices, sync_batchnorm):
+        precision, labels_fraction, mode, seed, no_export, strategy, cpu_devices, sync_batchnorm,
+        allow_pickle, channel_axis):
     """The whole job on DATA: split, pretrain, fine-tune, evaluate (and export).
 
     Writes RUN/config.yaml, RUN/split.json, RUN/classifier.keras, RUN/report.json
@@ -58,6 +60,8 @@ def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, im
         "pretrain.strategy": strategy,
         "pretrain.cpu_devices": cpu_devices,
         "pretrain.sync_batchnorm": sync_batchnorm,
+        "data.allow_pickle": allow_pickle,
+        "data.channel_axis": channel_axis,
     })
     if cfg.pretrain.strategy != "none":
         from kerasssl import distribute

@@ -4,19 +4,19 @@ import json
 
 import click
 
+from kerasssl.cli.options import data_options
+
 
 @click.command(name="inspect")
 @click.argument("data", type=click.Path(path_type=str))
 @click.option("--json", "as_json", is_flag=True,
               help="Print one JSON object (keys: format, n_images, classes, shape, dtype, "
-                   "min, max, nan_pixels, inf_pixels, files_with_nan, per_class, ...).")
-@click.option("--allow-pickle", is_flag=True,
-              help="Read .npy object arrays (e.g. DeepLense axion [image, mass]) and use "
-                   "element 0. Unpickling runs code from the file: trusted files only.")
+                   "channel_layout, min, max, nan_pixels, inf_pixels, files_with_nan, per_class, ...).")
 @click.option("--image-size", type=click.IntRange(min=1), default=None, metavar="S",
               help="Centre-crop every image to S x S (needed when files differ in size; "
                    "smaller images are refused, never padded).")
-def inspect(data, as_json, allow_pickle, image_size):
+@data_options
+def inspect(data, as_json, image_size, allow_pickle, channel_axis):
     """Describe DATA: detected format, class counts, image shape, value range, NaN/Inf.
 
     DATA is a flat folder of .npy/.fits images (files named nl_* are
@@ -25,7 +25,8 @@ def inspect(data, as_json, allow_pickle, image_size):
     TFRecord shards (a glob, a shard, or a folder of shards).
 
     Shapes are given as [H, W, C] after channels-first arrays are transposed;
-    the value range is over finite pixels; NaN/Inf pixels and the files holding
+    the "layout" line says which axis held the bands and why (decided from
+    all files, or --channels-first/--channels-last); the value range is over finite pixels; NaN/Inf pixels and the files holding
     them are counted per class. Files are only read, never modified.
 
     \b
@@ -33,11 +34,13 @@ def inspect(data, as_json, allow_pickle, image_size):
       kerasssl inspect data/hst
       kerasssl inspect data/three_band --json
       kerasssl inspect data/sim --allow-pickle --image-size 64
+      kerasssl inspect data/cubes --channels-first
     """
     from kerasssl.data.clean import describe
     from kerasssl.data.load import load_images
 
-    summary = describe(load_images(data, image_size=image_size, allow_pickle=allow_pickle))
+    summary = describe(load_images(data, image_size=image_size, allow_pickle=bool(allow_pickle),
+                                   channel_axis=channel_axis or "auto"))
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -50,6 +53,10 @@ _LAYOUTS = {
     "fits": "FITS files",
     "tfrecord": "TFRecord shards",
 }
+
+
+_AXIS_NAMES = {"first": "channels-first (C, H, W)", "last": "channels-last (H, W, C)",
+               None: "2-D (H, W), one band"}
 
 
 def _num(value):
@@ -65,6 +72,8 @@ def format_summary(s: dict) -> str:
         f"format   {s['format']} ({_LAYOUTS.get(s['format'], s['format'])})",
         f"images   {s['n_images']} of [H, W, C] = [{h}, {w}, {c}]"
         + (f"; stored as {stored} {s['dtype']}" if stored else f"; stored as {s['dtype']}"),
+        *([f"layout   {_AXIS_NAMES.get(layout['axis'], layout['axis'])}: {layout['reason']}"]
+          if (layout := s.get("channel_layout")) else []),
         f"values   min {_num(s['min'])}, max {_num(s['max'])} (finite pixels)",
         "bands    " + ", ".join(f"mean {_num(m)} std {_num(d)}"
                                 for m, d in zip(s["band_mean"], s["band_std"])),

@@ -3,6 +3,29 @@
 import click
 
 
+def _channel_axis(ctx, param, value):
+    return None if value is None else ("first" if value else "last")
+
+
+def data_options(command):
+    """--allow-pickle / --channels-first/--channels-last on every command that reads images.
+
+    Both are None when not given, so a run's config (data.allow_pickle,
+    data.channel_axis) decides; commands without a config read None as
+    "no pickle" and "auto".
+    """
+    command = click.option(
+        "--channels-first/--channels-last", "channel_axis", default=None, callback=_channel_axis,
+        help="Which axis of the stored 3-D arrays holds the bands: (C, H, W) or (H, W, C) "
+             "(data.channel_axis). Default: decided from all files, the axis whose size is small "
+             "and the same in every file; `kerasssl inspect` shows the choice.")(command)
+    command = click.option(
+        "--allow-pickle", "allow_pickle", is_flag=True, default=None,
+        help="Read .npy object arrays (e.g. DeepLense axion [image, mass]) and use element 0 "
+             "(data.allow_pickle). Unpickling runs code from the file: trusted files only.")(command)
+    return command
+
+
 def distribution_options(command):
     """--strategy / --cpu-devices / --sync-batchnorm (config keys pretrain.*)."""
     command = click.option(

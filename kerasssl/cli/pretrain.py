@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import distribution_options
+from kerasssl.cli.options import data_options, distribution_options
 
 PRECISIONS = ["float32", "mixed_float16", "mixed_bfloat16"]
 
@@ -29,8 +29,9 @@ PRECISIONS = ["float32", "mixed_float16", "mixed_bfloat16"]
               default=None, help="Run config YAML (e.g. a previous RUN/config.yaml); flags override it.")
 @click.option("--seed", type=int, default=None, help="Seed of the split, initialisation and augmentation.")
 @distribution_options
+@data_options
 def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, precision, steps_per_epoch,
-             resume, config_path, seed, strategy, cpu_devices, sync_batchnorm):
+             resume, config_path, seed, strategy, cpu_devices, sync_batchnorm, allow_pickle, channel_axis):
     """Pretrain an encoder on DATA's train split with a self-supervised method.
 
     Writes RUN/config.yaml, RUN/split.json, RUN/preprocess.json, RUN/history.json,
@@ -48,7 +49,8 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
         changed = [name for name, value in (("--method", method), ("--encoder", encoder),
                                             ("--image-size", image_size), ("--batch-size", batch_size),
                                             ("--precision", precision), ("--steps-per-epoch", steps_per_epoch),
-                                            ("--config", config_path), ("--seed", seed)) if value is not None]
+                                            ("--config", config_path), ("--seed", seed),
+                                            ("--channels-first/--channels-last", channel_axis)) if value is not None]
         if changed:
             raise KerassslError(f"with --resume the run's saved config is used; only --epochs may be given "
                                 f"(got {', '.join(changed)})")
@@ -65,10 +67,12 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
             "pretrain.steps_per_epoch": steps_per_epoch,
             "seed": seed,
             "data.seed": seed,
+            "data.channel_axis": channel_axis,
         })
     # The devices may differ on resume (another machine): flags override the saved run.
+    # So may --allow-pickle: it changes which files can be read, not what is read from them.
     cfg = cfg.with_overrides({"pretrain.strategy": strategy, "pretrain.cpu_devices": cpu_devices,
-                              "pretrain.sync_batchnorm": sync_batchnorm})
+                              "pretrain.sync_batchnorm": sync_batchnorm, "data.allow_pickle": allow_pickle})
     # Before any TF op: logical CPUs and collective ops are configured only then.
     dist = distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
     check_config(cfg)  # bad settings: one line, before anything is written into RUN

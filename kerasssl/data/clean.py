@@ -336,7 +336,8 @@ def describe(image_set) -> dict:
     Returns:
         dict with ``path``, ``format``, ``n_images``, ``classes`` (name -> count),
         ``shape`` ([H, W, C]), ``dtype`` (as stored; comma-joined if mixed),
-        ``stored_shapes``, ``min`` / ``max`` (finite pixels), ``band_mean`` /
+        ``stored_shapes``, ``channel_layout`` (``axis`` "first" / "last" / None
+        for 2-D images, ``reason``, ``setting``), ``min`` / ``max`` (finite pixels), ``band_mean`` /
         ``band_std`` (finite pixels), the :func:`nonfinite_report` counts, and
         ``per_class`` (counts plus min / max per class).
 
@@ -363,6 +364,7 @@ def describe(image_set) -> dict:
         "shape": [int(s) for s in image_set.images.shape[1:]],
         "dtype": ", ".join(dtypes),
         "stored_shapes": meta.get("stored_shapes", []),
+        "channel_layout": meta.get("channel_layout"),
         "min": lo,
         "max": hi,
         "value_range": [lo, hi],

@@ -13,7 +13,13 @@ Layouts (detected, never configured):
   (format ``"tfrecord"``): delegated to :mod:`kerasssl.data.tfrecord`.
 
 Arrays may be (H, W), (H, W, C) or channels-first (C, H, W); they are returned
-as (H, W, C). Pixels are kept raw (NaN/Inf included): repair and normalisation
+as (H, W, C). Which axis holds the bands is decided once for the whole data set
+from every file's stored shape (read from the headers before any pixel is
+read; see :func:`channel_layout`), or set with ``channel_axis`` ("first" /
+"last"; ``data.channel_axis``, ``--channels-first/--channels-last``).
+``.npy`` headers are checked against the file size before anything is
+allocated. The per-file readers and the band-axis rule live in
+:mod:`kerasssl.data.arrays` (and are importable from here). Pixels are kept raw (NaN/Inf included): repair and normalisation
 happen in :class:`kerasssl.layers.preprocess.Preprocess` (NumPy reference in
 :mod:`kerasssl.data.clean`). Input files are only ever read.
 
@@ -39,13 +45,30 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from kerasssl.data.arrays import (  # noqa: F401 - read_array, to_hwc, ... are load's API too
+    CHANNEL_AXES,
+    FITS_SUFFIXES,
+    NPZ_PROBLEM,
+    ChannelLayout,
+    _as_float32,
+    _is_fits,
+    _read_raw,
+    _shape_text,
+    channel_layout,
+    check_channel_axis,
+    check_finite_bands,
+    hwc_shape,
+    read_array,
+    stored_shape,
+    to_hwc,
+)
 from kerasssl.data.clean import center_crop
 from kerasssl.errors import DataError, KerassslError
 
 logger = logging.getLogger(__name__)
 
 NPY_SUFFIXES = (".npy",)
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
+NPZ_SUFFIX = ".npz"
 NONLENS_PREFIX = "nl_"
 _GLOB_CHARS = set("*?[")
 
@@ -63,7 +86,7 @@ class ImageSet:
         format: "hst" | "folders" | "fits" | "tfrecord".
         root: the data folder (or pattern) the images came from.
         meta: optional facts about the source files (e.g. ``stored_dtypes``,
-            ``stored_shapes``) for ``kerasssl inspect``.
+            ``stored_shapes``, ``channel_layout``) for ``kerasssl inspect``.
 
     Example:
         >>> lenses = data.subset(np.flatnonzero(data.labels == 1))
@@ -140,10 +163,6 @@ def _is_image_file(path: Path) -> bool:
     return name.endswith(NPY_SUFFIXES) or name.endswith(FITS_SUFFIXES)
 
 
-def _is_fits(path) -> bool:
-    return str(path).lower().endswith(FITS_SUFFIXES)
-
-
 def _natural_key(text: str):
     # "2_hst.npy" before "10_hst.npy": numbers compare as numbers.
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
@@ -171,6 +190,14 @@ def _warn_skipped(folder: Path, skipped: Sequence[Path]) -> None:
         "%s: skipped %d entr%s that %s not .npy/.fits images: %s%s",
         folder, len(skipped), "y" if one else "ies", "is" if one else "are", names, more,
     )
+
+
+def _refuse_npz(folder: Path, children) -> None:
+    """An .npz archive where images are expected: say so, instead of skipping it."""
+    archives = [c for c in children if c.is_file() and c.name.lower().endswith(NPZ_SUFFIX)]
+    if archives:
+        more = f" (and {len(archives) - 1} more .npz in {folder})" if len(archives) > 1 else ""
+        raise DataError(archives[0], NPZ_PROBLEM + more)
 
 
 def _binary_lens_order(names: List[str]) -> Optional[List[str]]:
@@ -201,7 +228,8 @@ def scan(path) -> Listing:
 
     Raises:
         DataError: missing folder, a folder with no images, an empty class
-            folder, or a TFRecord path (read those with ``load_images``).
+            folder, a ``.npz`` archive among the images, or a TFRecord path
+            (read those with ``load_images``).
 
     Example:
         >>> listing = scan("data/3b")
@@ -217,6 +245,7 @@ def scan(path) -> Listing:
         raise DataError(root, "is a file; expected a folder of .npy/.fits images")
 
     children = sorted(_visible(root.iterdir()), key=lambda p: _natural_key(p.name))
+    _refuse_npz(root, children)
     top_images = [c for c in children if c.is_file() and _is_image_file(c)]
     subdirs = [c for c in children if c.is_dir()]
 
@@ -238,6 +267,7 @@ def scan(path) -> Listing:
         for label, name in enumerate(class_names):
             folder = root / name
             inner = sorted(_visible(folder.iterdir()), key=lambda p: _natural_key(p.name))
+            _refuse_npz(folder, inner)
             images = [c for c in inner if c.is_file() and _is_image_file(c)]
             _warn_skipped(folder, [c for c in inner if not (c.is_file() and _is_image_file(c))])
             if not images:
@@ -267,173 +297,6 @@ def _tfrecord_pattern(path) -> Optional[str]:
     return None
 
 
-# -- reading one file ---------------------------------------------------------
-
-
-def read_array(path, allow_pickle: bool = False) -> np.ndarray:
-    """The array stored in one ``.npy`` or FITS file, as float32 (shape as stored).
-
-    Args:
-        path: a ``.npy`` or ``.fits`` file.
-        allow_pickle: read ``.npy`` object arrays (e.g. DeepLense axion files
-            ``[image, mass]``) and take element 0. Unpickling runs code from the
-            file: only for files you trust.
-
-    Raises:
-        DataError: empty or corrupt file, object array without ``allow_pickle``,
-            non-numeric data.
-
-    Example:
-        >>> read_array("hst/nl_3_hst.npy").shape
-        (334, 334)
-    """
-    path = Path(path)
-    return _as_float32(_read_raw(path, allow_pickle), path)
-
-
-def _read_raw(path: Path, allow_pickle: bool):
-    """The stored array in its stored dtype (object arrays: element 0)."""
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise DataError(path, f"cannot read file ({e.strerror or e})") from None
-    if size == 0:
-        raise DataError(path, "empty file (0 bytes)")
-    if _is_fits(path):
-        return _read_fits(path)
-    return _read_npy(path, allow_pickle)
-
-
-def _read_npy(path: Path, allow_pickle: bool):
-    try:
-        with open(path, "rb") as f:
-            if f.read(6) != b"\x93NUMPY" and not allow_pickle:
-                # np.load would call this "pickled data"; it is simply not a .npy file.
-                raise DataError(path, "not a valid .npy file (no NumPy header)")
-            f.seek(0)
-            array = np.load(f, allow_pickle=allow_pickle)
-    except DataError:
-        raise
-    except ValueError as e:
-        if "allow_pickle" in str(e) or "pickled" in str(e):
-            raise DataError(
-                path,
-                "holds an object array (pickled Python objects); pass --allow-pickle "
-                "(allow_pickle=True) to read element 0, only if you trust the file",
-            ) from None
-        raise DataError(path, f"not a valid .npy file (truncated or corrupt: {e})") from None
-    except (OSError, EOFError) as e:
-        raise DataError(path, f"not a valid .npy file ({e})") from None
-    except Exception as e:  # noqa: BLE001 - unpickling garbage can raise anything
-        raise DataError(path, f"not a valid .npy file ({type(e).__name__}: {e})") from None
-    if isinstance(array, np.lib.npyio.NpzFile):  # np.load sniffs zip magic too
-        array.close()
-        raise DataError(path, "is an .npz archive, not a single .npy array")
-    if array.dtype == object:
-        # Reached only with allow_pickle: DeepLense axion files are [image, mass].
-        if array.size == 0:
-            raise DataError(path, "empty object array")
-        element = array.item() if array.ndim == 0 else array.flat[0]
-        try:
-            array = np.asarray(element)
-            array.astype(np.float32)  # fails for non-numeric elements
-        except (TypeError, ValueError):
-            raise DataError(
-                path, f"element 0 of the object array is not a numeric array "
-                f"({type(element).__name__})"
-            ) from None
-    return array
-
-
-def _read_fits(path: Path):
-    try:
-        from astropy.io import fits
-    except ImportError:
-        raise KerassslError(
-            "reading FITS needs astropy: pip install 'kerasssl[fits]'"
-        ) from None
-    try:
-        with fits.open(path, memmap=False) as hdul:
-            for hdu in hdul:
-                if hdu.data is not None and getattr(hdu, "is_image", True):
-                    return np.array(hdu.data)
-    except Exception as e:  # noqa: BLE001 - astropy raises many types for bad files
-        raise DataError(path, f"not a readable FITS file ({type(e).__name__}: {e})") from None
-    raise DataError(path, "FITS file has no image data in any HDU")
-
-
-def _as_float32(array, path: Path) -> np.ndarray:
-    array = np.asarray(array)
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
-        raise DataError(path, f"holds {array.dtype} data, not numbers")
-    if np.iscomplexobj(array):
-        raise DataError(path, "holds complex numbers, not pixel values")
-    if array.size == 0:
-        raise DataError(path, f"empty array of shape {tuple(array.shape)}")
-    # astype also converts big-endian FITS data to native order.
-    return array.astype(np.float32, copy=False)
-
-
-def to_hwc(array: np.ndarray, path) -> np.ndarray:
-    """Put one image in (H, W, C) layout.
-
-    Rules: 2-D (H, W) gets C=1; 3-D (C, H, W) with C <= 4 < H, or with a
-    first axis smaller than two equal last axes (a cube of >4 bands), is
-    transposed; any other 3-D array is taken as (H, W, C). 0-D, 1-D and 4-D+
-    arrays are refused.
-
-    Args:
-        array: one image as stored.
-        path: its file, named in the error.
-
-    Raises:
-        DataError: not a 2-D or 3-D array.
-
-    Example:
-        >>> to_hwc(np.zeros((3, 64, 64), np.float32), "a.npy").shape
-        (64, 64, 3)
-    """
-    if array.ndim == 2:
-        return array[..., None]
-    if array.ndim == 3:
-        c, h, w = array.shape
-        if c <= 4 < h or (h == w and c < h and array.shape[2] != c):
-            return np.transpose(array, (1, 2, 0))
-        return array
-    raise DataError(
-        path,
-        f"is a {array.ndim}-D array of shape {tuple(array.shape)}; expected an image "
-        "(H, W), (H, W, C) or (C, H, W)",
-    )
-
-
-def check_finite_bands(image: np.ndarray, path) -> None:
-    """Refuse an (H, W, C) image with a band that has no finite pixel.
-
-    NaN repair fills a pixel from its band's finite pixels, so a band (or a
-    whole image) with none cannot be repaired; every reader (folders, FITS,
-    TFRecord shards) applies this same check.
-
-    Args:
-        image: (H, W, C) array.
-        path: what to name in the error (a file, or ``shard: record``).
-
-    Raises:
-        DataError: one line naming ``path`` and the empty band(s).
-
-    Example:
-        >>> check_finite_bands(np.full((4, 4, 1), np.nan), "a.npy")
-        Traceback (most recent call last):
-        kerasssl.errors.DataError: a.npy: all pixels are NaN/Inf: nothing to repair from
-    """
-    finite_per_band = np.isfinite(image).reshape(-1, image.shape[-1]).any(axis=0)
-    if not finite_per_band.any():
-        raise DataError(path, "all pixels are NaN/Inf: nothing to repair from")
-    if not finite_per_band.all():
-        bands = [int(b) for b in np.flatnonzero(~finite_per_band)]
-        raise DataError(path, f"band(s) {bands} have only NaN/Inf pixels: nothing to repair from")
-
-
 # -- the whole folder ---------------------------------------------------------
 
 
@@ -456,8 +319,13 @@ def check_data_path(path) -> None:
         scan(path)
 
 
-def load_images(path, *, image_size: Optional[int] = None, allow_pickle: bool = False) -> ImageSet:
+def load_images(path, *, image_size: Optional[int] = None, allow_pickle: bool = False,
+                channel_axis: str = "auto") -> ImageSet:
     """Read every image of a data folder (or TFRecord shards) into one array.
+
+    Two passes: the headers of all files first (shape checks, the band axis
+    of the whole set by :func:`channel_layout`; no pixels read), then the
+    pixels, one file at a time, cropped as they are read.
 
     Args:
         path: a data folder (flat ``nl_``-prefixed or class sub-folders), a glob,
@@ -466,14 +334,18 @@ def load_images(path, *, image_size: Optional[int] = None, allow_pickle: bool = 
             needed when the files differ in size. Images smaller than this are
             refused (never padded).
         allow_pickle: read object arrays (element 0 is the image); trusted files only.
+        channel_axis: "auto" (decide from all files), "first" (C, H, W) or
+            "last" (H, W, C); ``data.channel_axis``.
 
     Returns:
-        :class:`ImageSet` with raw float32 (N, H, W, C) images, NaN kept.
+        :class:`ImageSet` with raw float32 (N, H, W, C) images, NaN kept;
+        ``meta["channel_layout"]`` says which axis held the bands and why.
 
     Raises:
-        DataError: bad file (corrupt, empty, object array without opt-in, 1-D or
-            4-D, all-NaN band, wrong size / channel count), empty class folder,
-            folder without images.
+        DataError: bad file (corrupt, empty, a header claiming more than the
+            file holds, .npz, object array without opt-in, 1-D or 4-D, all-NaN
+            band, wrong size / channel count), unclear band axis, empty class
+            folder, folder without images.
 
     Example:
         >>> data = load_images("sim/3b")
@@ -484,23 +356,32 @@ def load_images(path, *, image_size: Optional[int] = None, allow_pickle: bool = 
     if pattern is not None:
         from kerasssl.data.tfrecord import load_tfrecords
 
-        return load_tfrecords(pattern, image_size=image_size)
+        return load_tfrecords(pattern, image_size=image_size, channel_axis=channel_axis)
     if image_size is not None and (int(image_size) != image_size or image_size < 1):
         raise KerassslError(f"image size must be a positive integer, got {image_size!r}")
+    check_channel_axis(channel_axis)
 
     listing = scan(path)
     root = Path(listing.root)
     n = len(listing.entries)
+    # Pass 1, headers only: a bad file or an unclear layout is refused before
+    # any pixel is read, and the band axis is the same for every file.
+    shapes = [stored_shape(root / rel, allow_pickle) for rel, _ in listing.entries]
+    layout = channel_layout(shapes, channel_axis, source=root,
+                            files=[rel for rel, _ in listing.entries])
+    axis = layout.axis or "last"  # None: all 2-D, nothing to transpose
     images = None
     first_file = None
-    stored_dtypes, stored_shapes = set(), set()
+    stored_dtypes = set()
     for i, (rel, _) in enumerate(listing.entries):
         file = root / rel
         raw = _read_raw(file, allow_pickle)
         stored_dtypes.add(str(raw.dtype))
         raw = _as_float32(raw, file)
-        stored_shapes.add(tuple(int(s) for s in raw.shape))
-        image = to_hwc(raw, file)
+        if tuple(raw.shape) != shapes[i]:  # e.g. replaced between the two passes
+            raise DataError(file, f"holds a {_shape_text(raw.shape)} array but its header said "
+                                  f"{_shape_text(shapes[i])}")
+        image = to_hwc(raw, file, axis)
         if image_size is not None:
             h, w = image.shape[:2]
             if h < image_size or w < image_size:
@@ -530,7 +411,8 @@ def load_images(path, *, image_size: Optional[int] = None, allow_pickle: bool = 
         root=str(root),
         meta={
             "stored_dtypes": sorted(stored_dtypes),
-            "stored_shapes": sorted(list(s) for s in stored_shapes),
+            "stored_shapes": sorted(list(s) for s in set(shapes)),
+            "channel_layout": layout.to_dict(),
         },
     )
 

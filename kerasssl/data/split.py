@@ -13,8 +13,10 @@ val, the rest train. The labelled subset of train is its first
 - labelled sets are nested: the files labelled at 10 % are also labelled at
   25 %, so label-fraction curves compare like with like.
 
-A class with at least 3 files gets at least one test and one val file when
-those fractions are non-zero; train always keeps at least one.
+Every class gets at least one train file, one val and one test file (for a
+non-zero fraction) and one labelled file: :func:`make_split` refuses data
+with fewer than two classes or a class too small for that, in one line that
+names the data and the counts, before anything trains on it.
 
 The split is recorded as file lists in ``RUN/split.json``; later commands
 reuse it, so evaluation never sees training files.
@@ -35,7 +37,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from kerasssl.errors import KerassslError
+from kerasssl.errors import DataError, KerassslError
 from kerasssl.runinfo import read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -57,10 +59,16 @@ def _check_fraction(name, value, low_open=False):
         raise KerassslError(f"{name} must be in {interval}, got {value!r}")
 
 
+def _held_out_parts(val_fraction, test_fraction):
+    """The held-out parts each class must have a file in: ["val", "test"] or fewer."""
+    return [name for name, f in (("val", val_fraction), ("test", test_fraction)) if f > 0]
+
+
 def _cut_sizes(n, val_fraction, test_fraction):
     n_test = int(round(n * test_fraction))
     n_val = int(round(n * val_fraction))
-    if n >= 3:
+    if n >= 1 + len(_held_out_parts(val_fraction, test_fraction)):
+        # Small classes: one file in each non-empty part before rounding takes it away.
         n_test = max(n_test, 1 if test_fraction > 0 else 0)
         n_val = max(n_val, 1 if val_fraction > 0 else 0)
     # Train keeps at least one file: take back from val first, then test.
@@ -232,6 +240,12 @@ def make_split(image_set, val_fraction: float = 0.15, test_fraction: float = 0.1
     Returns:
         :class:`Split`.
 
+    Raises:
+        KerassslError: bad fractions, duplicate file names.
+        DataError: fewer than two classes, or a class too small to give one
+            file to train and to each non-empty held-out part
+            (:func:`check_class_counts`).
+
     Example:
         >>> split = make_split(data, 0.15, 0.15, labels_fraction=0.25, seed=1)
         >>> len(split.labeled) + len(split.unlabeled) == len(split.train)
@@ -247,6 +261,7 @@ def make_split(image_set, val_fraction: float = 0.15, test_fraction: float = 0.1
     if len(set(image_set.files)) != len(image_set.files):
         raise KerassslError(f"{image_set.root}: file names are not unique; cannot record a split")
     labels = np.asarray(image_set.labels)
+    check_class_counts(image_set, val_fraction, test_fraction)
     train, val, test, labeled = [], [], [], []
     for k in range(len(image_set.class_names)):
         members = [image_set.files[i] for i in np.flatnonzero(labels == k)]
@@ -259,6 +274,45 @@ def make_split(image_set, val_fraction: float = 0.15, test_fraction: float = 0.1
         labeled += class_train[:_labeled_count(len(class_train), labels_fraction)]
     return _build(image_set, train, val, test, labeled, seed, val_fraction, test_fraction,
                   labels_fraction)
+
+
+def check_class_counts(image_set, val_fraction: float, test_fraction: float) -> None:
+    """Refuse data a classifier cannot be trained and evaluated on, before any training.
+
+    Needs at least two classes with images, and in every class enough images for
+    one train file plus one val and one test file where those fractions are
+    non-zero (the labelled subset then holds at least one per class too: it
+    takes at least one of each class's train files at any labels fraction).
+
+    Raises:
+        DataError: one line naming the data, the images per class and what is needed.
+
+    Example:
+        >>> check_class_counts(data, 0.15, 0.15)  # 1 class or a class of 2: DataError
+    """
+    counts = image_set.class_counts()
+    listed = ", ".join(f"{name} {n}" for name, n in counts.items())
+    with_images = [name for name, n in counts.items() if n > 0]
+    if len(with_images) < 2:
+        only = f"only class {with_images[0]!r} has" if with_images else "no class has"
+        raise DataError(
+            image_set.root,
+            f"{only} images (images per class: {listed}); a classifier needs images of at "
+            "least two classes to fine-tune and evaluate",
+        )
+    parts = _held_out_parts(val_fraction, test_fraction)
+    need = 1 + len(parts)
+    short = [name for name, n in counts.items() if n < need]
+    if short:
+        where = {"val": f"val fraction {val_fraction:g}", "test": f"test fraction {test_fraction:g}"}
+        held = "".join(f", 1 {p}" for p in parts)
+        at = f" at {' and '.join(where[p] for p in parts)}" if parts else ""
+        raise DataError(
+            image_set.root,
+            f"class{'es' if len(short) > 1 else ''} {', '.join(map(repr, short))} "
+            f"ha{'ve' if len(short) > 1 else 's'} too few images (images per class: {listed}); "
+            f"each class needs at least {need} (1 train{held}{at})",
+        )
 
 
 def load_or_create_split(run_dir, image_set, data_cfg, labels_fraction=None) -> Split:

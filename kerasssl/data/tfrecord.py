@@ -12,7 +12,9 @@ record format (every reader and the writer use it):
   these names, so a split of TFRecord data is the split of the folder.
 
 Readers apply the loader's layout rule (``kerasssl.data.load.to_hwc``: 2-D gets
-one channel, channels-first ``(C, H, W)`` is transposed) and the loader's
+one channel, channels-first ``(C, H, W)`` is transposed; the band axis of a
+whole set is given, recorded in the manifest by ``convert``, or decided from
+all stored shapes by ``kerasssl.data.load.channel_layout``) and the loader's
 centre crop, in TensorFlow ops, so the same code serves
 ``load_tfrecords``, the streaming ``make_tfrecord_dataset`` and the exported
 SavedModel's ``predict_examples`` signature (:func:`parse_examples_to_images`).
@@ -26,6 +28,7 @@ Example:
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import logging
 import os
@@ -59,10 +62,6 @@ FEATURES = {
 #: leave out label, class_name and filename.
 IMAGE_FEATURES = {name: FEATURES[name] for name in ("image", "shape")}
 
-#: Largest channel count of a channels-first array (the loader's rule C <= 4 < H).
-MAX_CHANNELS_FIRST = 4
-
-
 def encode_example(array, label, class_name, filename) -> bytes:
     """One image file's array -> a serialized ``tf.Example`` of :data:`FEATURES`.
 
@@ -95,18 +94,21 @@ def encode_example(array, label, class_name, filename) -> bytes:
     return example.SerializeToString(deterministic=True)
 
 
-def decode_image(image_bytes, shape):
+def decode_image(image_bytes, shape, channels_first=None):
     """One record's raw bytes and stored shape -> float32 (H, W, C) tensor (pure TF).
 
     Applies the loader's layout rule (``kerasssl.data.load.to_hwc``): a 2-D
-    array gets one channel; a 3-D array ``(C, H, W)`` with ``C <= 4 < H``, or
-    with ``C < H == W`` (a cube of more than 4 bands), is transposed to
-    ``(H, W, C)``; any other 3-D array is taken as ``(H, W, C)``. Other ranks, or a byte count that
-    does not match the shape, raise ``tf.errors.InvalidArgumentError``.
+    array gets one channel; a 3-D array is transposed from ``(C, H, W)`` when
+    ``channels_first`` is True, kept when it is False, and with None (one
+    record on its own) transposed when its first axis is smaller than the
+    other two, as ``to_hwc`` decides for one shape. Other ranks, or a byte
+    count that does not match the shape, raise ``tf.errors.InvalidArgumentError``.
 
     Args:
         image_bytes: scalar string tensor, raw little-endian float32.
         shape: int64 vector, the stored array's shape.
+        channels_first: python bool for a data set whose band axis is known,
+            or None to decide per record.
 
     Returns:
         float32 tensor of shape (H, W, C), NaN kept.
@@ -135,12 +137,11 @@ def decode_image(image_bytes, shape):
 
     def from_3d():
         array = tf.reshape(flat, shape)
+        if channels_first is not None:
+            return tf.transpose(array, [1, 2, 0]) if channels_first else array
         c, h, w = shape[0], shape[1], shape[2]
-        # Same rule as load.to_hwc: C <= 4 < H, or a cube of >4 bands (C < H == W).
-        channels_first = tf.logical_or(
-            tf.logical_and(c <= MAX_CHANNELS_FIRST, h > MAX_CHANNELS_FIRST),
-            tf.logical_and(tf.equal(h, w), c < h))
-        return tf.cond(channels_first,
+        # load.to_hwc's rule for one shape: the bands are on the smallest axis.
+        return tf.cond(tf.logical_and(c < h, c < w),
                        lambda: tf.transpose(array, [1, 2, 0]),
                        lambda: array)
 
@@ -326,7 +327,8 @@ def read_manifest(shards) -> tuple:
 
 
 def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "none",
-                    allow_pickle: bool = False, progress: bool = True) -> dict:
+                    allow_pickle: bool = False, progress: bool = True,
+                    channel_axis: str = "auto") -> dict:
     """Convert a data folder to sharded TFRecord files of ``tf.Example`` plus a manifest.
 
     Streams: one source file is in memory at a time. Record ``k`` (in the
@@ -343,11 +345,15 @@ def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "
         compression: "none" or "gzip".
         allow_pickle: read object arrays (element 0); trusted files only.
         progress: show a tqdm progress bar on stderr.
+        channel_axis: "auto", "first" or "last": the band axis of the folder's
+            files, decided as ``load_images`` does; recorded in the manifest
+            so that readers of the shards use the same.
 
     Returns:
         The manifest (also written as ``out_dir/manifest.json``): counts per
-        class, class_names in label order, stored shape(s), dtype, shard files
-        and their record counts, compression, source, kerasssl version.
+        class, class_names in label order, stored shape(s), channel_axis,
+        dtype, shard files and their record counts, compression, source,
+        kerasssl version.
 
     Raises:
         DataError: bad data file, ``out_dir`` exists and is not empty, or lies
@@ -360,7 +366,8 @@ def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "
         {'nonlenses': 200, 'lenses': 200}
     """
     from kerasssl import __version__
-    from kerasssl.data.load import check_finite_bands, read_array, scan, to_hwc
+    from kerasssl.data.load import (channel_layout, check_finite_bands, read_array, scan,
+                                    stored_shape, to_hwc)
 
     if compression not in COMPRESSIONS:
         raise KerassslError(
@@ -379,6 +386,9 @@ def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "
     n = len(listing.entries)
     if shards > n:
         raise KerassslError(f"--shards {shards} is more than the {n} images in {root}")
+    # The band axis of the whole folder, from the headers (as load_images decides it).
+    layout = channel_layout([stored_shape(root / rel, allow_pickle) for rel, _ in listing.entries],
+                            channel_axis, source=root, files=[rel for rel, _ in listing.entries])
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # Hidden sibling of OUT (same file system, so the final rename is atomic).
@@ -398,7 +408,7 @@ def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "
                 file = root / rel
                 array = read_array(file, allow_pickle=allow_pickle)
                 # Refuse here what the loader would refuse later, naming the source file.
-                check_finite_bands(to_hwc(array, file), file)
+                check_finite_bands(to_hwc(array, file, layout.axis or "last"), file)
                 record = encode_example(array, label, listing.class_names[label], rel)
                 writers[k % shards].write(record)
                 records_per_shard[k % shards] += 1
@@ -416,6 +426,7 @@ def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "
             "counts": {name: counts[i] for i, name in enumerate(listing.class_names)},
             "shape": list(common) if common else None,
             "shapes": {"x".join(map(str, s)): c for s, c in sorted(shapes.items())},
+            "channel_axis": layout.axis,  # "first" | "last" | None (2-D images)
             "dtype": "float32",
             "shards": shards,
             "compression": compression,
@@ -455,13 +466,13 @@ def _record_dataset(shards, *, shuffle=False, seed=0, cycle_length=None):
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _parse_record(path, index, record):
+def _parse_record(path, index, record, channels_first=None):
     example = tf.io.parse_single_example(record, FEATURES)
     shape = tf.sparse.to_dense(example["shape"])
     return {
         "shard": path,
         "index": index,
-        "image": decode_image(example["image"], shape),
+        "image": decode_image(example["image"], shape, channels_first),
         "shape": shape,
         "label": example["label"],
         "class_name": example["class_name"],
@@ -562,7 +573,30 @@ def _first_line(error) -> str:
     return message or type(error).__name__
 
 
-def load_tfrecords(pattern, *, image_size: Optional[int] = None) -> "ImageSet":
+def _shard_layout(channel_axis, manifest, source):
+    """The band axis of shards: given, else the manifest's, else from its shapes.
+
+    None when nothing tells before reading (no manifest): records are then
+    decoded one by one and the whole set is checked afterwards.
+    """
+    from kerasssl.data.load import ChannelLayout, channel_layout
+
+    if channel_axis != "auto":
+        return channel_layout([], channel_axis, source=source)
+    manifest = manifest or {}
+    if manifest.get("channel_axis") in ("first", "last"):
+        return ChannelLayout(manifest["channel_axis"],
+                             f"{manifest['channel_axis']}, recorded in {MANIFEST_NAME} by convert")
+    shapes = [tuple(map(int, s.split("x"))) for s in manifest.get("shapes") or {}]
+    return channel_layout(shapes, source=source) if shapes else None
+
+
+def _channels_first(layout):
+    return None if layout is None else layout.axis == "first"
+
+
+def load_tfrecords(pattern, *, image_size: Optional[int] = None,
+                   channel_axis: str = "auto") -> "ImageSet":
     """Read TFRecord shards of :data:`FEATURES` into an ImageSet, like ``load_images``.
 
     A tf.data read: interleaved across shards, parallel parse and decode.
@@ -576,9 +610,12 @@ def load_tfrecords(pattern, *, image_size: Optional[int] = None) -> "ImageSet":
         image_size: centre-crop every image to ``image_size`` square; smaller
             images are refused (never padded). None keeps the stored size,
             which must then be the same for all.
+        channel_axis: "auto" (the manifest's, else decided from all stored
+            shapes), "first" or "last".
 
     Returns:
-        ``kerasssl.data.load.ImageSet`` with format "tfrecord".
+        ``kerasssl.data.load.ImageSet`` with format "tfrecord";
+        ``meta["channel_layout"]`` as for folders.
 
     Raises:
         DataError: no shards, corrupt or truncated shard, a record missing a
@@ -591,22 +628,25 @@ def load_tfrecords(pattern, *, image_size: Optional[int] = None) -> "ImageSet":
         ((400, 32, 32, 3), ['nonlenses', 'lenses'])
     """
     from kerasssl.data.clean import center_crop as np_center_crop
-    from kerasssl.data.load import ImageSet, check_finite_bands
+    from kerasssl.data.load import ImageSet, channel_layout, check_finite_bands
 
     if image_size is not None and (int(image_size) != image_size or image_size < 1):
         raise KerassslError(f"image size must be a positive integer, got {image_size!r}")
     shards = find_shards(pattern)
     manifest, manifest_path = read_manifest(shards)
+    layout = _shard_layout(channel_axis, manifest, pattern)
     expected = _expected_counts(manifest)
     known = [expected.get(os.path.basename(s)) for s in shards]
     # Preallocate when the manifest gives the count (no 2x peak from np.stack).
     total = sum(known) if None not in known else None
 
+    channels_first = _channels_first(layout)
     records = _record_dataset(shards).map(
-        _parse_record, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        functools.partial(_parse_record, channels_first=channels_first),
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     records = records.prefetch(tf.data.AUTOTUNE)
 
-    images, labels, files, stored_shapes = None, [], [], set()
+    images, labels, files, record_shapes = None, [], [], []
     first_shape = None
     names_by_label, where = {}, {}
     per_shard = collections.Counter()
@@ -642,7 +682,7 @@ def load_tfrecords(pattern, *, image_size: Optional[int] = None) -> "ImageSet":
             if names_by_label.setdefault(label, name) != name:
                 raise DataError(shard, f"{at}: class_name {name!r} but label {label} is "
                                        f"{names_by_label[label]!r} elsewhere")
-            stored_shapes.add(tuple(int(d) for d in rec["shape"]))
+            record_shapes.append(tuple(int(d) for d in rec["shape"]))
             if isinstance(images, list):
                 images.append(image)
             else:
@@ -661,6 +701,9 @@ def load_tfrecords(pattern, *, image_size: Optional[int] = None) -> "ImageSet":
                                    f"{want} (truncated or replaced shard)")
     if not files:
         raise DataError(pattern, "the TFRecord files hold no records")
+    if layout is None:
+        # Decided per record; the same rule over all shapes refuses a set whose records disagree.
+        layout = channel_layout(record_shapes, source=pattern, files=files)
     class_names = _class_names(manifest, manifest_path, names_by_label, pattern)
     return ImageSet(
         images=np.stack(images) if isinstance(images, list) else images,
@@ -671,7 +714,8 @@ def load_tfrecords(pattern, *, image_size: Optional[int] = None) -> "ImageSet":
         root=str(pattern),
         meta={
             "stored_dtypes": ["float32"],
-            "stored_shapes": sorted(list(s) for s in stored_shapes),
+            "stored_shapes": sorted(list(s) for s in set(record_shapes)),
+            "channel_layout": layout.to_dict(),
             "shards": len(shards),
             "manifest": manifest_path,
             "source": (manifest or {}).get("source"),
@@ -713,7 +757,7 @@ def _class_names(manifest, manifest_path, names_by_label, pattern) -> list:
 def make_tfrecord_dataset(pattern, batch_size: int, *, image_size: Optional[int] = None,
                           labels: bool = True, files=None, shuffle: bool = True, seed: int = 0,
                           repeat: bool = False, drop_remainder: bool = False,
-                          shuffle_buffer: int = 2048):
+                          shuffle_buffer: int = 2048, channel_axis: str = "auto"):
     """A streaming tf.data pipeline over TFRecord shards, for data that do not fit in memory.
 
     Shards are read in parallel (interleaved, shard order shuffled per epoch
@@ -734,6 +778,8 @@ def make_tfrecord_dataset(pattern, batch_size: int, *, image_size: Optional[int]
         repeat: repeat forever.
         drop_remainder: drop a last partial batch.
         shuffle_buffer: records held in the shuffle buffer.
+        channel_axis: "auto" (the manifest's, else from its shapes or the
+            first record), "first" or "last".
 
     Returns:
         ``tf.data.Dataset`` of float32 [batch, H, W, C] (and int64 [batch] labels).
@@ -744,7 +790,8 @@ def make_tfrecord_dataset(pattern, batch_size: int, *, image_size: Optional[int]
     """
     shards = find_shards(pattern)
     manifest, _ = read_manifest(shards)
-    height, width, channels = _stream_shape(shards, manifest, image_size, pattern)
+    height, width, channels, channels_first = _stream_shape(shards, manifest, image_size,
+                                                            pattern, channel_axis)
 
     records = _record_dataset(shards, shuffle=shuffle, seed=seed)
     if files is not None:
@@ -762,7 +809,7 @@ def make_tfrecord_dataset(pattern, batch_size: int, *, image_size: Optional[int]
         records = records.repeat()
 
     def decode(path, index, record):
-        example = _parse_record(path, index, record)
+        example = _parse_record(path, index, record, channels_first)
         image = center_crop(example["image"], height, width)
         image = tf.ensure_shape(image, [height, width, channels])
         return (image, example["label"]) if labels else image
@@ -772,9 +819,10 @@ def make_tfrecord_dataset(pattern, batch_size: int, *, image_size: Optional[int]
     return records.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
 
 
-def _stream_shape(shards, manifest, image_size, pattern):
-    """(H, W, C) the streaming pipeline yields: from the manifest, else the first record."""
-    from kerasssl.data.load import to_hwc
+def _stream_shape(shards, manifest, image_size, pattern, channel_axis="auto"):
+    """(H, W, C, channels_first) the streaming pipeline yields: from the manifest,
+    else the first record."""
+    from kerasssl.data.load import channel_layout, hwc_shape
 
     stored = [tuple(map(int, s.split("x"))) for s in (manifest or {}).get("shapes", {})]
     if not stored:
@@ -786,7 +834,8 @@ def _stream_shape(shards, manifest, image_size, pattern):
             raise DataError(shards[0], f"record 0: {problem}")
         example = tf.train.Example.FromString(first.numpy())
         stored = [tuple(example.features.feature["shape"].int64_list.value)]
-    hwc = {to_hwc(np.empty(s, np.float32), pattern).shape for s in stored}
+    layout = _shard_layout(channel_axis, manifest, pattern) or channel_layout(stored, source=pattern)
+    hwc = {hwc_shape(s, layout.axis, pattern) for s in stored}
     if len({c for _, _, c in hwc}) > 1:
         raise DataError(pattern, f"images have different band counts {sorted(hwc)}")
     channels = next(iter(hwc))[2]
@@ -794,9 +843,9 @@ def _stream_shape(shards, manifest, image_size, pattern):
         if len(hwc) > 1:
             raise DataError(pattern, f"images differ in size {sorted(hwc)}; pass image_size")
         height, width, _ = next(iter(hwc))
-        return height, width, channels
+        return height, width, channels, layout.axis == "first"
     small = [s for s in hwc if s[0] < image_size or s[1] < image_size]
     if small:
         raise DataError(pattern, f"images of size {small[0][0]}x{small[0][1]} are smaller "
                                  f"than the crop size {image_size}")
-    return int(image_size), int(image_size), channels
+    return int(image_size), int(image_size), channels, layout.axis == "first"

@@ -125,6 +125,8 @@ class Preprocess(keras.layers.Layer):
     (per-band mean and std of the training split). Computes in float32 even
     under a mixed-precision policy (raw counts lose precision in float16) and
     returns the layer's compute dtype. Identical in training and inference.
+    Takes a batch ``(B, H, W, C)`` or a single image ``(H, W, C)`` (as in
+    ``tf.data.Dataset.map`` before batching), returned with the same rank.
 
     Args:
         nan_policy: "zero", "median" or "mean".
@@ -142,6 +144,7 @@ class Preprocess(keras.layers.Layer):
         >>> model = keras.Model(inputs, encoder(pre(inputs)))
         >>> pre = Preprocess.from_data_config(cfg.data, stats=band_stats(train_images))
         >>> pre.preprocess_to_json("run/preprocess.json")
+        >>> ds = ds.map(pre).batch(32)  # one (H, W, C) image at a time works too
     """
 
     def __init__(
@@ -190,10 +193,7 @@ class Preprocess(keras.layers.Layer):
 
     def build(self, input_shape):
         channels = input_shape[-1]
-        if len(input_shape) != 4:
-            raise KerassslError(
-                f"Preprocess expects batches of images (B, H, W, C), got shape {tuple(input_shape)}"
-            )
+        _check_rank(input_shape)
         if self.normalization == "dataset" and channels is not None and channels != len(self.mean):
             raise KerassslError(
                 f"dataset statistics have {len(self.mean)} band(s) but the images have {channels}"
@@ -205,6 +205,10 @@ class Preprocess(keras.layers.Layer):
 
     def call(self, inputs):
         x = ops.cast(inputs, "float32")
+        _check_rank(x.shape)  # build saw the first call's shape only
+        if len(x.shape) == 3:
+            # One image: the statistics are per image anyway, so a batch of one is exact.
+            return ops.squeeze(self.call(ops.expand_dims(x, 0)), 0)
         finite = ops.isfinite(x)
         flat = _band_pixels(x)
         flat_finite = ops.isfinite(flat)
@@ -320,6 +324,14 @@ class Preprocess(keras.layers.Layer):
     def preprocess_to_json(self, path) -> None:
         """Write the settings to ``path`` (e.g. ``RUN/preprocess.json``) atomically."""
         preprocess_to_json(self, path)
+
+
+def _check_rank(shape):
+    if len(shape) not in (3, 4):
+        raise KerassslError(
+            "Preprocess expects images (B, H, W, C) or one image (H, W, C), "
+            f"got shape {tuple(shape)}"
+        )
 
 
 def _as_list(values):
