@@ -37,7 +37,7 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
 
     Args:
         cfg: a ``kerasssl.config.RunConfig``.
-        data_path: the data folder (any format ``load_images`` reads).
+        data_path: the data folder or TFRecord shards (any form ``check_data_path`` accepts).
         run_dir: the run directory (created; existing files are replaced stage by stage).
         progress: called with a one-line message as each stage starts
             (e.g. ``click.echo``); None logs them instead.
@@ -46,16 +46,14 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
     Returns:
         ``{"report": dict, "paths": {...}, "seconds": {...}}``.
     """
-    from kerasssl.data.load import load_images
+    from kerasssl.data.load import check_data_path, load_images
     from kerasssl.data.split import load_or_create_split
     from kerasssl.evaluate import evaluate_run
     from kerasssl.finetune import check_options, finetune
 
     say = progress or log.info
     run_dir = Path(run_dir)
-    data_path = Path(data_path)
-    if not data_path.exists():
-        raise KerassslError(f"{data_path}: data folder not found")
+    check_data_path(data_path)  # a folder or TFRecord shards (a glob is no path that exists)
     mode = cfg.finetune.mode
     ft = cfg.finetune
     check_options(mode, ft.labels_fraction, ft.epochs, ft.batch_size, ft.class_weight)
