@@ -160,3 +160,16 @@ def test_fit_on_tfrecord_shards_end_to_end(tmp_path, data16, capsys):
     assert sorted(split["train"] + split["val"] + split["test"]) == sorted(
         str(p.relative_to(data16)) for p in data16.rglob("*.npy"))
     assert json.loads((run / "report.json").read_text())["n_test"] == len(split["test"])
+
+
+def test_fit_again_finishes_a_pretraining_killed_before_its_encoder(tmp_path, data16, capsys):
+    cfg = write_config(tmp_path / "tiny.yaml", pretrain={"steps_per_epoch": 1}, finetune={"epochs": 1})
+    run = tmp_path / "run"
+    code, out, err = run_cli(["fit", data16, "--run-dir", run, "--config", cfg], capsys)
+    assert code == 0, err
+    history = json.loads((run / "history.json").read_text())
+    (run / "encoder.keras").unlink()  # killed after the last checkpoint, before the encoder
+    code, out, err = run_cli(["fit", data16, "--run-dir", run, "--config", cfg], capsys)
+    assert code == 0, err
+    assert "(resuming)" in out and (run / "encoder.keras").exists()
+    assert json.loads((run / "history.json").read_text()) == history  # finished, not retrained
