@@ -63,7 +63,7 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
 
     t = time.perf_counter()
     say(f"[1/5] split: reading {data_path}")
-    state, image_set, split = check_fit(cfg, data_path, run_dir)
+    state, image_set, split, plan = check_fit(cfg, data_path, run_dir)
     # Accepted: from here on the job writes.
     if on_accepted is not None:
         on_accepted(run_dir)
@@ -86,7 +86,7 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
             say(f"[2/5] pretrain: {cfg.pretrain.method} on {cfg.pretrain.encoder}, "
                 f"{cfg.pretrain.epochs} epochs" + (" (resuming)" if state == "resume" else ""))
             pretrain(cfg, data_path, run_dir, resume=state == "resume", verbose=2 if progress else 0,
-                     image_set=image_set)
+                     image_set=image_set, plan=plan)
     seconds["pretrain"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -128,14 +128,15 @@ def check_fit(cfg, data_path, run_dir):
     batch size) and an encoder that takes the images.
 
     Returns:
-        ``(state, image_set, split)``: the pretraining state ("new", "resume",
-        "done", or None for a supervised job), the data, the split to record.
+        ``(state, image_set, split, plan)``: the pretraining state ("new",
+        "resume", "done", or None for a supervised job), the data, the split to
+        record, and the ``PretrainingPlan`` for the pretraining stage (or None).
 
     Raises:
         KerassslError: the one-line reason the job is refused.
 
     Example:
-        >>> state, image_set, split = check_fit(cfg, "data/3b", "runs/a")
+        >>> state, image_set, split, plan = check_fit(cfg, "data/3b", "runs/a")
     """
     from kerasssl.data.load import check_data_path, load_images
     from kerasssl.finetune import check_options
@@ -160,11 +161,12 @@ def check_fit(cfg, data_path, run_dir):
         state = _pretraining_state(run_dir, previous, cfg)
     image_set = load_images(data_path, image_size=cfg.data.image_size, allow_pickle=cfg.data.allow_pickle)
     split = check_split(run_dir, image_set, cfg.data, labels_fraction=ft.labels_fraction)
+    plan = None
     if state in ("new", "resume"):
-        plan_pretraining(cfg, data_path, run_dir, resume=state == "resume", image_set=image_set)
+        plan = plan_pretraining(cfg, data_path, run_dir, resume=state == "resume", image_set=image_set)
     if state != "done":
         _check_encoder_takes(cfg.pretrain.encoder, image_set.image_shape)
-    return state, image_set, split
+    return state, image_set, split, plan
 
 
 def _check_encoder_takes(name, image_shape):

@@ -343,7 +343,7 @@ def plan_pretraining(cfg: RunConfig, data_path, run_dir, *, resume=False, image_
 
 
 def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, image_set=None,
-             on_accepted: Optional[Callable[[Path], None]] = None):
+             on_accepted: Optional[Callable[[Path], None]] = None, plan: Optional[PretrainingPlan] = None):
     """Pretrain ``cfg.pretrain.encoder`` with ``cfg.pretrain.method`` on DATA's train split.
 
     Nothing is written until every check passed (:func:`plan_pretraining`, then
@@ -360,6 +360,9 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
         image_set: DATA already loaded (saves reading it again).
         on_accepted: called with the run directory once the run is accepted,
             before the first write (the CLI records its command line there).
+        plan: what :func:`plan_pretraining` returned for these same arguments
+            (``fit`` checks before its own writes and passes it on, so each check
+            and warning happens once); default: plan here.
 
     Returns:
         The history dict (per-epoch lists), as written to ``RUN/history.json``.
@@ -388,7 +391,8 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
     check_config(cfg)
     # Data parallelism (tf.distribute / keras.distribution) before any TF op.
     dist = distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
-    plan = plan_pretraining(cfg, data_path, run_dir, resume=resume, image_set=image_set, dist=dist)
+    if plan is None:
+        plan = plan_pretraining(cfg, data_path, run_dir, resume=resume, image_set=image_set, dist=dist)
     run_dir, image_set = plan.run_dir, plan.image_set
     ckpt_dir = run_dir / "checkpoints"
     p = cfg.pretrain
