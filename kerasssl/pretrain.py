@@ -6,18 +6,24 @@
 - ``split.json`` (via :mod:`kerasssl.data.split`): pretraining sees the
   TRAIN split's images only; validation feeds the kNN probe; test is never read;
 - ``preprocess.json``: the in-model NaN repair + normalisation;
-- ``checkpoints/``: one atomic checkpoint per good epoch (see
-  :class:`kerasssl.callbacks.EpochCheckpoint`);
+- ``checkpoints/``: one atomic checkpoint per good epoch, the last two kept
+  (see :class:`kerasssl.callbacks.EpochCheckpoint`);
 - ``history.json``: per-epoch ``loss``, ``embedding_std``, ``learning_rate``,
   ``val_knn_auc`` (lists), rewritten after each checkpoint;
 - ``tensorboard/``: the same scalars for TensorBoard;
 - ``encoder.keras``: the backbone alone (float32 policy), which takes
   *preprocessed* images (classifier = Preprocess -> encoder -> head).
 
-``resume=True`` restores the last checkpoint (weights, optimizer state,
-augmentation RNG state, epoch, history) and continues to ``epochs``; a crash
-or ``kill -9`` loses at most the epoch in progress. A NaN/Inf loss stops the
-run with a one-line :class:`KerassslError` and leaves the last good checkpoint.
+Nothing is written before every check passed (:func:`plan_pretraining`):
+a refused run creates no run directory and leaves another run's as it was.
+
+``resume=True`` restores the newest readable checkpoint (weights, optimizer
+state, augmentation RNG state, epoch, history; a truncated newest one is
+skipped with a warning) and continues to ``epochs``; a crash or ``kill -9``
+loses at most the epoch in progress, and a run killed after its last
+checkpoint only gets ``encoder.keras`` written. A NaN/Inf loss stops the run
+with a one-line :class:`KerassslError` (what to try, see
+:func:`kerasssl.callbacks.nonfinite_hint`) and leaves the last good checkpoint.
 
 :func:`build_pretraining_model` holds model construction + compile in one
 place, so a ``tf.distribute`` scope can wrap it.
