@@ -25,6 +25,8 @@ import json
 import logging
 import math
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import keras
@@ -170,11 +172,52 @@ class KNNProbe(keras.callbacks.Callback):
         return probe_auc(scores, self.val_labels)
 
 
+# Every option and config key named here exists (a test checks them against the
+# pretrain/fit CLI and RunConfig): pretrain has no --learning-rate flag.
 NONFINITE_HINT = (
-    "likely causes: learning rate too high (lower --learning-rate or raise warm-up), "
-    "float16 overflow (try --precision float32 or mixed_bfloat16), or NaN/Inf pixels "
-    "that were not repaired (check data.nan_policy)"
+    "likely causes: a learning rate too high (lower pretrain.learning_rate or raise "
+    "pretrain.warmup_epochs in the --config file), float16 overflow (try --precision float32 "
+    "or mixed_bfloat16), or NaN/Inf pixels that were not repaired (check data.nan_policy)"
 )
+
+# Raw pixels beyond this, fed to the encoder unscaled, are the usual cause of a
+# NaN loss (DeepLense cutouts reach ~100; survey counts reach many thousands).
+RAW_PIXEL_LIMIT = 1000.0
+
+
+def peak_pixel(images, chunk=256) -> float:
+    """The finite pixel of largest magnitude (sign kept), 0.0 if none; in chunks, no big copies."""
+    peak = 0.0
+    for start in range(0, len(images), chunk):
+        block = np.asarray(images[start:start + chunk], np.float32)
+        finite = np.where(np.isfinite(block), block, 0.0)
+        if finite.size:
+            at = np.unravel_index(np.argmax(np.abs(finite)), finite.shape)
+            if abs(float(finite[at])) > abs(peak):
+                peak = float(finite[at])
+    return peak
+
+
+def nonfinite_hint(images=None, normalization=None) -> str:
+    """What to try after a NaN/Inf loss, naming real options only.
+
+    Leads with the common cause when the data shows it: raw pixel values in the
+    thousands reaching the encoder with ``data.normalization: none``.
+
+    Args:
+        images: the training images (raw), or None.
+        normalization: the run's ``data.normalization``.
+
+    Example:
+        >>> nonfinite_hint(np.full((1, 4, 4, 1), 12345.0), "none")[:58]
+        'the training images reach 12,345 with data.normalization: '
+    """
+    if normalization == "none" and images is not None and len(images):
+        peak = peak_pixel(images)
+        if abs(peak) >= RAW_PIXEL_LIMIT:
+            return (f"the training images reach {peak:,.0f} with data.normalization: none; use asinh or "
+                    "dataset (data.normalization in the --config file); other " + NONFINITE_HINT[len("likely "):])
+    return NONFINITE_HINT
 
 
 class NonFiniteLossGuard(keras.callbacks.Callback):
@@ -218,11 +261,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
     Each good epoch writes ``ckpt-EEEE.npz`` (all model variables, including
     BatchNorm statistics, BYOL's target network and the augmentation layers'
     seed-generator states; all optimizer variables, including the iteration
-    count and loss scale) via a temporary file and ``os.replace``, then
-    ``latest.json`` ({"epoch", "file", "history"}) the same way. A kill at
-    any moment leaves the previous complete checkpoint in place. Older
-    checkpoints beyond ``keep`` are deleted. An epoch whose loss is not
-    finite is not saved.
+    count and loss scale) via a temporary file and ``os.replace``, then its
+    record ``ckpt-EEEE.json`` ({"epoch", "file", "history", ...}) and
+    ``latest.json`` (the same record) the same way. A kill at any moment
+    leaves the previous complete checkpoint in place. The newest ``keep``
+    checkpoints are kept (two by default), each with its own record, so
+    :func:`load_checkpoint` can fall back to the previous one when the newest
+    is truncated or corrupt. An epoch whose loss is not finite is not saved.
 
     Args:
         directory: the checkpoint folder (``RUN/checkpoints``).
@@ -265,11 +310,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
         meta = {"epoch": epoch + 1, "file": name, "history": self.history,
                 "n_model_variables": len(self.model.variables),
                 "n_optimizer_variables": len(self.model.optimizer.variables)}
-        meta_tmp = self.directory / "latest.json.tmp"
-        meta_tmp.write_text(json.dumps(meta))
-        os.replace(meta_tmp, self.directory / "latest.json")
-        for old in sorted(self.directory.glob("ckpt-*.npz"))[: -self.keep]:
+        _write_text_atomic(self.directory / _record_name(name), json.dumps(meta))
+        _write_text_atomic(self.directory / LATEST, json.dumps(meta))
+        for old in checkpoint_files(self.directory)[self.keep:]:
             old.unlink(missing_ok=True)
+            (self.directory / _record_name(old.name)).unlink(missing_ok=True)
         if self.on_saved is not None:
             self.on_saved(epoch + 1, self.history)
 
@@ -343,43 +388,158 @@ class ScalarEventWriter(keras.callbacks.Callback):
             self._writer = None
 
 
-def load_checkpoint_meta(directory):
-    """``latest.json`` of a checkpoint folder, or None if there is no checkpoint."""
-    path = Path(directory) / "latest.json"
-    if not path.exists():
-        return None
+LATEST = "latest.json"
+
+
+def _record_name(checkpoint_name: str) -> str:
+    return checkpoint_name[: -len(".npz")] + ".json"
+
+
+def _write_text_atomic(path, text) -> None:
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def checkpoint_files(directory) -> list:
+    """The ``ckpt-EEEE.npz`` files of a checkpoint folder, newest (highest epoch) first."""
+    def epoch_of(path):
+        digits = path.stem.split("-", 1)[-1]
+        return int(digits) if digits.isdigit() else -1
+
+    return sorted(Path(directory).glob("ckpt-*.npz"), key=epoch_of, reverse=True)
+
+
+def _read_record(path):
+    """A checkpoint record (JSON dict with an int "epoch"), or None if missing or unreadable."""
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise KerassslError(f"{path}: unreadable checkpoint record") from None
+        record = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("epoch"), int) \
+            or not isinstance(record.get("history", {}), dict):
+        return None
+    return record
 
 
-def restore_checkpoint(model, directory):
-    """Load the latest checkpoint into a compiled, built ``model``; returns its meta.
+def _record_of(directory, checkpoint):
+    """The record of one checkpoint file: its ``ckpt-EEEE.json``, else ``latest.json``
+    when that names it (runs from before per-checkpoint records)."""
+    record = _read_record(Path(directory) / _record_name(checkpoint.name))
+    if record is None:
+        latest = _read_record(Path(directory) / LATEST)
+        if latest is not None and latest.get("file") == checkpoint.name:
+            record = latest
+    return record
 
-    The optimizer is built first so its variables exist to receive the state.
+
+def has_checkpoint(directory) -> bool:
+    """True when a checkpoint folder holds any checkpoint or record, readable or not."""
+    directory = Path(directory)
+    return (directory / LATEST).exists() or bool(checkpoint_files(directory))
+
+
+def load_checkpoint_meta(directory):
+    """The record of the newest checkpoint (reads no arrays), or None if there is none.
+
+    ``latest.json`` when readable, else the newest ``ckpt-EEEE.json``.
+
+    Example:
+        >>> load_checkpoint_meta(run / "checkpoints")["epoch"]
+        4
+    """
+    directory = Path(directory)
+    latest = _read_record(directory / LATEST)
+    if latest is not None:
+        return latest
+    for checkpoint in checkpoint_files(directory):
+        record = _read_record(directory / _record_name(checkpoint.name))
+        if record is not None:
+            return record
+    return None
+
+
+def _read_arrays(path) -> dict:
+    """Every array of a ``.npz`` checkpoint, read in full (so a bad CRC shows now)."""
+    with np.load(path, allow_pickle=False) as data:
+        return {key: np.asarray(data[key]) for key in data.files}
+
+
+def _why_unreadable(error) -> str:
+    text = str(error).splitlines()[0] if str(error) else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def load_checkpoint(directory):
+    """The newest checkpoint that reads completely: ``{"meta", "arrays", "path"}``.
+
+    A truncated or corrupt newest checkpoint (e.g. the disk filled up, or a
+    copy was cut short) is skipped with ONE logged warning naming it and the
+    checkpoint used instead; the previous one is kept for exactly this.
+
+    Returns:
+        None when the folder holds no checkpoint at all.
 
     Raises:
-        KerassslError: no checkpoint, or it does not match the model.
+        KerassslError: checkpoints exist but none is usable (one line).
+
+    Example:
+        >>> state = load_checkpoint(run / "checkpoints"); state["meta"]["epoch"]
+        3
+    """
+    directory = Path(directory)
+    if not has_checkpoint(directory):
+        return None
+    problems = []
+    for path in checkpoint_files(directory):
+        record = _record_of(directory, path)
+        if record is None:
+            problems.append(f"{path.name} has no readable record ({_record_name(path.name)})")
+            continue
+        try:
+            arrays = _read_arrays(path)
+        except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, KeyError) as e:
+            problems.append(f"{path.name} is truncated or corrupt ({_why_unreadable(e)})")
+            continue
+        if problems:
+            log.warning("%s: %s; resuming from %s (epoch %d)", directory, "; ".join(problems), path.name,
+                        record["epoch"])
+        return {"meta": record, "arrays": arrays, "path": path}
+    found = "; ".join(problems) or "no ckpt-*.npz file beside latest.json"
+    raise KerassslError(f"{directory}: no usable checkpoint ({found}); start again in a new --run-dir")
+
+
+def restore_checkpoint(model, directory, checkpoint=None):
+    """Load a checkpoint into a compiled, built ``model``; returns its record.
+
+    Every array is checked against the model before any is assigned, so a
+    mismatch leaves the model as it was. The optimizer is built first so its
+    variables exist to receive the state.
+
+    Args:
+        model: the compiled method model.
+        directory: the checkpoint folder.
+        checkpoint: what :func:`load_checkpoint` returned (default: load the newest usable one).
+
+    Raises:
+        KerassslError: no usable checkpoint, or it does not match the model.
 
     Example:
         >>> meta = restore_checkpoint(model, run / "checkpoints"); meta["epoch"]
         3
     """
     directory = Path(directory)
-    meta = load_checkpoint_meta(directory)
-    if meta is None:
+    if checkpoint is None:
+        checkpoint = load_checkpoint(directory)
+    if checkpoint is None:
         raise KerassslError(f"{directory}: no checkpoint to resume from")
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
-    path = directory / meta["file"]
-    try:
-        data = np.load(path)
-    except (OSError, ValueError):
-        raise KerassslError(f"{path}: missing or unreadable checkpoint") from None
+    path, data = checkpoint["path"], checkpoint["arrays"]
+    pairs = []
     groups = (("model", model.variables), ("optimizer", model.optimizer.variables))
     for prefix, variables in groups:
-        keys = sorted(k for k in data.files if k.startswith(prefix + "_"))
+        keys = sorted(k for k in data if k.startswith(prefix + "_"))
         if len(keys) != len(variables):
             raise KerassslError(
                 f"{path}: checkpoint has {len(keys)} {prefix} variables, the model {len(variables)}; "
@@ -390,5 +550,7 @@ def restore_checkpoint(model, directory):
             if tuple(value.shape) != tuple(var.shape):
                 raise KerassslError(f"{path}: {prefix} variable {var.path} has shape {value.shape} in the "
                                     f"checkpoint, {tuple(var.shape)} in the model")
-            var.assign(value)
-    return meta
+            pairs.append((var, value))
+    for var, value in pairs:
+        var.assign(value)
+    return checkpoint["meta"]

@@ -64,6 +64,11 @@ class DataConfig:
             raise KerassslError(f"data.channel_axis must be one of {', '.join(CHANNEL_AXES)}, "
                                 f"got {self.channel_axis!r}")
 
+    def read_options(self) -> dict:
+        """The keyword arguments of ``kerasssl.data.load.load_images`` this section sets."""
+        return {"image_size": self.image_size, "allow_pickle": self.allow_pickle,
+                "channel_axis": self.channel_axis}
+
 
 @dataclass
 class PretrainConfig:

@@ -447,8 +447,7 @@ def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_
     from kerasssl.data.split import Split
 
     if image_set is None:
-        image_set = load_images(data_path, image_size=cfg.data.image_size,
-                                allow_pickle=cfg.data.allow_pickle, channel_axis=cfg.data.channel_axis)
+        image_set = load_images(data_path, **cfg.data.read_options())
     recorded = Split.load(split_path)
     if split == "all":
         idx = np.arange(len(image_set.files))

@@ -36,7 +36,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import keras
 import numpy as np
@@ -314,10 +314,11 @@ def train_classifier(model, encoder, x_train, y_train, *, x_val=None, y_val=None
 
 
 # -- run directory helpers -------------------------------------------------------
-def load_preprocess(run_dir, data_cfg=None, train_images=None):
-    """The run's Preprocess layer from ``RUN/preprocess.json``; created (and saved)
-    from the data config and the training split's band statistics when the run
-    has none yet (a fresh supervised run)."""
+def load_preprocess(run_dir, data_cfg=None, train_images=None, *, save=True):
+    """The run's Preprocess layer from ``RUN/preprocess.json``; created from the
+    data config and the training split's band statistics when the run has none
+    yet (a fresh supervised run), and then saved unless ``save=False`` (the
+    caller saves it once the run is accepted)."""
     from kerasssl.layers.preprocess import Preprocess
     from kerasssl.layers.preprocess import load_preprocess as read_preprocess
 
@@ -332,7 +333,8 @@ def load_preprocess(run_dir, data_cfg=None, train_images=None):
 
         stats = band_stats(train_images)
     layer = Preprocess.from_data_config(data_cfg, stats=stats)
-    layer.preprocess_to_json(path)
+    if save:
+        layer.preprocess_to_json(path)
     return layer
 
 
@@ -372,10 +374,12 @@ def check_options(mode, labels_fraction, epochs, batch_size, class_weight="balan
     """Refuse bad fine-tuning options up front (before any data is read or trained)."""
     if mode not in MODES:
         raise KerassslError(f"unknown fine-tune mode {mode!r}; choose from {', '.join(MODES)}")
-    if not 0.0 < float(labels_fraction) <= 1.0:
-        raise KerassslError(f"labels fraction must be in (0, 1], got {labels_fraction}")
-    if int(epochs) < 1 or int(batch_size) < 1:
-        raise KerassslError("fine-tuning epochs and batch size must be at least 1")
+    if isinstance(labels_fraction, bool) or not isinstance(labels_fraction, (int, float, np.number)) \
+            or not 0.0 < float(labels_fraction) <= 1.0:
+        raise KerassslError(f"labels fraction (finetune.labels_fraction) must be in (0, 1], got {labels_fraction}")
+    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise KerassslError(f"fine-tuning {name} (finetune.{name}) must be a positive integer, got {value!r}")
     if class_weight not in ("balanced", "none"):
         raise KerassslError(f"finetune.class_weight must be 'balanced' or 'none', got {class_weight!r}")
 
@@ -384,7 +388,8 @@ def check_options(mode, labels_fraction, epochs, batch_size, class_weight="balan
 def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
              labels_fraction: Optional[float] = None, epochs: Optional[int] = None,
              batch_size: Optional[int] = None, output=None, patience: Optional[int] = None,
-             image_set=None, verbose: int = 0) -> dict:
+             image_set=None, verbose: int = 0,
+             on_accepted: Optional[Callable[[Path], None]] = None) -> dict:
     """Fine-tune on a labelled fraction of the run's training split; save the classifier.
 
     Reads (or, for a fresh supervised run, creates) ``RUN/split.json`` and
@@ -402,41 +407,48 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
             (default: max(10, epochs // 2)); the best epoch is restored either way.
         image_set: the data already loaded from ``data_path`` (saves re-reading it).
         verbose: Keras fit verbosity.
+        on_accepted: called with the run directory once every check passed, before
+            the first write (the CLI records its command line there). A refused
+            fine-tune writes nothing.
 
     Returns:
         A summary dict (also in ``RUN/finetune.json``) with ``"model"``, the path.
     """
-    from kerasssl.data.load import load_images
+    from kerasssl.data.load import check_data_path, load_images
     from kerasssl.data.split import load_or_create_split
+    from kerasssl.runcheck import check_data_config, check_split
 
+    # Every check first: a refused fine-tune writes nothing (no run dir, no runs.jsonl).
     ft = cfg.finetune
     mode = mode or ft.mode
-    labels_fraction = ft.labels_fraction if labels_fraction is None else float(labels_fraction)
-    epochs = ft.epochs if epochs is None else int(epochs)
-    batch_size = ft.batch_size if batch_size is None else int(batch_size)
+    labels_fraction = ft.labels_fraction if labels_fraction is None else labels_fraction
+    epochs = ft.epochs if epochs is None else epochs
+    batch_size = ft.batch_size if batch_size is None else batch_size
     check_options(mode, labels_fraction, epochs, batch_size, ft.class_weight)
+    labels_fraction, epochs, batch_size = float(labels_fraction), int(epochs), int(batch_size)
+    check_data_config(cfg.data)
     run_dir = Path(run_dir)
-    if mode != "supervised" and not (run_dir / "encoder.keras").exists():
+    if mode == "supervised":
+        from kerasssl.encoders import available
+
+        if str(cfg.pretrain.encoder).lower() not in available():
+            raise KerassslError(f"unknown encoder {cfg.pretrain.encoder!r}; choose from {', '.join(available())}")
+    elif not (run_dir / "encoder.keras").exists():
         raise KerassslError(f"{run_dir / 'encoder.keras'}: no pretrained encoder; run "
                             "`kerasssl pretrain` first (or use --mode supervised)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    seed = ft.seed
-    keras.utils.set_random_seed(seed)
-
     if image_set is None:
-        image_set = load_images(data_path, image_size=cfg.data.image_size,
-                                allow_pickle=cfg.data.allow_pickle, channel_axis=cfg.data.channel_axis)
-    split = load_or_create_split(run_dir, image_set, cfg.data, labels_fraction=labels_fraction)
+        check_data_path(data_path)
+        image_set = load_images(data_path, **cfg.data.read_options())
+    split = check_split(run_dir, image_set, cfg.data, labels_fraction=labels_fraction)
     labeled = np.asarray(split.indices(image_set, "labeled"), np.int64)
     val = np.asarray(split.indices(image_set, "val"), np.int64)
     train = np.asarray(split.indices(image_set, "train"), np.int64)
     if len(labeled) == 0:
         raise KerassslError(f"labels fraction {labels_fraction} leaves no labelled image")
     n_classes = len(image_set.class_names)
-    x, y = image_set.images[labeled], image_set.labels[labeled]
-    class_weight = balanced_class_weights(y, n_classes) if ft.class_weight == "balanced" else None
-
-    preprocess = load_preprocess(run_dir, cfg.data, image_set.images[train])
+    seed = ft.seed
+    keras.utils.set_random_seed(seed)
+    preprocess = load_preprocess(run_dir, cfg.data, image_set.images[train], save=False)
     shape = image_set.image_shape
     if mode == "supervised":
         from kerasssl.encoders import build_encoder
@@ -446,6 +458,17 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
     else:
         encoder = load_pretrained_encoder(run_dir, shape)
         encoder_source = str(run_dir / "encoder.keras")
+
+    # Accepted: from here on the run writes.
+    if on_accepted is not None:
+        on_accepted(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    load_or_create_split(run_dir, image_set, cfg.data, labels_fraction=labels_fraction)  # the split checked above
+    if not (run_dir / "preprocess.json").exists():
+        preprocess.preprocess_to_json(run_dir / "preprocess.json")
+    x, y = image_set.images[labeled], image_set.labels[labeled]
+    class_weight = balanced_class_weights(y, n_classes) if ft.class_weight == "balanced" else None
+
     augmentation = _augmentation(seed) if ft.augment else None
     # Standardise the features on the whole training split (its images, not its labels).
     stats = feature_statistics(encoder, preprocess, image_set.images[train])

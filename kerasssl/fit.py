@@ -32,43 +32,43 @@ log = logging.getLogger(__name__)
 
 
 def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = None,
-        verbose: int = 0) -> dict:
+        verbose: int = 0, on_accepted: Optional[Callable[[Path], None]] = None) -> dict:
     """Run split, pretraining, fine-tuning, evaluation and export for one run.
+
+    Every check comes first (:func:`check_fit`): config values, DATA (every
+    pixel read), the run directory and what each stage will need. A refused
+    job writes nothing: no run directory, or another run's left as it was.
 
     Args:
         cfg: a ``kerasssl.config.RunConfig``.
-        data_path: the data folder (any format ``load_images`` reads).
+        data_path: the data folder or TFRecord shards (any form ``check_data_path`` accepts).
         run_dir: the run directory (created; existing files are replaced stage by stage).
         progress: called with a one-line message as each stage starts
             (e.g. ``click.echo``); None logs them instead.
         verbose: Keras verbosity for the training stages.
+        on_accepted: called with the run directory once the job is accepted,
+            before the first write (the CLI records its command line there).
 
     Returns:
         ``{"report": dict, "paths": {...}, "seconds": {...}}``.
     """
-    from kerasssl.data.load import load_images
     from kerasssl.data.split import load_or_create_split
     from kerasssl.evaluate import evaluate_run
-    from kerasssl.finetune import check_options, finetune
+    from kerasssl.finetune import finetune
 
     say = progress or log.info
     run_dir = Path(run_dir)
-    data_path = Path(data_path)
-    if not data_path.exists():
-        raise KerassslError(f"{data_path}: data folder not found")
     mode = cfg.finetune.mode
-    ft = cfg.finetune
-    check_options(mode, ft.labels_fraction, ft.epochs, ft.batch_size, ft.class_weight)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # Decide about an existing pretraining before config.yaml is replaced.
-    state = None if mode == "supervised" else _pretraining_state(run_dir, _previous_config(run_dir), cfg)
-    cfg.save(run_dir / "config.yaml")
     seconds = {}
 
     t = time.perf_counter()
     say(f"[1/5] split: reading {data_path}")
-    image_set = load_images(data_path, image_size=cfg.data.image_size, allow_pickle=cfg.data.allow_pickle,
-                            channel_axis=cfg.data.channel_axis)
+    state, image_set, split, plan = check_fit(cfg, data_path, run_dir)
+    # Accepted: from here on the job writes.
+    if on_accepted is not None:
+        on_accepted(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.yaml")
     split = load_or_create_split(run_dir, image_set, cfg.data, labels_fraction=cfg.finetune.labels_fraction)
     say(f"      {len(image_set)} images {image_set.image_shape}, classes {image_set.class_counts()}; "
         f"train {len(split.train)} / val {len(split.val)} / test {len(split.test)}")
@@ -85,7 +85,8 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
         else:
             say(f"[2/5] pretrain: {cfg.pretrain.method} on {cfg.pretrain.encoder}, "
                 f"{cfg.pretrain.epochs} epochs" + (" (resuming)" if state == "resume" else ""))
-            pretrain(cfg, data_path, run_dir, resume=state == "resume", verbose=2 if progress else 0)
+            pretrain(cfg, data_path, run_dir, resume=state == "resume", verbose=2 if progress else 0,
+                     image_set=image_set, plan=plan)
     seconds["pretrain"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -115,6 +116,65 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
         say("[5/5] export: disabled in the config")
     seconds["export"] = time.perf_counter() - t
     return {"report": report, "paths": paths, "seconds": seconds}
+
+
+def check_fit(cfg, data_path, run_dir):
+    """Every check :func:`fit` makes before it writes anything; writes nothing.
+
+    1. config values, section by section; 2. DATA (the one shared check, then
+    every pixel is read); 3. the run directory: an existing pretraining is
+    reused, resumed or refused (:func:`_pretraining_state`), and its split must
+    fit the data; 4. what the stages need: the pretraining plan (checkpoint,
+    batch size) and an encoder that takes the images.
+
+    Returns:
+        ``(state, image_set, split, plan)``: the pretraining state ("new",
+        "resume", "done", or None for a supervised job), the data, the split to
+        record, and the ``PretrainingPlan`` for the pretraining stage (or None).
+
+    Raises:
+        KerassslError: the one-line reason the job is refused.
+
+    Example:
+        >>> state, image_set, split, plan = check_fit(cfg, "data/3b", "runs/a")
+    """
+    from kerasssl.data.load import check_data_path, load_images
+    from kerasssl.finetune import check_options
+    from kerasssl.pretrain import check_config, plan_pretraining
+    from kerasssl.runcheck import check_evaluate_config, check_export_config, check_split
+
+    run_dir = Path(run_dir)
+    ft = cfg.finetune
+    check_options(ft.mode, ft.labels_fraction, ft.epochs, ft.batch_size, ft.class_weight)
+    check_config(cfg)  # data + pretrain (the encoder name is used by supervised jobs too)
+    check_evaluate_config(cfg.evaluate)
+    check_export_config(cfg.export)
+    check_data_path(data_path)  # a folder or TFRecord shards (a glob is no path that exists)
+    # Decide about an existing pretraining before config.yaml is replaced.
+    previous = _previous_config(run_dir)
+    if ft.mode == "supervised":
+        state = None
+        if previous is not None and previous.data != cfg.data:
+            raise KerassslError(f"{run_dir}: already holds a run with other data settings; "
+                                "use a new --run-dir")
+    else:
+        state = _pretraining_state(run_dir, previous, cfg)
+    image_set = load_images(data_path, **cfg.data.read_options())
+    split = check_split(run_dir, image_set, cfg.data, labels_fraction=ft.labels_fraction)
+    plan = None
+    if state in ("new", "resume"):
+        plan = plan_pretraining(cfg, data_path, run_dir, resume=state == "resume", image_set=image_set)
+    if state != "done":
+        _check_encoder_takes(cfg.pretrain.encoder, image_set.image_shape)
+    return state, image_set, split, plan
+
+
+def _check_encoder_takes(name, image_shape):
+    """Refuse an encoder that cannot take these images (e.g. EfficientNet below 32 px)
+    now rather than after the split: building it is the check (a second or so)."""
+    from kerasssl.encoders import build_encoder
+
+    build_encoder(name, image_shape)
 
 
 def _previous_config(run_dir):

@@ -6,18 +6,24 @@
 - ``split.json`` (via :mod:`kerasssl.data.split`): pretraining sees the
   TRAIN split's images only; validation feeds the kNN probe; test is never read;
 - ``preprocess.json``: the in-model NaN repair + normalisation;
-- ``checkpoints/``: one atomic checkpoint per good epoch (see
-  :class:`kerasssl.callbacks.EpochCheckpoint`);
+- ``checkpoints/``: one atomic checkpoint per good epoch, the last two kept
+  (see :class:`kerasssl.callbacks.EpochCheckpoint`);
 - ``history.json``: per-epoch ``loss``, ``embedding_std``, ``learning_rate``,
   ``val_knn_auc`` (lists), rewritten after each checkpoint;
 - ``tensorboard/``: the same scalars for TensorBoard;
 - ``encoder.keras``: the backbone alone (float32 policy), which takes
   *preprocessed* images (classifier = Preprocess -> encoder -> head).
 
-``resume=True`` restores the last checkpoint (weights, optimizer state,
-augmentation RNG state, epoch, history) and continues to ``epochs``; a crash
-or ``kill -9`` loses at most the epoch in progress. A NaN/Inf loss stops the
-run with a one-line :class:`KerassslError` and leaves the last good checkpoint.
+Nothing is written before every check passed (:func:`plan_pretraining`):
+a refused run creates no run directory and leaves another run's as it was.
+
+``resume=True`` restores the newest readable checkpoint (weights, optimizer
+state, augmentation RNG state, epoch, history; a truncated newest one is
+skipped with a warning) and continues to ``epochs``; a crash or ``kill -9``
+loses at most the epoch in progress, and a run killed after its last
+checkpoint only gets ``encoder.keras`` written. A NaN/Inf loss stops the run
+with a one-line :class:`KerassslError` (what to try, see
+:func:`kerasssl.callbacks.nonfinite_hint`) and leaves the last good checkpoint.
 
 :func:`build_pretraining_model` holds model construction + compile in one
 place, so a ``tf.distribute`` scope can wrap it.
@@ -30,10 +36,12 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import math
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -151,7 +159,10 @@ def build_pretraining_model(cfg: RunConfig, input_shape, preprocess, steps_per_e
 
 
 def check_config(cfg):
-    """Raise a one-line KerassslError for pretrain settings that cannot work."""
+    """Raise a one-line KerassslError for data or pretrain settings that cannot work."""
+    from kerasssl.runcheck import check_data_config
+
+    check_data_config(cfg.data)
     p = cfg.pretrain
     for name in ("epochs", "batch_size"):
         value = getattr(p, name)
@@ -194,25 +205,18 @@ def resume_config(run_dir, epochs=None):
     return cfg
 
 
-def _train_val(image_set, split):
-    train = split.indices(image_set, "train")
-    val = split.indices(image_set, "val")
-    return train, val
-
-
 def _make_preprocess(cfg, run_dir, train_images, resume):
+    """The run's Preprocess layer and whether it is new (to be saved once the run is accepted)."""
     from kerasssl.data.clean import band_stats
     from kerasssl.layers.preprocess import Preprocess, load_preprocess
 
     path = Path(run_dir) / "preprocess.json"
     if resume and path.exists():
-        return load_preprocess(path, dtype="float32")
+        return load_preprocess(path, dtype="float32"), False
     stats = band_stats(train_images) if cfg.data.normalization == "dataset" else None
     # float32: the views augment normalised pixels in full precision; the
     # encoder casts to the compute dtype itself.
-    layer = Preprocess.from_data_config(cfg.data, stats=stats, dtype="float32")
-    layer.preprocess_to_json(path)
-    return layer
+    return Preprocess.from_data_config(cfg.data, stats=stats, dtype="float32"), True
 
 
 def _probe_callback(cfg, image_set, split, train_idx, val_idx):
@@ -248,15 +252,123 @@ def save_encoder(model, cfg, input_shape, path):
     return encoder
 
 
-def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1):
+@dataclasses.dataclass
+class PretrainingPlan:
+    """What :func:`plan_pretraining` found: all that :func:`pretrain` needs before its first write.
+
+    Args:
+        run_dir: the directory this process writes (RUN, or a worker's private copy).
+        image_set / split: the data and the split the run will record.
+        train_idx / val_idx: rows of the train and validation splits.
+        checkpoint: the checkpoint to resume from (:func:`kerasssl.callbacks.load_checkpoint`), or None.
+        done: epochs already trained.
+        finish_only: every epoch is trained but ``encoder.keras`` was never written
+            (killed after the last checkpoint): only the encoder and history are left to write.
+        batch_size / steps_per_epoch: as the run will use them.
+    """
+
+    run_dir: Path
+    image_set: object
+    split: object
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    checkpoint: Optional[dict]
+    done: int
+    finish_only: bool
+    batch_size: int
+    steps_per_epoch: int
+
+
+def plan_pretraining(cfg: RunConfig, data_path, run_dir, *, resume=False, image_set=None, dist=None):
+    """Every check :func:`pretrain` makes before it writes anything; writes nothing.
+
+    Config values, the run directory (another pretraining there, or nothing to
+    resume), the checkpoint (the newest readable one), DATA (every pixel is read)
+    and the split. ``kerasssl fit`` calls it before its own first write too.
+
+    Args:
+        cfg / data_path / run_dir / resume: as for :func:`pretrain`.
+        image_set: DATA already loaded (saves reading it again).
+        dist: the :func:`kerasssl.distribute.setup` result (default: set up from the config).
+
+    Returns:
+        A :class:`PretrainingPlan`.
+
+    Raises:
+        KerassslError: the one-line reason the run is refused.
+
+    Example:
+        >>> plan = plan_pretraining(cfg, "data/3b", "runs/a")
+        >>> plan.done, len(plan.train_idx)
+        (0, 252)
+    """
+    from kerasssl import distribute
+    from kerasssl.callbacks import has_checkpoint, load_checkpoint
+    from kerasssl.data.load import check_data_path, load_images
+    from kerasssl.runcheck import check_split
+
+    check_config(cfg)
+    if dist is None:
+        dist = distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
+    p = cfg.pretrain
+    run_dir = _worker_run_dir(dist, Path(run_dir), resume)
+    ckpt_dir = run_dir / "checkpoints"
+    has_encoder = (run_dir / "encoder.keras").exists()
+    checkpoint, done = None, 0
+    if resume:
+        checkpoint = load_checkpoint(ckpt_dir)  # the newest readable one (one warning if it skipped one)
+        if checkpoint is None:
+            raise KerassslError(f"{ckpt_dir}: no checkpoint to resume from; start without --resume")
+        done = int(checkpoint["meta"]["epoch"])
+        if done > p.epochs or (done == p.epochs and has_encoder):
+            raise KerassslError(f"{run_dir}: already trained {done} epoch(s); raise --epochs to continue")
+    elif has_checkpoint(ckpt_dir) or has_encoder:
+        raise KerassslError(f"{run_dir}: already holds a pretraining run; use --resume or a new --run-dir")
+
+    if image_set is None:
+        check_data_path(data_path)
+        image_set = load_images(data_path, **cfg.data.read_options())
+    split = check_split(run_dir, image_set, cfg.data)
+    train_idx = split.indices(image_set, "train")
+    val_idx = split.indices(image_set, "val")
+    if len(train_idx) < 2:
+        raise KerassslError(f"{data_path}: the train split has {len(train_idx)} image(s); need at least 2")
+    batch_size = p.batch_size
+    if batch_size > len(train_idx):
+        log.warning("batch size %d > %d training images: using %d", batch_size, len(train_idx), len(train_idx))
+        batch_size = len(train_idx)
+    if dist.distribution is not None and batch_size % dist.num_replicas:
+        # keras.distribution.DataParallel shards each batch evenly over the devices.
+        raise KerassslError(f"--batch-size {batch_size} must be a multiple of the {dist.num_replicas} "
+                            "devices of --strategy mirrored under JAX")
+    steps_per_epoch = p.steps_per_epoch or max(len(train_idx) // batch_size, 1)
+    return PretrainingPlan(run_dir=run_dir, image_set=image_set, split=split, train_idx=train_idx,
+                           val_idx=val_idx, checkpoint=checkpoint, done=done,
+                           finish_only=resume and done == p.epochs, batch_size=batch_size,
+                           steps_per_epoch=steps_per_epoch)
+
+
+def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, image_set=None,
+             on_accepted: Optional[Callable[[Path], None]] = None, plan: Optional[PretrainingPlan] = None):
     """Pretrain ``cfg.pretrain.encoder`` with ``cfg.pretrain.method`` on DATA's train split.
+
+    Nothing is written until every check passed (:func:`plan_pretraining`, then
+    the model is built and the checkpoint restored): a refused run leaves no
+    run directory, or another run's directory as it was.
 
     Args:
         cfg: the resolved run config (with ``resume``, pass :func:`resume_config`'s).
-        data_path: the data folder/file (anything ``load_images`` reads).
+        data_path: the data folder or TFRecord shards (anything ``check_data_path`` accepts).
         run_dir: the run directory (created).
-        resume: continue from ``RUN/checkpoints``.
+        resume: continue from ``RUN/checkpoints`` (the newest readable checkpoint);
+            a run killed after its last checkpoint only gets its encoder written.
         verbose: Keras progress output (1 = progress bar, 2 = one line per epoch, 0 = none).
+        image_set: DATA already loaded (saves reading it again).
+        on_accepted: called with the run directory once the run is accepted,
+            before the first write (the CLI records its command line there).
+        plan: what :func:`plan_pretraining` returned for these same arguments
+            (``fit`` checks before its own writes and passes it on, so each check
+            and warning happens once); default: plan here.
 
     Returns:
         The history dict (per-epoch lists), as written to ``RUN/history.json``.
@@ -271,77 +383,66 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1):
 
     from kerasssl import distribute
     from kerasssl.callbacks import (
-        NONFINITE_HINT,
         EpochCheckpoint,
         LearningRateLogger,
         NonFiniteLossGuard,
         ScalarEventWriter,
         load_checkpoint_meta,
+        nonfinite_hint,
         restore_checkpoint,
     )
-    from kerasssl.data.load import load_images
     from kerasssl.data.pipeline import make_dataset
     from kerasssl.data.split import load_or_create_split
 
     check_config(cfg)
     # Data parallelism (tf.distribute / keras.distribution) before any TF op.
     dist = distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
-    run_dir = _worker_run_dir(dist, Path(run_dir), resume)
+    if plan is None:
+        plan = plan_pretraining(cfg, data_path, run_dir, resume=resume, image_set=image_set, dist=dist)
+    run_dir, image_set = plan.run_dir, plan.image_set
     ckpt_dir = run_dir / "checkpoints"
-    meta = load_checkpoint_meta(ckpt_dir) if resume else None
-    if resume and meta is None:
-        raise KerassslError(f"{ckpt_dir}: no checkpoint to resume from; start without --resume")
-    if not resume and meta is None and load_checkpoint_meta(ckpt_dir) is not None:
-        raise KerassslError(f"{run_dir}: already holds a pretraining run; use --resume or a new --run-dir")
-    done = int(meta["epoch"]) if meta else 0
     p = cfg.pretrain
-    if done >= p.epochs:
-        raise KerassslError(f"{run_dir}: already trained {done} epoch(s); raise --epochs to continue")
-
-    image_set = load_images(data_path, image_size=cfg.data.image_size, allow_pickle=cfg.data.allow_pickle,
-                            channel_axis=cfg.data.channel_axis)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    split = load_or_create_split(run_dir, image_set, cfg.data)
-    train_idx, val_idx = _train_val(image_set, split)
-    if len(train_idx) < 2:
-        raise KerassslError(f"{data_path}: the train split has {len(train_idx)} image(s); need at least 2")
-    train_images = image_set.images[train_idx]
+    train_images = image_set.images[plan.train_idx]
     input_shape = tuple(train_images.shape[1:])
-    batch_size = p.batch_size
-    if batch_size > len(train_images):
-        log.warning("batch size %d > %d training images: using %d", batch_size, len(train_images), len(train_images))
-        batch_size = len(train_images)
-    if dist.distribution is not None and batch_size % dist.num_replicas:
-        # keras.distribution.DataParallel shards each batch evenly over the devices.
-        raise KerassslError(f"--batch-size {batch_size} must be a multiple of the {dist.num_replicas} "
-                            "devices of --strategy mirrored under JAX")
-    steps_per_epoch = p.steps_per_epoch or max(len(train_images) // batch_size, 1)
-    cfg.save(run_dir / CONFIG_FILE)
 
     keras.utils.set_random_seed(cfg.seed)
-    preprocess = _make_preprocess(cfg, run_dir, train_images, resume)
+    preprocess, new_preprocess = _make_preprocess(cfg, run_dir, train_images, resume)
     with dist.scope():  # variables mirrored / sharded; Keras then splits each global batch
-        model = build_pretraining_model(cfg, input_shape, preprocess, steps_per_epoch=steps_per_epoch)
+        model = build_pretraining_model(cfg, input_shape, preprocess, steps_per_epoch=plan.steps_per_epoch)
         if dist.num_replicas > 1 and p.sync_batchnorm:
             distribute.synchronize_batchnorm(model)  # global-batch BN statistics (TF)
         history = {}
-        if meta:
-            meta = restore_checkpoint(model, ckpt_dir)
+        if plan.checkpoint:
+            meta = restore_checkpoint(model, ckpt_dir, checkpoint=plan.checkpoint)
+            plan.checkpoint = None  # its arrays are in the model now
             history = {k: list(v) for k, v in meta["history"].items()}
-            log.info("resuming %s after epoch %d", run_dir, done)
+
+    # Accepted: from here on the run writes.
+    if on_accepted is not None:
+        on_accepted(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    split = load_or_create_split(run_dir, image_set, cfg.data)
+    cfg.save(run_dir / CONFIG_FILE)
+    if new_preprocess:
+        preprocess.preprocess_to_json(run_dir / "preprocess.json")
+    if plan.finish_only:
+        log.info("%s: all %d epochs are checkpointed; writing the encoder", run_dir, plan.done)
+        return _finish(model, cfg, input_shape, run_dir, history, dist)
+    if plan.done:
+        log.info("resuming %s after epoch %d", run_dir, plan.done)
 
     # Full batches only (BatchNorm and the contrastive losses dislike a tiny
     # last batch); repeat so steps_per_epoch may exceed one pass. The shuffle
     # seed moves with the epoch so a resumed run sees fresh orders.
-    dataset = make_dataset(train_images, batch_size=batch_size, shuffle=True, seed=cfg.seed + 1000 * done,
-                           repeat=True, drop_remainder=True)
+    dataset = make_dataset(train_images, batch_size=plan.batch_size, shuffle=True,
+                           seed=cfg.seed + 1000 * plan.done, repeat=True, drop_remainder=True)
 
     def write_history(epoch, hist):
         write_json_atomic(run_dir / "history.json", hist)
 
     guard = NonFiniteLossGuard()
     callbacks = [LearningRateLogger()]
-    probe = _probe_callback(cfg, image_set, split, train_idx, val_idx)
+    probe = _probe_callback(cfg, image_set, split, plan.train_idx, plan.val_idx)
     if probe is not None:
         callbacks.append(probe)
     callbacks += [
@@ -349,12 +450,18 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1):
         EpochCheckpoint(ckpt_dir, history=history, on_saved=write_history),
         ScalarEventWriter(run_dir / "tensorboard"),
     ]
-    model.fit(dataset, epochs=p.epochs, initial_epoch=done, steps_per_epoch=steps_per_epoch,
+    model.fit(dataset, epochs=p.epochs, initial_epoch=plan.done, steps_per_epoch=plan.steps_per_epoch,
               callbacks=callbacks, verbose=verbose, shuffle=False)
     if guard.failure:
         last = load_checkpoint_meta(ckpt_dir)
         kept = f"last good checkpoint: epoch {last['epoch']}" if last else "no checkpoint was written"
-        raise KerassslError(f"pretraining stopped: {guard.failure}; {kept}; {NONFINITE_HINT}")
+        hint = nonfinite_hint(train_images, cfg.data.normalization)
+        raise KerassslError(f"pretraining stopped: {guard.failure}; {kept}; {hint}")
+    return _finish(model, cfg, input_shape, run_dir, history, dist)
+
+
+def _finish(model, cfg, input_shape, run_dir, history, dist):
+    """The end of every run: RUN/encoder.keras and the final RUN/history.json."""
     save_encoder(model, cfg, input_shape, run_dir / "encoder.keras")
     write_json_atomic(run_dir / "history.json", history)
     dist.cleanup()

@@ -140,3 +140,36 @@ def test_fit_reuses_resumes_or_refuses_an_existing_pretraining(tmp_path):
                   cfg.with_overrides({"data.normalization": "zscore"})):
         with pytest.raises(KerassslError, match="new --run-dir"):
             _pretraining_state(tmp_path, cfg, other)
+
+
+def test_fit_on_tfrecord_shards_end_to_end(tmp_path, data16, capsys):
+    # DATA as a glob of shards, the form `pretrain` and `inspect` take (it used
+    # to end in "data folder not found" because fit checked Path.exists()).
+    code, out, err = run_cli(["convert", data16, tmp_path / "rec", "--to", "tfrecord", "--shards", 2,
+                              "--no-progress"], capsys)
+    assert code == 0, err
+    cfg = write_config(tmp_path / "tiny.yaml", pretrain={"steps_per_epoch": 2}, finetune={"epochs": 1})
+    run = tmp_path / "run"
+    code, out, err = run_cli(["fit", f"{tmp_path / 'rec'}/*.tfrecord*", "--run-dir", run, "--config", cfg],
+                             capsys)
+    assert code == 0, err
+    for name in ("encoder.keras", "classifier.keras", "report.json", "split.json"):
+        assert (run / name).exists(), name
+    split = json.loads((run / "split.json").read_text())
+    # The shards keep the folder's file names, so the split names the same images.
+    assert sorted(split["train"] + split["val"] + split["test"]) == sorted(
+        str(p.relative_to(data16)) for p in data16.rglob("*.npy"))
+    assert json.loads((run / "report.json").read_text())["n_test"] == len(split["test"])
+
+
+def test_fit_again_finishes_a_pretraining_killed_before_its_encoder(tmp_path, data16, capsys):
+    cfg = write_config(tmp_path / "tiny.yaml", pretrain={"steps_per_epoch": 1}, finetune={"epochs": 1})
+    run = tmp_path / "run"
+    code, out, err = run_cli(["fit", data16, "--run-dir", run, "--config", cfg], capsys)
+    assert code == 0, err
+    history = json.loads((run / "history.json").read_text())
+    (run / "encoder.keras").unlink()  # killed after the last checkpoint, before the encoder
+    code, out, err = run_cli(["fit", data16, "--run-dir", run, "--config", cfg], capsys)
+    assert code == 0, err
+    assert "(resuming)" in out and (run / "encoder.keras").exists()
+    assert json.loads((run / "history.json").read_text()) == history  # finished, not retrained

@@ -98,6 +98,7 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_checkpoint(hst_folder,
     message = str(err.value)
     assert "non-finite loss" in message and "epoch 2" in message
     assert "last good checkpoint: epoch 1" in message and "learning rate" in message
+    assert "--learning-rate" not in message  # pretrain has no such option
     assert "\n" not in message
     assert json.loads((run / "checkpoints" / "latest.json").read_text())["epoch"] == 1
     assert len(json.loads((run / "history.json").read_text())["loss"]) == 1
@@ -184,3 +185,103 @@ def test_pretrained_encoder_beats_random_init_on_linear_probe(tmp_path):
                    check=True, capture_output=True)
     result = json.loads((out / "results.json").read_text())
     assert result["linear_probe_test_auc_pretrained"] > result["linear_probe_test_auc_random_init"], result
+
+
+def _snapshot(folder):
+    import hashlib
+
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_skips_a_truncated_checkpoint_with_one_warning(hst_folder, tmp_path, caplog):
+    run = tmp_path / "run"
+    first = pt.pretrain(_cfg(epochs=2), hst_folder, run, verbose=0)
+    ckpt = run / "checkpoints"
+    assert sorted(p.name for p in ckpt.glob("*.npz")) == ["ckpt-0001.npz", "ckpt-0002.npz"]  # the last two
+    newest = ckpt / "ckpt-0002.npz"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # e.g. the disk filled up
+
+    caplog.set_level("WARNING", logger="kerasssl.callbacks")
+    hist = pt.pretrain(pt.resume_config(run, epochs=3), hst_folder, run, resume=True, verbose=0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("kerasssl")]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert "ckpt-0002.npz is truncated or corrupt" in warnings[0]
+    assert "resuming from ckpt-0001.npz (epoch 1)" in warnings[0]
+    # Epoch 1 came from the checkpoint; epochs 2 and 3 were trained again.
+    assert len(hist["loss"]) == 3 and hist["loss"][0] == first["loss"][0]
+    assert [p.name for p in cb.checkpoint_files(ckpt)] == ["ckpt-0003.npz", "ckpt-0002.npz"]
+    assert cb.load_checkpoint(ckpt)["meta"]["epoch"] == 3
+
+    # None usable: one line naming each, and the run is left as it was.
+    for path in cb.checkpoint_files(ckpt):
+        path.write_bytes(b"PK\x03\x04 cut short")
+    before = _snapshot(run)
+    with pytest.raises(KerassslError) as err:
+        pt.pretrain(pt.resume_config(run, epochs=4), hst_folder, run, resume=True, verbose=0)
+    message = str(err.value)
+    assert "no usable checkpoint" in message and "\n" not in message
+    assert "ckpt-0003.npz is truncated or corrupt" in message and "ckpt-0002.npz" in message
+    assert _snapshot(run) == before
+
+
+def test_resume_of_a_run_killed_before_its_encoder_was_written_finishes_it(hst_folder, tmp_path):
+    run = tmp_path / "run"
+    history = pt.pretrain(_cfg(epochs=2), hst_folder, run, verbose=0)
+    weights = keras.saving.load_model(run / "encoder.keras").get_weights()
+    # The state of a kill after the last epoch's checkpoint, before encoder.keras.
+    (run / "encoder.keras").unlink()
+    (run / "history.json").unlink()
+    again = pt.pretrain(pt.resume_config(run), hst_folder, run, resume=True, verbose=0)
+    assert again == history == json.loads((run / "history.json").read_text())
+    for a, b in zip(keras.saving.load_model(run / "encoder.keras").get_weights(), weights):
+        np.testing.assert_array_equal(a, b)  # the checkpointed weights, not a retrained encoder
+    with pytest.raises(KerassslError, match="already trained 2"):  # now it is finished
+        pt.pretrain(pt.resume_config(run), hst_folder, run, resume=True, verbose=0)
+
+
+def test_nonfinite_hint_names_only_real_options_and_config_keys():
+    import re
+
+    from kerasssl.cli.fit import fit as fit_command
+    from kerasssl.cli.pretrain import pretrain as pretrain_command
+
+    for text in (cb.NONFINITE_HINT, cb.nonfinite_hint(np.full((1, 2, 2, 1), 5e4, np.float32), "none")):
+        options = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", text))
+        assert options, text
+        for command in (pretrain_command, fit_command):
+            known = {opt for param in command.params for opt in param.opts}
+            assert options <= known, (command.name, options - known)
+        keys = set(re.findall(r"\b(data|pretrain|finetune|evaluate|export)\.([a-z_]+)", text))
+        assert keys, text
+        cfg = RunConfig().to_dict()
+        for section, key in keys:
+            assert key in cfg[section], f"{section}.{key}"
+    assert "--learning-rate" not in cb.NONFINITE_HINT
+
+
+def test_nan_loss_on_raw_pixels_in_the_thousands_says_so(tmp_path, monkeypatch):
+    from conftest import write_hst_folder
+    from kerasssl.data.load import load_images
+    from kerasssl.data.split import Split
+    from kerasssl.methods import SimCLR
+
+    data = write_hst_folder(tmp_path / "counts", 12, 12, size=32)
+    for path in data.iterdir():  # survey counts: the same images x 300
+        np.save(path, np.load(path) * 300.0)
+    real_loss = SimCLR.method_loss
+    monkeypatch.setattr(SimCLR, "method_loss", lambda self, out: real_loss(self, out) + float("nan"))
+    cfg = _cfg(epochs=1).with_overrides({"data.normalization": "none"})
+    with pytest.raises(KerassslError) as err:
+        pt.pretrain(cfg, data, tmp_path / "run", verbose=0)
+    message = str(err.value)
+    images = load_images(data, image_size=32)
+    train = images.images[Split.load(tmp_path / "run" / "split.json").indices(images, "train")]
+    peak = train.flat[np.argmax(np.abs(train))]
+    assert f"the training images reach {peak:,.0f} with data.normalization: none; use asinh or dataset" in message
+    assert "\n" not in message
+
+    # The same NaN with normalised pixels: no claim about the pixels.
+    with pytest.raises(KerassslError) as err:
+        pt.pretrain(_cfg(epochs=1), data, tmp_path / "run2", verbose=0)
+    assert "training images reach" not in str(err.value) and "learning rate" in str(err.value)

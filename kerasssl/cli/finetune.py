@@ -44,11 +44,14 @@ def finetune(run_dir, data, mode, labels_fraction, epochs, batch_size, config_pa
     cfg = cfg.with_overrides({"finetune.seed": seed, "pretrain.encoder": encoder,
                               "data.allow_pickle": allow_pickle, "data.channel_axis": channel_axis})
     check_data_path(data)  # unreadable DATA: one line, and RUN is left untouched
-    record_invocation(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        cfg.save(run_dir / "config.yaml")
+
+    def accepted(run_dir):  # only once every check passed: a refused fine-tune writes nothing
+        record_invocation(run_dir)
+        if not (run_dir / "config.yaml").exists():
+            cfg.save(run_dir / "config.yaml")
+
     record = run_finetune(cfg, data, run_dir, mode=mode, labels_fraction=labels_fraction,
-                          epochs=epochs, batch_size=batch_size, output=output)
+                          epochs=epochs, batch_size=batch_size, output=output, on_accepted=accepted)
     best = record.get("best_val_roc_auc")
     click.echo(f"{record['mode']} fine-tune on {record['n_labeled']} labelled images "
                f"({100 * record['labels_fraction']:g}% of the training split), class weights {record['class_weight']}")

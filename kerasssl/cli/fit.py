@@ -69,8 +69,8 @@ def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, im
         # Before any TF op: logical CPUs / collectives are configured only then.
         distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
     check_data_path(data)  # unreadable DATA: one line, and RUN is left untouched
-    record_invocation(run_dir)
-    summary = run_fit(cfg, data, run_dir, progress=click.echo)
+    # The command line is recorded only once the job is accepted (a refused one writes nothing).
+    summary = run_fit(cfg, data, run_dir, progress=click.echo, on_accepted=record_invocation)
     click.echo("")
     for line in summary_lines(summary):
         click.echo(line)

@@ -74,11 +74,13 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
     cfg = cfg.with_overrides({"pretrain.strategy": strategy, "pretrain.cpu_devices": cpu_devices,
                               "pretrain.sync_batchnorm": sync_batchnorm, "data.allow_pickle": allow_pickle})
     # Before any TF op: logical CPUs and collective ops are configured only then.
-    dist = distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
+    distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
     check_config(cfg)  # bad settings: one line, before anything is written into RUN
     check_data_path(data)  # unreadable DATA: one line, and RUN is left untouched
-    record_invocation(dist.write_path(run_dir))  # only the chief records into RUN
-    history = run_pretrain(cfg, data, run_dir, resume=resume, verbose=1 if sys.stderr.isatty() else 2)
+    # The command line is recorded only once the run is accepted (a refused one writes nothing);
+    # pretrain passes the chief RUN, a worker its private copy.
+    history = run_pretrain(cfg, data, run_dir, resume=resume, verbose=1 if sys.stderr.isatty() else 2,
+                           on_accepted=record_invocation)
     last = {k: v[-1] for k, v in history.items() if v}
     shown = ", ".join(f"{k} {last[k]:.4g}" for k in ("loss", "embedding_std", "val_knn_auc") if k in last)
     click.echo(f"pretrained {cfg.pretrain.encoder} with {cfg.pretrain.method} for {len(history.get('loss', []))} "

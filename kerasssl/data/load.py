@@ -300,23 +300,38 @@ def _tfrecord_pattern(path) -> Optional[str]:
 # -- the whole folder ---------------------------------------------------------
 
 
-def check_data_path(path) -> None:
-    """Fail fast with a one-line :class:`DataError` when DATA names nothing readable.
+def check_data_path(path) -> str:
+    """The one check of a DATA argument: what it names, or a one-line :class:`DataError`.
 
-    Cheap (lists files, reads no pixels), so a command can call it before it
-    creates or writes into a run directory.
+    Every command that takes DATA (pretrain, finetune, fit, evaluate, inspect)
+    accepts the same forms, decided here as :func:`load_images` decides them:
+    a data folder (flat ``nl_``-prefixed or class sub-folders), or TFRecord
+    shards as a glob, one shard, or a folder holding only shards. Cheap (lists
+    files, reads no pixels), so a command calls it before it creates or writes
+    into a run directory.
+
+    Returns:
+        ``"folder"`` or ``"tfrecord"``.
+
+    Raises:
+        DataError: nothing there, a glob that matches no shard, a single image
+            file (training needs a folder: the classes come from the layout),
+            or a folder without images.
 
     Example:
         >>> check_data_path("data/hst")          # a folder: scanned
+        'folder'
         >>> check_data_path("rec/*.tfrecord*")   # shards: found
+        'tfrecord'
     """
     pattern = _tfrecord_pattern(path)
     if pattern is not None:
         from kerasssl.data.tfrecord import find_shards
 
         find_shards(pattern)
-    else:
-        scan(path)
+        return "tfrecord"
+    scan(path)
+    return "folder"
 
 
 def load_images(path, *, image_size: Optional[int] = None, allow_pickle: bool = False,
