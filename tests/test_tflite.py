@@ -111,3 +111,152 @@ def test_an_op_without_tflite_kernel_fails_clearly(tmp_path):
     tf.saved_model.save(module, str(tmp_path / "sm"), signatures={"serving_default": module.serve})
     with pytest.raises(KerassslError, match="builtins lack: Asinh"):
         tflite_lib.convert(tmp_path / "sm", "fp32")
+
+
+# -- int8: the encoder's convolutions in int8, the rest float -----------------
+
+
+def _trained_int8_export(root):
+    """A small classifier trained on separable fake rings, exported with int8.
+
+    Data: 16 px single-band folder (fake lenses have a ring), a run dir with
+    its split; the classifier (Preprocess median/asinh -> augmentation ->
+    encoder with one conv -> dropout -> head) is trained on the train split
+    only, so its val ROC-AUC is a real one.
+    """
+    import keras
+
+    from conftest import write_hst_folder
+    from kerasssl.data.load import load_images
+    from kerasssl.data.split import make_split
+    from kerasssl.export import export_saved_model
+    from test_export import make_classifier
+
+    folder = write_hst_folder(root / "data", 60, 60, size=SIZE, nan_files=8, seed=3)
+    data = load_images(folder)
+    run = root / "run"
+    run.mkdir()
+    split = make_split(data, val_fraction=0.3, test_fraction=0.15, seed=0)
+    split.save(run / "split.json")
+    train = split.indices(data, "train")
+    model = make_classifier(seed=1)
+    model.compile(optimizer=keras.optimizers.Adam(0.01), loss="sparse_categorical_crossentropy")
+    model.fit(data.images[train], data.labels[train], epochs=25, batch_size=16, verbose=0)
+    model.save(run / "classifier.keras")
+    version = export_saved_model(run / "classifier.keras", root / "sm", "lf", tflite="int8", data=folder)
+    return model, data, split, version / "lf_int8.tflite"
+
+
+@pytest.fixture(scope="module")
+def int8_export(tmp_path_factory):
+    return _trained_int8_export(tmp_path_factory.mktemp("int8"))
+
+
+def _ops_from_interpreter(path):
+    """(op type, first output name, output dtypes, first-output tensor) per op, via LiteRT."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    tensors = {t["index"]: t for t in interpreter.get_tensor_details()}
+    ops = []
+    for op in interpreter._get_ops_details():
+        outputs = [tensors[i] for i in op["outputs"]]
+        inputs = [tensors[i] for i in op["inputs"] if i in tensors]
+        ops.append((op["op_name"], outputs[0]["name"], [t["dtype"] for t in outputs], inputs))
+    return ops
+
+
+def test_int8_keeps_preprocess_pooling_and_head_float(int8_export):
+    _, _, _, path = int8_export
+    ops = _ops_from_interpreter(path)
+
+    def in_layer(name, layer):  # "classifier_1/preprocess_1/Sort;..." is in layer "preprocess"
+        parts = name.split(";")[0].split("/")
+        return len(parts) > 2 and parts[1].startswith(layer)
+
+    quantized = [(kind, name) for kind, name, dtypes, _ in ops if np.int8 in dtypes and kind != "QUANTIZE"]
+    # the only int8 compute is the encoder's convolution ...
+    assert [kind for kind, _ in quantized] == ["CONV_2D"]
+    assert all(in_layer(name, "encoder") for _, name in quantized)
+    # ... Preprocess (its sort included), the pooled features and the head stay float
+    for layer in ("preprocess", "head"):
+        layer_ops = [(kind, dtypes) for kind, name, dtypes, _ in ops if in_layer(name, layer)]
+        assert layer_ops and all(np.int8 not in dtypes for _, dtypes in layer_ops), layer
+    kinds = {kind: dtypes for kind, _, dtypes, _ in ops}
+    assert kinds["TOPK_V2"][0] == np.float32 and kinds["MEAN"] == [np.float32]
+    assert kinds["FULLY_CONNECTED"] == [np.float32] and kinds["SOFTMAX"] == [np.float32]
+    # one conversion in (after Preprocess), one out (before the pooling)
+    assert [kind for kind, *_ in ops].count("QUANTIZE") == 1
+    assert [kind for kind, *_ in ops].count("DEQUANTIZE") == 1
+    # per-channel weights: one scale per output channel of the 6-filter conv
+    conv_inputs = [inputs for kind, _, _, inputs in ops if kind == "CONV_2D"][0]
+    weights = conv_inputs[1]
+    assert weights["dtype"] == np.int8 and len(weights["quantization_parameters"]["scales"]) == 6
+
+
+def test_int8_parity_report_fields(int8_export):
+    model, data, split, path = int8_export
+    report = json.loads(path.with_suffix(".parity.json").read_text())
+    assert report["passed"] and report["mode"] == "int8"
+    assert report["size_bytes"] == path.stat().st_size
+    ops = report["ops"]
+    # what the report says agrees with what LiteRT reads from the file
+    listed = _ops_from_interpreter(path)
+    assert ops["int8"] == {"CONV_2D": 1}
+    assert ops["quantize"] == 1 and ops["dequantize"] == 1
+    assert sum(ops["float"].values()) == sum(1 for kind, _, dtypes, _ in listed
+                                             if np.int8 not in dtypes and kind not in ("QUANTIZE", "DEQUANTIZE"))
+    assert ops["int8_layers"] == [n for n in ops["int8_layers"] if n.startswith("encoder")] != []
+    assert any(n.startswith("preprocess") for n in ops["float_layers"])
+    assert any(n.startswith("head") for n in ops["float_layers"])
+    assert ops["per_channel_weights"] is True and ops["builtins_only"] is True
+    assert report["representative_source"].startswith("train split of")
+    auc = report["auc"]
+    assert auc["split"] == "val" and "kerasssl.evaluate.roc_auc" in auc["metric"]
+    assert auc["change"] == pytest.approx(auc["tflite"] - auc["keras"], abs=1e-12)
+
+
+def test_int8_auc_change_is_small_and_computed_as_evaluate_does(int8_export):
+    from kerasssl.evaluate import roc_auc
+
+    model, data, split, path = int8_export
+    auc = json.loads(path.with_suffix(".parity.json").read_text())["auc"]
+    val = split.indices(data, "val")
+    assert auc["n"] == len(val)
+    assert auc["keras"] == pytest.approx(roc_auc(data.labels[val], np.asarray(model(data.images[val], training=False))), abs=1e-12)
+    lite = TFLiteRunner(path).predict(data.images[val])
+    assert auc["tflite"] == pytest.approx(roc_auc(data.labels[val], lite), abs=1e-12)
+    assert auc["keras"] >= 0.8  # a classifier worth quantizing
+    assert abs(auc["change"]) <= 0.01
+
+
+def test_int8_calibration_uses_train_images_only(tmp_path, monkeypatch):
+    from conftest import write_hst_folder
+    from kerasssl.data.load import load_images
+    from kerasssl.data.split import make_split
+
+    folder = write_hst_folder(tmp_path / "data", 30, 20, size=SIZE, seed=5)
+    data = load_images(folder)
+    run = tmp_path / "run"
+    run.mkdir()
+    split = make_split(data, val_fraction=0.2, test_fraction=0.2, seed=0)
+    split.save(run / "split.json")
+    key = lambda image: image.tobytes()
+    train = {key(data.images[i]) for i in split.indices(data, "train")}
+    held_out = {key(data.images[i]) for name in ("val", "test") for i in split.indices(data, name)}
+    model = make_model_for(data)
+    # fewer calibration images than train images: a subset, still only train images
+    monkeypatch.setattr(tflite_lib, "MAX_REPRESENTATIVE", 8)
+    samples = SampleData.gather(model, (SIZE, SIZE, 1), data=folder, run_dir=run)
+    chosen = [key(image) for image in samples.representative]
+    assert len(chosen) == 8 == len(set(chosen))
+    assert set(chosen) <= train and not set(chosen) & held_out
+    # spread over the split, not its first rows (the split lists one class after the other)
+    assert set(data.labels[[i for i in split.indices(data, "train") if key(data.images[i]) in set(chosen)]]) == {0, 1}
+    assert samples.representative_source == f"train split of {run}"
+
+
+def make_model_for(data):
+    from test_export import make_classifier
+
+    return make_classifier(size=data.images.shape[1])
