@@ -228,11 +228,18 @@ def _probe_callback(cfg, image_set, split, train_idx, val_idx):
                     seed=cfg.seed)
 
 
-def save_encoder(model, cfg, input_shape, path):
-    """Save the backbone alone under the float32 policy (``RUN/encoder.keras``), atomically."""
+def save_encoder(model, cfg, input_shape, path, train_images=None):
+    """Save the backbone alone under the float32 policy (``RUN/encoder.keras``), atomically.
+
+    With ``train_images`` (the images pretraining saw), their content
+    fingerprints go inside the file (:mod:`kerasssl.fingerprints`): every
+    classifier fine-tuned from this encoder carries them, so ``evaluate``
+    refuses them in any run.
+    """
     import keras
 
     from kerasssl.encoders import build_encoder
+    from kerasssl.fingerprints import TrainingFingerprints, fingerprints
 
     policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy("float32")
@@ -244,6 +251,8 @@ def save_encoder(model, cfg, input_shape, path):
     path = Path(path)
     tmp = path.with_name(path.stem + ".tmp.keras")
     encoder.save(tmp)
+    if train_images is not None:
+        TrainingFingerprints({"pretrain": fingerprints(train_images)}).write(tmp, role="encoder")
     tmp.replace(path)
     return encoder
 
@@ -354,7 +363,7 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1):
         last = load_checkpoint_meta(ckpt_dir)
         kept = f"last good checkpoint: epoch {last['epoch']}" if last else "no checkpoint was written"
         raise KerassslError(f"pretraining stopped: {guard.failure}; {kept}; {NONFINITE_HINT}")
-    save_encoder(model, cfg, input_shape, run_dir / "encoder.keras")
+    save_encoder(model, cfg, input_shape, run_dir / "encoder.keras", train_images=train_images)
     write_json_atomic(run_dir / "history.json", history)
     dist.cleanup()
     return history
