@@ -23,16 +23,13 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import importlib.abc
-import logging
+import _thread
 import os
 import sys
-import threading
 
-log = logging.getLogger(__name__)
-
-_lock = threading.RLock()
+# Only builtins and modules Python has loaded at start-up: `import kerasssl` pays
+# for this module (importlib.abc alone would cost ~10 ms through importlib.resources).
+_lock = _thread.RLock()
 _after = {}  # top-level package name -> [(callback, not_inside)] run after its import
 _around = {}  # top-level package name -> context-manager factories
 _importing = {}  # watched package -> how many of its modules are being imported now
@@ -75,41 +72,51 @@ def around_import(name, context_factory):
         return True
 
 
-@contextlib.contextmanager
-def native_stderr_silenced():
-    """Point file descriptor 2 at /dev/null for the duration of the block.
+class native_stderr_silenced:
+    """Point file descriptor 2 at /dev/null for the duration of a ``with`` block.
 
     Native libraries (TensorFlow's C++ logging, CUDA probes) write to fd 2
     directly. ``sys.stderr`` is left as it is (libraries keep references to
     it, e.g. logging handlers created meanwhile), so Python text written inside
     the block is dropped too; an exception raised in it is printed after the
-    block, when fd 2 is back.
+    block, when fd 2 is back. Without an fd 2 (a daemon) it does nothing.
 
     Example:
         >>> with native_stderr_silenced():
         ...     import tensorflow  # its start-up lines are dropped
     """
+
+    def __enter__(self):
+        self._saved = None
+        _flush_stderr()
+        try:
+            saved = os.dup(2)
+        except OSError:
+            return self
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+        except OSError:
+            os.close(saved)
+            return self
+        os.dup2(null, 2)
+        os.close(null)
+        self._saved = saved
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is not None:
+            _flush_stderr()
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+            self._saved = None
+        return False
+
+
+def _flush_stderr():
     try:
         sys.stderr.flush()
     except (AttributeError, ValueError, OSError):
         pass
-    try:
-        saved = os.dup(2)
-    except OSError:  # no fd 2 (a daemon): nothing to silence
-        yield
-        return
-    try:
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 2)
-        os.close(null)
-        yield
-    finally:
-        try:
-            sys.stderr.flush()
-        except (AttributeError, ValueError, OSError):
-            pass
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 def _run(name, callbacks):
@@ -118,7 +125,9 @@ def _run(name, callbacks):
         try:
             callback()
         except Exception as e:  # noqa: BLE001 - see call_after_import
-            log.warning("after importing %s: %s failed: %s: %s", name, getattr(callback, "__name__", callback),
+            import logging
+
+            logging.getLogger(__name__).warning("after importing %s: %s failed: %s: %s", name, getattr(callback, "__name__", callback),
                         type(e).__name__, e)
 
 
@@ -138,7 +147,7 @@ def _watched_package(fullname):
     return top if top in _importing else None
 
 
-class _HookFinder(importlib.abc.MetaPathFinder):
+class _HookFinder:
     """Finds nothing itself: hands a hooked module's real spec back with a wrapped loader."""
 
     def find_spec(self, fullname, path=None, target=None):
@@ -159,7 +168,7 @@ class _HookFinder(importlib.abc.MetaPathFinder):
         return spec
 
 
-class _HookedLoader(importlib.abc.Loader):
+class _HookedLoader:
     def __init__(self, name, loader):
         self._name = name
         self._loader = loader
@@ -181,10 +190,7 @@ class _HookedLoader(importlib.abc.Loader):
             if watched:
                 _importing[watched] += 1
         try:
-            with contextlib.ExitStack() as stack:
-                for factory in around:
-                    stack.enter_context(factory())
-                self._loader.exec_module(module)
+            _exec_inside(self._loader, module, [factory() for factory in around])
         except BaseException:
             self._finished(watched, imported=False)
             raise
@@ -207,3 +213,12 @@ class _HookedLoader(importlib.abc.Loader):
         _run(self._name, now)
         for name, callback in ready:
             _run(name, [callback])
+
+
+def _exec_inside(loader, module, contexts):
+    """``loader.exec_module(module)`` inside the context managers, outermost first."""
+    if not contexts:
+        loader.exec_module(module)
+        return
+    with contexts[0]:
+        _exec_inside(loader, module, contexts[1:])
