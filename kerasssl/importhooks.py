@@ -1,20 +1,15 @@
-"""Run code around or right after the import of a third-party top-level package.
+"""Run code right after the import of a third-party top-level package.
 
-Two needs, without importing the package early (``import kerasssl`` and
-``kerasssl --help`` must not pay for Keras / TensorFlow start-up, ~4 s here):
+kerasssl's Keras classes must be registered as soon as ``keras`` is usable, so
+that ``import kerasssl`` is enough for ``keras.saving.load_model`` (see
+:func:`kerasssl.register_keras_objects`), without importing Keras early:
+``import kerasssl`` and ``kerasssl --help`` must not pay for Keras /
+TensorFlow start-up (~4 s here).
 
-- kerasssl's Keras classes must be registered as soon as ``keras`` is usable,
-  so that ``import kerasssl`` is enough for ``keras.saving.load_model`` (see
-  :func:`kerasssl.register_keras_objects`);
-- the CLI silences TensorFlow's native start-up chatter, which is written to
-  file descriptor 2 while ``tensorflow`` is imported (before absl logging is
-  initialised, so ``TF_CPP_MIN_LOG_LEVEL`` cannot stop it).
-
-Both work through one finder on ``sys.meta_path`` that wraps the package's
-loader: the real loader does the import, the hooks run around / after it, and
-the module keeps its original loader. A package that is already imported is not
-re-imported: :func:`call_after_import` then calls at once, :func:`around_import`
-does nothing.
+One finder on ``sys.meta_path`` wraps the hooked package's loader: the real
+loader does the import, the callbacks run after it, and the module keeps its
+original loader. For a package already imported, :func:`call_after_import`
+calls at once.
 
 Example:
     >>> from kerasssl.importhooks import call_after_import
@@ -24,16 +19,14 @@ Example:
 from __future__ import annotations
 
 import _thread
-import os
 import sys
 
 # Only builtins and modules Python has loaded at start-up: `import kerasssl` pays
 # for this module (importlib.abc alone would cost ~10 ms through importlib.resources).
 _lock = _thread.RLock()
 _after = {}  # top-level package name -> [(callback, not_inside)] run after its import
-_around = {}  # top-level package name -> context-manager factories
 _importing = {}  # watched package -> how many of its modules are being imported now
-_waiting = {}  # watched package -> callbacks waiting for those imports to finish
+_waiting = {}  # watched package -> [(package, callback)] waiting for those imports to finish
 
 
 def call_after_import(name, callback, *, not_inside=None):
@@ -59,66 +52,6 @@ def call_after_import(name, callback, *, not_inside=None):
         _install()
 
 
-def around_import(name, context_factory):
-    """Run the import of package ``name`` inside ``context_factory()``.
-
-    Returns False (and does nothing) when the package is already imported.
-    """
-    with _lock:
-        if name in sys.modules:
-            return False
-        _around.setdefault(name, []).append(context_factory)
-        _install()
-        return True
-
-
-class native_stderr_silenced:
-    """Point file descriptor 2 at /dev/null for the duration of a ``with`` block.
-
-    Native libraries (TensorFlow's C++ logging, CUDA probes) write to fd 2
-    directly. ``sys.stderr`` is left as it is (libraries keep references to
-    it, e.g. logging handlers created meanwhile), so Python text written inside
-    the block is dropped too; an exception raised in it is printed after the
-    block, when fd 2 is back. Without an fd 2 (a daemon) it does nothing.
-
-    Example:
-        >>> with native_stderr_silenced():
-        ...     import tensorflow  # its start-up lines are dropped
-    """
-
-    def __enter__(self):
-        self._saved = None
-        _flush_stderr()
-        try:
-            saved = os.dup(2)
-        except OSError:
-            return self
-        try:
-            null = os.open(os.devnull, os.O_WRONLY)
-        except OSError:
-            os.close(saved)
-            return self
-        os.dup2(null, 2)
-        os.close(null)
-        self._saved = saved
-        return self
-
-    def __exit__(self, *exc):
-        if self._saved is not None:
-            _flush_stderr()
-            os.dup2(self._saved, 2)
-            os.close(self._saved)
-            self._saved = None
-        return False
-
-
-def _flush_stderr():
-    try:
-        sys.stderr.flush()
-    except (AttributeError, ValueError, OSError):
-        pass
-
-
 def _run(name, callbacks):
     """Call each callback; ``name``: the package whose import they follow."""
     for callback in callbacks:
@@ -127,8 +60,9 @@ def _run(name, callbacks):
         except Exception as e:  # noqa: BLE001 - see call_after_import
             import logging
 
-            logging.getLogger(__name__).warning("after importing %s: %s failed: %s: %s", name, getattr(callback, "__name__", callback),
-                        type(e).__name__, e)
+            logging.getLogger(__name__).warning(
+                "after importing %s: %s failed: %s: %s", name, getattr(callback, "__name__", callback),
+                type(e).__name__, e)
 
 
 def _install():
@@ -137,7 +71,7 @@ def _install():
 
 
 def _uninstall_if_idle():
-    if not _after and not _around and not _waiting and not any(_importing.values()):
+    if not _after and not _waiting and not any(_importing.values()):
         _importing.clear()
         sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _HookFinder)]
 
@@ -148,11 +82,13 @@ def _watched_package(fullname):
 
 
 class _HookFinder:
-    """Finds nothing itself: hands a hooked module's real spec back with a wrapped loader."""
+    """A meta path finder that finds nothing itself: it hands a hooked module's
+    real spec back with a wrapped loader (hooked: a package with callbacks, or a
+    module of a package a callback waits for)."""
 
     def find_spec(self, fullname, path=None, target=None):
         with _lock:
-            hooked = fullname in _after or fullname in _around or _watched_package(fullname)
+            hooked = fullname in _after or _watched_package(fullname)
         if not hooked:
             return None
         spec = None
@@ -185,12 +121,11 @@ class _HookedLoader:
         if getattr(module, "__spec__", None) is not None:
             module.__spec__.loader = self._loader
         with _lock:
-            around = _around.pop(self._name, [])
             watched = _watched_package(self._name)
             if watched:
                 _importing[watched] += 1
         try:
-            _exec_inside(self._loader, module, [factory() for factory in around])
+            self._loader.exec_module(module)
         except BaseException:
             self._finished(watched, imported=False)
             raise
@@ -213,12 +148,3 @@ class _HookedLoader:
         _run(self._name, now)
         for name, callback in ready:
             _run(name, [callback])
-
-
-def _exec_inside(loader, module, contexts):
-    """``loader.exec_module(module)`` inside the context managers, outermost first."""
-    if not contexts:
-        loader.exec_module(module)
-        return
-    with contexts[0]:
-        _exec_inside(loader, module, contexts[1:])

@@ -67,21 +67,23 @@ def test_verbose_lets_tensorflows_lines_through(tmp_path):
     assert any(line.startswith("kerasssl: error: unknown method") for line in proc.stderr.splitlines())
 
 
-def test_native_stderr_is_silenced_only_while_the_package_imports(tmp_path):
-    """around_import + native_stderr_silenced, on a stand-in package that writes to fd 2 when imported."""
+def test_native_stderr_is_hidden_and_pythons_is_kept(tmp_path):
+    """NativeStderrHidden, on a stand-in package that writes to fd 2 (as TF's C++ does) when imported."""
     (tmp_path / "noisy_native").mkdir()
     (tmp_path / "noisy_native" / "__init__.py").write_text(
-        "import os, sys\nos.write(2, b'native start-up chatter\\n')\nprint('python chatter', file=sys.stderr)\n")
-    code = ("import os, sys\n"
-            "from kerasssl.importhooks import around_import, native_stderr_silenced\n"
-            "assert around_import('noisy_native', native_stderr_silenced)\n"
-            "import noisy_native\n"
+        "import os, sys\nos.write(2, b'native start-up chatter\\n')\nprint('python warning', file=sys.stderr)\n")
+    code = ("import logging, os, sys\n"
+            "from kerasssl.cli.quiet import NativeStderrHidden\n"
+            "with NativeStderrHidden():\n"
+            "    import noisy_native\n"
+            "    logging.basicConfig(format='%(message)s')\n"
+            "    logging.warning('kerasssl warning')\n"
             "os.write(2, b'native after\\n')\n"
-            "print('kerasssl line', file=sys.stderr)\n")
+            "logging.warning('logged after')\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.splitlines() == ["native after", "kerasssl line"]
+    assert proc.stderr.splitlines() == ["python warning", "kerasssl warning", "native after", "logged after"]
 
 
 @pytest.mark.parametrize("argv, count", [
@@ -92,6 +94,6 @@ def test_native_stderr_is_silenced_only_while_the_package_imports(tmp_path):
     ([], 0),
 ])
 def test_verbosity_is_read_from_the_group_options(argv, count):
-    from kerasssl.cli import verbosity
+    from kerasssl.cli.quiet import verbosity
 
     assert verbosity(argv) == count

@@ -191,3 +191,18 @@ def test_predict_with_an_encoder_says_which_file_to_use(tmp_path, capsys):
         main(["predict", str(tmp_path / "encoder.keras"), str(tmp_path / "image.npy")])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "is an encoder" in err and str(tmp_path / "classifier.keras") in err, err
+
+
+def test_the_cli_prints_no_native_lines_with_a_tflite_model(exported, tmp_path):
+    """LiteRT announces its XNNPACK delegate on fd 2 whatever TF_CPP_MIN_LOG_LEVEL says; the CLI hides it."""
+    import os
+    import subprocess
+    import sys
+
+    _, _, version_dir = exported
+    np.save(tmp_path / "image.npy", np.zeros((SIZE, SIZE), np.float32))
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "kerasssl", "predict", str(version_dir / "lens_finder_fp32.tflite"),
+                           str(tmp_path / "image.npy")], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "" and "image.npy" in proc.stdout

@@ -5,10 +5,10 @@ A :class:`kerasssl.errors.KerassslError` becomes one line and exit code 2.
 
 Quiet by default: stderr carries kerasssl's own lines (errors, warnings,
 progress) only. TensorFlow's native start-up lines (absl, oneDNN, CUDA probes)
-are written while it is imported, before ``TF_CPP_MIN_LOG_LEVEL`` applies, so
-the CLI imports it with file descriptor 2 pointed at /dev/null
-(:func:`kerasssl.importhooks.native_stderr_silenced`) and sets
-``TF_CPP_MIN_LOG_LEVEL=3`` for what comes later. ``-v`` lets all of it through.
+are written to file descriptor 2 before ``TF_CPP_MIN_LOG_LEVEL`` applies, and
+LiteRT's ignore it, so the CLI runs with fd 2 pointed at /dev/null and Python's
+``sys.stderr`` on the original stderr (:class:`kerasssl.cli.quiet.NativeStderrHidden`),
+and sets ``TF_CPP_MIN_LOG_LEVEL=3``. ``-v`` lets all of it through.
 """
 
 import importlib
@@ -20,6 +20,7 @@ import warnings
 import click
 
 from kerasssl import __version__
+from kerasssl.cli.quiet import NativeStderrHidden, verbosity  # noqa: F401 - verbosity: part of the CLI API
 from kerasssl.errors import KerassslError
 
 # name -> module under kerasssl.cli holding a click command of that name.
@@ -86,41 +87,22 @@ def cli(verbose):
     logging.basicConfig(level=max(level, logging.DEBUG), format="%(levelname)s: %(message)s")
 
 
-def verbosity(argv) -> int:
-    """How many -v / --verbose the group options (those before the sub-command) hold.
-
-    Read from argv before click parses it: TensorFlow may be imported while
-    click resolves the sub-command, before the group's callback runs.
-    """
-    count = 0
-    for arg in argv:
-        if arg == "--verbose":
-            count += 1
-        elif arg.startswith("-") and not arg.startswith("--") and set(arg[1:]) == {"v"}:
-            count += len(arg) - 1
-        elif not arg.startswith("-"):
-            break  # the sub-command: its own options are its own
-    return count
-
-
-def quiet_tensorflow():
-    """Keep TensorFlow's native log lines off stderr (start-up chatter and later INFO/WARNING/ERROR).
-
-    Returns True when the start-up lines will be dropped, False when TensorFlow
-    was already imported (its start-up lines are out already).
-    """
-    from kerasssl.importhooks import around_import, native_stderr_silenced
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return around_import("tensorflow", native_stderr_silenced)
-
-
 def main(argv=None):
-    """Console entry point: user errors become one line and exit code 2."""
+    """Console entry point: user errors become one line and exit code 2.
+
+    Without -v, native libraries' lines are kept off stderr (see the module docstring).
+    """
     args = sys.argv[1:] if argv is None else list(argv)
-    if not verbosity(args):
+    if verbosity(args):
+        _main(args)
+    else:
         # TF C++ start-up chatter (CUDA probes, oneDNN notes) would bury our one-line errors.
-        quiet_tensorflow()
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        with NativeStderrHidden():
+            _main(args)
+
+
+def _main(args):
     # A reloaded single-input functional model warns on every plain-tensor call
     # (Keras 3.15 records its inputs as a list): export, predict and fit's
     # export all make such calls; the call is right, the noise is not.
