@@ -33,7 +33,6 @@ import hashlib
 import io
 import json
 import zipfile
-from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
