@@ -9,9 +9,15 @@ The Youden threshold (max TPR - FPR) is chosen on the validation split when
 it is given, and applied to the test split; otherwise it is chosen on the test
 split itself, which is optimistic, and the report says which it was.
 
-Honesty guard (:func:`training_overlap`): the run directory records which files
-trained the model (``split.json``; ``finetune.json``); evaluating on any of them
-is refused unless ``allow_overlap`` is set, and then the report says so.
+Honesty guard: an image that trained the model is refused unless
+``allow_overlap`` is set, and then the report says so. Two sources, joined:
+
+- the model's own record (:mod:`kerasssl.fingerprints`): the content hashes of
+  every image that pretrained its encoder or fine-tuned it, stored inside the
+  ``.keras`` file, so the check holds whatever run dir or data folder is given,
+  and a copied or renamed file is still caught (:func:`fingerprint_overlap`);
+- the run directory's file names (``split.json``; ``finetune.json``;
+  :func:`training_overlap`).
 
 Example:
     >>> report = evaluate_classifier(model, images, labels, ["nonlens", "lens"],
@@ -29,6 +35,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from kerasssl.errors import KerassslError
+from kerasssl.models import check_keras_archive
 from kerasssl.runinfo import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -393,6 +400,37 @@ def training_overlap(eval_files: Sequence[str], run_dir) -> dict:
             for stage, files in training_files(run_dir).items() if eval_set & files}
 
 
+def fingerprint_overlap(model_paths, images, files):
+    """Images that trained the given ``.keras`` models, by the fingerprints stored inside them.
+
+    Args:
+        model_paths: the model files.
+        images: the images to be evaluated (N, H, W, C), as the model takes them.
+        files: their names, in the same order.
+
+    Returns:
+        ``({stage: sorted files}, {model path: {stage: count} or None})``; None
+        for a model that carries no fingerprints (logged: then only the run
+        dir's file names guard it).
+    """
+    from kerasssl.fingerprints import TrainingFingerprints, fingerprints
+
+    found, carried = {}, {}
+    candidates = None
+    for path in model_paths:
+        stored = TrainingFingerprints.read(path)
+        carried[str(path)] = None if stored is None else stored.counts()
+        if stored is None:
+            log.warning("%s carries no training fingerprints (saved before kerasssl recorded them, or "
+                        "re-saved by Keras): only the run directory's file names guard against overlap", path)
+            continue
+        if candidates is None:
+            candidates = fingerprints(images)
+        for stage, hits in stored.overlap(candidates).items():
+            found[stage] = sorted(set(found.get(stage, [])) | {files[i] for i in hits})
+    return found, carried
+
+
 def _read_json(path):
     path = Path(path)
     if not path.exists():
@@ -439,9 +477,9 @@ def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_
     split_path = run_dir / "split.json"
     if not split_path.exists():
         raise KerassslError(f"{split_path}: no split recorded; run `kerasssl finetune` or `fit` first")
-    model_path = Path(model_path)
-    if not model_path.exists():
-        raise KerassslError(f"{model_path}: model file not found")
+    model_path = check_keras_archive(model_path)
+    if baseline_path:
+        baseline_path = check_keras_archive(baseline_path)
 
     from kerasssl.data.load import load_images
     from kerasssl.data.split import Split
@@ -458,10 +496,16 @@ def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_
     eval_files = [image_set.files[i] for i in idx]
 
     overlap = training_overlap(eval_files, run_dir)
+    models = [model_path] + ([baseline_path] if baseline_path else [])
+    by_content, carried = fingerprint_overlap(models, image_set.images[idx], eval_files)
+    for stage, files in by_content.items():
+        overlap[stage] = sorted(set(overlap.get(stage, [])) | set(files))
     if overlap and not allow_overlap:
+        n_images = len(set().union(*overlap.values()))
         stages = ", ".join(f"{len(v)} used for {k}" for k, v in overlap.items())
         raise KerassslError(
-            f"{split_path}: split {split!r} contains files used in training ({stages}); "
+            f"{split_path}: split {split!r} contains {n_images} of {len(idx)} image(s) that trained "
+            f"{'the models' if baseline_path else model_path.name} ({stages}; matched by content and file name); "
             "pass --allow-overlap to evaluate anyway (the report will say so)"
         )
     val_images = val_labels = None
@@ -469,8 +513,8 @@ def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_
         v_idx = np.asarray(recorded.indices(image_set, "val"), np.int64)
         val_images, val_labels = image_set.images[v_idx], image_set.labels[v_idx]
 
-    model = _load_model(model_path)
-    baseline = _load_model(Path(baseline_path)) if baseline_path else None
+    model = _load_classifier(model_path)
+    baseline = _load_classifier(baseline_path) if baseline_path else None
     for path, m in ((model_path, model), (baseline_path, baseline)):
         expected = tuple(m.input_shape[1:]) if m is not None else None
         if expected is not None and expected != tuple(image_set.image_shape):
@@ -496,6 +540,12 @@ def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_
         imbalance_handling=finetune_record.get("imbalance_handling"),
         overlap={"allowed": True, **{k: {"n_files": len(v), "files": v[:20]}
                                      for k, v in overlap.items()}} if overlap else None,
+        overlap_guard={
+            "training_fingerprints": carried,
+            "file_names_from": str(run_dir),
+            "note": "images that trained the model, by content hash (stored in the model file) "
+                    "and by file name (recorded in the run dir)",
+        },
     )
     if baseline_path:
         report["baseline"]["model"] = str(baseline_path)
@@ -512,20 +562,10 @@ def _plot_title(record, split):
     return f"ROC on the {split} split ({mode}, {100 * frac:g}% of the training labels)"
 
 
-def _load_model(path):
-    import importlib
+def _load_classifier(path):
+    from kerasssl.classifier import check_classifier
+    from kerasssl.models import load_model
 
-    import keras
-
-    # Register kerasssl's serialisable layers (Preprocess, augmentation, encoders).
-    for module in ("kerasssl.layers", "kerasssl.encoders", "kerasssl.finetune"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError:
-            pass
-    if not path.exists():
-        raise KerassslError(f"{path}: model file not found")
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except (ValueError, OSError) as e:
-        raise KerassslError(f"{path}: cannot load as a Keras model ({str(e).splitlines()[0]})") from None
+    model = load_model(path)
+    check_classifier(model, path)
+    return model

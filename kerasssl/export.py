@@ -13,7 +13,7 @@ sees a half-written version; an existing version is never overwritten and a
 failure leaves nothing behind.
 
 The classifier (``Preprocess -> augmentation -> encoder -> head``, raw pixels in,
-softmax out) is traced with ``training=False`` through
+softmax out; its parts from :func:`kerasssl.classifier.classifier_parts`) is traced with ``training=False`` through
 :class:`keras.export.ExportArchive`: the augmentation layers are identity in the
 exported graph (``model.export`` would export a random function). The preprocessing
 (NaN/Inf repair, normalisation) is inside the graph, so a client sends the ``.npy``
@@ -34,7 +34,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
+import socket
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +45,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from kerasssl.errors import DataError, KerassslError
+from kerasssl.classifier import check_classifier, classifier_parts, image_shape_of
+from kerasssl.errors import KerassslError
+from kerasssl.models import existing_versions, load_model
 from kerasssl.tflite import MODES as TFLITE_MODES
 
 log = logging.getLogger(__name__)
@@ -65,13 +70,15 @@ class ExportContext:
     Args:
         model: the Keras classifier (raw pixels in, probabilities out).
         image_shape: (H, W, C) of one input image.
-        features: callable mapping a raw image batch to the encoder's features
-            (inference mode), or None when the model has no encoder.
+        features: callable mapping a raw image batch to the encoder's own
+            features (inference mode), or None when the model has no encoder.
+        parts: the :class:`kerasssl.classifier.ClassifierParts` of the model.
     """
 
     model: object
     image_shape: tuple
     features: Optional[Callable] = None
+    parts: Optional[object] = None
 
 
 @dataclass
@@ -131,105 +138,31 @@ SIGNATURE_BUILDERS = [_serving_default, _embed, _predict_examples]
 
 
 def find_preprocess(model):
-    """The model's Preprocess layer (searched through nested models), or None."""
-    for layer in _walk_layers(model):
-        if type(layer).__name__ == "Preprocess":
-            return layer
-    return None
+    """The classifier's Preprocess layer (see :func:`kerasssl.classifier.classifier_parts`), or None."""
+    return classifier_parts(model).preprocess
 
 
 def find_encoder(model):
-    """The classifier's encoder sub-model: the layer named "encoder", or None."""
-    for layer in _walk_layers(model):
-        if layer.name == "encoder":
-            return layer
-    return None
-
-
-def _walk_layers(model):
-    for layer in getattr(model, "layers", []):
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _walk_layers(layer)
+    """The classifier's encoder (see :func:`kerasssl.classifier.classifier_parts`), or None."""
+    return classifier_parts(model).encoder
 
 
 def features_fn(model):
-    """A function images -> encoder features, as the classifier computes them.
+    """A function images -> the encoder's own features (inference mode), or None.
 
-    The path from the model's input to the features is cut out of the
-    classifier's own graph, so every layer before the encoder is kept (the
-    augmentation layers run with training=False: identity). The features are the
-    output of the layer named "encoder" or, when there is none, the input of the
-    classifier's last layer (the head). A non-functional model falls back to
-    Preprocess -> encoder.
+    The features are the encoder's output, before the classifier's feature
+    standardisation: ``encoder(preprocess(images))``, with the parts found by
+    :func:`kerasssl.classifier.classifier_parts`.
     """
-    import keras
-
-    encoder = find_encoder(model)
-    candidates = [node.outputs[0] for node in getattr(encoder, "_inbound_nodes", [])] if encoder else []
-    if not candidates and getattr(model, "layers", None):
-        head = model.layers[-1]
-        candidates = [t for node in getattr(head, "_inbound_nodes", []) for t in node.arguments.keras_tensors[:1]]
-    for tensor in candidates:
-        try:
-            sub = keras.Model(model.inputs, tensor)
-        except Exception:  # noqa: BLE001 - tensor not in the classifier's graph
-            continue
-        return lambda images: sub(images, training=False)
-    if encoder is None:
-        return None
-    preprocess = find_preprocess(model)
-
-    def composed(images):
-        x = preprocess(images, training=False) if preprocess is not None else images
-        return encoder(x, training=False)
-
-    return composed
-
-
-def image_shape_of(model):
-    """(H, W, C) of the model's input; all three must be known."""
-    shape = tuple(model.inputs[0].shape)[1:] if getattr(model, "inputs", None) else None
-    if shape is None or len(shape) != 3 or any(d is None for d in shape):
-        raise KerassslError(
-            f"the model's input shape {shape} is not (H, W, C) with known sizes; "
-            "build it with keras.Input((H, W, C))"
-        )
-    return tuple(int(d) for d in shape)
+    return classifier_parts(model).features
 
 
 # -- loading -----------------------------------------------------------------
 
 
 def load_keras_model(path):
-    """Load a ``.keras`` classifier (kerasssl's layers registered first)."""
-    import keras
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError(path, "model file not found")
-    _register_kerasssl_objects()
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as e:  # noqa: BLE001 - any load failure is the file's fault
-        raise DataError(path, f"cannot load the Keras model ({type(e).__name__}: {_first_line(e)})") from None
-
-
-def _register_kerasssl_objects():
-    # Importing a module registers its serializable layers; missing ones are
-    # simply not needed by this model.
-    import importlib
-
-    for name in ("kerasssl.layers", "kerasssl.layers.preprocess", "kerasssl.encoders", "kerasssl.heads"):
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
-
-
-def _first_line(e):
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else ""
+    """Load a ``.keras`` classifier (one-line errors; see :func:`kerasssl.models.load_model`)."""
+    return load_model(path)
 
 
 def find_run_dir(model_path):
@@ -322,14 +255,6 @@ def build_metadata(model, image_shape, class_names, run_dir, signatures):
 # -- versions ----------------------------------------------------------------
 
 
-def existing_versions(model_dir):
-    """Integer version directories under ``BASE/NAME`` (what TF Serving serves)."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        return []
-    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
-
-
 def next_version(model_dir):
     versions = existing_versions(model_dir)
     return versions[-1] + 1 if versions else 1
@@ -384,16 +309,18 @@ def export_saved_model(
     if not name or "/" in name or name.startswith("."):
         raise KerassslError(f"invalid model name {name!r}: use a plain folder name")
     _check_backend()
+    model_dir = Path(base_dir) / name
+    check_writable(model_dir)  # before the slow model load and tracing
     model_path = None
     if not hasattr(model, "inputs"):
         model_path = Path(model)
-        model = load_keras_model(model_path)
+        model = load_model(model_path)
         if run_dir is None:
             run_dir = find_run_dir(model_path)
+    check_classifier(model, model_path)
     image_shape = image_shape_of(model)
     class_names = class_names_for(model, run_dir, class_names)
 
-    model_dir = Path(base_dir) / name
     if version is None:
         version = next_version(model_dir)
     version = int(version)
@@ -406,10 +333,9 @@ def export_saved_model(
     samples = tflite_lib.SampleData.gather(model, image_shape, data=data, run_dir=run_dir, sample_inputs=sample_inputs)
 
     created_model_dir = not model_dir.exists()
-    model_dir.mkdir(parents=True, exist_ok=True)
-    # TF Serving ignores version folders whose name is not a number.
-    tmp = model_dir / f".tmp-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = None
     try:
+        tmp = _new_temp_dir(model_dir, version)
         signatures = _write_saved_model(model, image_shape, tmp)
         _check_saved_model(model, tmp, samples.parity_images)
         metadata = build_metadata(model, image_shape, class_names, run_dir, signatures)
@@ -418,9 +344,11 @@ def export_saved_model(
             tflite_lib.export_tflite(tmp, tmp / f"{name}_{tflite}.tflite", tflite, model, samples, class_names)
         if final.exists():  # a concurrent export took the number meanwhile
             raise KerassslError(f"{final}: version {version} already exists; it is never overwritten")
+        (tmp / _OWNER_FILE).unlink()
         os.rename(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         if created_model_dir:
             _remove_if_empty(model_dir)
         raise
@@ -438,10 +366,89 @@ def _check_backend():
         )
 
 
+# -- the model folder: writable, temporary versions, stale ones ---------------------
+
+# ``BASE/NAME/.tmp-<version>-<pid>-<8 hex>``: TF Serving ignores non-numeric names.
+_TEMP_NAME = re.compile(r"^\.tmp-(\d+)-(\d+)-[0-9a-f]{8}$")
+# Inside every temporary version while it is written: who is writing it.
+_OWNER_FILE = ".kerasssl-export.json"
+
+
+def check_writable(model_dir):
+    """Refuse, in one line and before any work, a model folder that cannot be created or written."""
+    model_dir = Path(model_dir)
+    existing = model_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise KerassslError(f"{model_dir}: cannot export there: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise KerassslError(f"{model_dir}: cannot export there: {existing} is not writable by this user")
+
+
+def _new_temp_dir(model_dir, version):
+    """Create ``BASE/NAME/.tmp-...`` (and BASE/NAME), marked as this process's; stale ones go first."""
+    try:
+        model_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temp_dirs(model_dir)
+        tmp = model_dir / f".tmp-{version}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        (tmp / _OWNER_FILE).write_text(json.dumps(owner))
+    except OSError as e:
+        raise KerassslError(f"{model_dir}: cannot export there ({e.strerror or type(e).__name__})") from None
+    return tmp
+
+
+def remove_stale_temp_dirs(model_dir) -> list:
+    """Remove the temporary versions that exports killed before they finished left in ``model_dir``.
+
+    A folder is removed only when it is one of kerasssl's (its name and its
+    owner file) and the process that wrote it, on this host, is gone; an
+    export running meanwhile keeps its folder. Each removal is logged.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    host = socket.gethostname()
+    for path in sorted(Path(model_dir).glob(".tmp-*")):
+        match = _TEMP_NAME.match(path.name)
+        if not match or not path.is_dir():
+            continue
+        try:
+            owner = json.loads((path / _OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not marked by an export (or being marked right now): not ours to judge
+        if not isinstance(owner, dict) or owner.get("host") != host or _process_alive(owner.get("pid")):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            log.warning("removed %s: left by an export that did not finish (process %s is gone)",
+                        path, owner.get("pid"))
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return True  # unknown: keep the folder
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: alive
+        return True
+    return True
+
+
 def _write_saved_model(model, image_shape, path):
     import keras
 
-    ctx = ExportContext(model=model, image_shape=image_shape, features=features_fn(model))
+    parts = classifier_parts(model)
+    ctx = ExportContext(model=model, image_shape=image_shape, features=parts.features, parts=parts)
     archive = keras.export.ExportArchive()
     archive.track(model)
     names = []

@@ -42,12 +42,11 @@ import keras
 import numpy as np
 from keras import ops
 
+from kerasssl.classifier import MODES, build_classifier, freeze_batch_norm  # noqa: F401 - the classifier's home
 from kerasssl.errors import KerassslError
 from kerasssl.runinfo import write_json_atomic
 
 log = logging.getLogger(__name__)
-
-MODES = ("linear", "full", "supervised")
 
 
 # -- optimizer -------------------------------------------------------------------
@@ -108,47 +107,6 @@ class ScaledAdamW(keras.optimizers.Adam):
 
 
 # -- model -----------------------------------------------------------------------
-def build_classifier(encoder, preprocess, n_classes: int, *, input_shape, mode: str = "linear",
-                     augmentation=None, feature_stats=None, name: str = "classifier") -> keras.Model:
-    """Preprocess -> [augmentation] -> encoder -> softmax head, as one functional model.
-
-    Args:
-        encoder: Keras model (H, W, C) -> (D,) features.
-        preprocess: a ``kerasssl.layers.Preprocess`` layer (raw pixels in).
-        n_classes: number of classes (2 for lens / non-lens).
-        input_shape: (H, W, C) of the raw images.
-        mode: "linear" freezes the encoder (BatchNorm in inference mode);
-            "full" trains it with BatchNorm statistics fixed
-            (:func:`freeze_batch_norm`); "supervised" trains everything.
-        augmentation: optional layer applied in training only (identity at inference).
-        feature_stats: optional ``(mean, variance)`` of the encoder's features on
-            the training images: a fixed ``Normalization`` layer then standardises
-            the features before the head (see :func:`feature_statistics`).
-        name: model name.
-
-    Example:
-        >>> clf = build_classifier(build_encoder("tiny", (32, 32, 3)), Preprocess(), 2,
-        ...                        input_shape=(32, 32, 3), mode="supervised")
-        >>> clf(np.zeros((1, 32, 32, 3))).shape
-        (1, 2)
-    """
-    if mode not in MODES:
-        raise KerassslError(f"unknown fine-tune mode {mode!r}; choose from {', '.join(MODES)}")
-    encoder.trainable = mode != "linear"
-    if mode == "full":
-        freeze_batch_norm(encoder)
-    inputs = keras.Input(shape=tuple(input_shape), name="image")
-    x = preprocess(inputs)
-    if augmentation is not None:
-        x = augmentation(x)
-    features = encoder(x)
-    if feature_stats is not None:
-        mean, variance = feature_stats
-        features = keras.layers.Normalization(mean=mean, variance=variance, name="feature_norm")(features)
-    outputs = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="head")(features)
-    return keras.Model(inputs, outputs, name=name)
-
-
 def feature_statistics(encoder, preprocess, images, batch_size: int = 256):
     """Per-feature mean and variance of ``encoder(preprocess(images))`` (inference mode).
 
@@ -165,23 +123,6 @@ def feature_statistics(encoder, preprocess, images, batch_size: int = 256):
     if not np.all(np.isfinite(features)):
         raise KerassslError("the encoder gives non-finite features on the training images")
     return features.mean(axis=0).astype(np.float32), np.maximum(features.var(axis=0), 1e-6).astype(np.float32)
-
-
-def freeze_batch_norm(model) -> int:
-    """Put every BatchNormalization layer inside ``model`` in inference mode.
-
-    A pretrained encoder keeps its BatchNorm statistics during full fine-tuning.
-    (Calling the encoder with ``training=False`` inside a functional model does
-    not do this in Keras 3: ``fit`` overrides the recorded flag.) A
-    non-trainable Keras BatchNormalization always uses its moving statistics,
-    and ``trainable`` is saved with the model. Returns how many were frozen.
-    """
-    frozen = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
-            frozen += 1
-    return frozen
 
 
 def balanced_class_weights(labels, n_classes: int) -> dict:
@@ -344,13 +285,9 @@ def load_pretrained_encoder(run_dir, image_shape):
     if not path.exists():
         raise KerassslError(f"{path}: no pretrained encoder; run `kerasssl pretrain` first "
                             "(or use --mode supervised)")
-    import kerasssl.encoders  # noqa: F401 - registers the encoders' layers
-    import kerasssl.layers  # noqa: F401
+    from kerasssl.models import load_model
 
-    try:
-        encoder = keras.saving.load_model(path, compile=False)
-    except (ValueError, OSError) as e:
-        raise KerassslError(f"{path}: cannot load ({str(e).splitlines()[0]})") from None
+    encoder = load_model(path)
     expected = tuple(encoder.input_shape[1:])
     if tuple(image_shape) != expected:
         raise KerassslError(f"{path}: encoder expects images {expected}, the data gives "
@@ -358,16 +295,51 @@ def load_pretrained_encoder(run_dir, image_shape):
     return encoder
 
 
-def save_model_atomic(model, path) -> Path:
+def save_model_atomic(model, path, fingerprints=None) -> Path:
     """Save an uncompiled copy of ``model`` (no optimizer state) so a crash never
-    leaves a half-written file and loading needs no custom optimizer."""
+    leaves a half-written file and loading needs no custom optimizer.
+
+    Args:
+        model: the classifier (a :class:`kerasssl.classifier.LensClassifier`
+            stays one, with its parts).
+        path: the ``.keras`` file to write.
+        fingerprints: optional :class:`kerasssl.fingerprints.TrainingFingerprints`
+            of the images that trained it, stored inside the file.
+    """
+    from kerasssl.classifier import LensClassifier
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    inference = keras.Model(model.inputs, model.outputs, name=model.name)
+    if isinstance(model, LensClassifier):
+        inference = LensClassifier.from_config(model.get_config())
+        inference.set_weights(model.get_weights())
+    else:
+        inference = keras.Model(model.inputs, model.outputs, name=model.name)
     tmp = path.with_name(path.stem + ".tmp.keras")
     inference.save(tmp)
+    if fingerprints is not None:
+        fingerprints.write(tmp, role="classifier")
     tmp.replace(path)
     return path
+
+
+def training_fingerprints(mode, encoder_path, labeled_images, pretrain_images):
+    """What trained a classifier: its labelled images, plus its encoder's pretraining images.
+
+    The pretraining fingerprints are the ones stored in ``encoder.keras``; an
+    encoder saved without them (an older run) is taken to have seen
+    ``pretrain_images`` (the run's train split, which pretraining reads).
+    """
+    from kerasssl.fingerprints import TrainingFingerprints, fingerprints
+
+    own = TrainingFingerprints({"finetune": fingerprints(labeled_images)})
+    if mode == "supervised":
+        return own
+    stored = TrainingFingerprints.read(encoder_path)
+    if stored is None:
+        log.info("%s carries no fingerprints: recording the train split as its pretraining images", encoder_path)
+        stored = TrainingFingerprints({"pretrain": fingerprints(pretrain_images)})
+    return stored.union(own)
 
 
 def check_options(mode, labels_fraction, epochs, batch_size, class_weight="balanced") -> None:
@@ -483,7 +455,8 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
         encoder_lr_scale=ft.encoder_lr_scale, weight_decay=ft.weight_decay,
         class_weight=class_weight, seed=seed, patience=patience, verbose=verbose,
     )
-    out = save_model_atomic(model, output or run_dir / "classifier.keras")
+    trained_on = training_fingerprints(mode, run_dir / "encoder.keras", x, image_set.images[train])
+    out = save_model_atomic(model, output or run_dir / "classifier.keras", fingerprints=trained_on)
     counts = np.bincount(y, minlength=n_classes)
     record = {
         "model": str(out),

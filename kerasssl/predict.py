@@ -25,6 +25,8 @@ from typing import List, Optional
 import numpy as np
 
 from kerasssl.errors import DataError, KerassslError
+from kerasssl.models import load_model, load_saved_model, load_tflite, model_kind
+from kerasssl.models import resolve_saved_model_dir  # noqa: F401 - part of this module's API
 
 log = logging.getLogger(__name__)
 
@@ -58,53 +60,34 @@ class Predictor:
 
 def load_predictor(path):
     """Load a ``.keras`` file, a SavedModel (version dir or its parent) or a ``.tflite``."""
+    kind = model_kind(path)
     path = Path(path)
-    if not path.exists():
-        raise DataError(path, "model not found")
-    if path.is_dir():
-        return _saved_model_predictor(resolve_saved_model_dir(path))
-    if path.suffix == ".tflite":
+    if kind == "saved_model":
+        return _saved_model_predictor(path)
+    if kind == "tflite":
         return _tflite_predictor(path)
-    if path.suffix == ".keras":
-        return _keras_predictor(path)
-    raise DataError(path, "not a model: expected a .keras file, a SavedModel directory or a .tflite file")
-
-
-def resolve_saved_model_dir(path):
-    """A version directory: ``path`` itself, or its highest integer sub-directory."""
-    from kerasssl.export import existing_versions
-
-    path = Path(path)
-    if (path / "saved_model.pb").exists():
-        return path
-    versions = existing_versions(path)
-    if not versions:
-        raise DataError(path, "not a SavedModel: no saved_model.pb and no numbered version directory")
-    latest = path / str(versions[-1])
-    if not (latest / "saved_model.pb").exists():
-        raise DataError(latest, "not a SavedModel: no saved_model.pb")
-    return latest
+    return _keras_predictor(path)
 
 
 def _keras_predictor(path):
-    from kerasssl.export import class_names_for, find_run_dir, image_shape_of, load_keras_model
+    from kerasssl.classifier import check_classifier, classifier_parts
+    from kerasssl.export import class_names_for, find_run_dir
 
-    model = load_keras_model(path)
+    model = load_model(path)
+    check_classifier(model, path)
+    parts = classifier_parts(model)
     names = class_names_for(model, find_run_dir(path))
-    return Predictor("keras", path, image_shape_of(model), names, lambda x: model(x, training=False))
+    return Predictor("keras", path, parts.image_shape, names, lambda x: model(x, training=False))
 
 
-def _saved_model_predictor(version_dir):
+def _saved_model_predictor(path):
     import tensorflow as tf
 
     from kerasssl.export import read_metadata
 
-    try:
-        loaded = tf.saved_model.load(str(version_dir))
-        serve = loaded.signatures["serving_default"]
-    except Exception as e:  # noqa: BLE001 - a broken SavedModel is the user's to fix
-        raise DataError(version_dir, f"cannot load the SavedModel ({type(e).__name__})") from None
-    spec = serve.structured_input_signature[1].get("images")
+    version_dir, loaded = load_saved_model(path)
+    serve = loaded.signatures.get("serving_default") if hasattr(loaded, "signatures") else None
+    spec = serve.structured_input_signature[1].get("images") if serve is not None else None
     if spec is None or "probabilities" not in serve.structured_outputs:
         raise DataError(version_dir, "serving_default is not images -> probabilities (not a kerasssl export?)")
     image_shape = tuple(int(d) for d in spec.shape[1:])
@@ -121,9 +104,8 @@ def _saved_model_predictor(version_dir):
 
 def _tflite_predictor(path):
     from kerasssl.export import read_metadata
-    from kerasssl.tflite import TFLiteRunner
 
-    runner = TFLiteRunner(path)
+    runner = load_tflite(path)
     # A .tflite written by `kerasssl export` sits in the version dir beside assets/.
     metadata = read_metadata(path.parent) or {}
     n_classes = int(runner._output["shape"][-1])

@@ -232,11 +232,18 @@ def _probe_callback(cfg, image_set, split, train_idx, val_idx):
                     seed=cfg.seed)
 
 
-def save_encoder(model, cfg, input_shape, path):
-    """Save the backbone alone under the float32 policy (``RUN/encoder.keras``), atomically."""
+def save_encoder(model, cfg, input_shape, path, train_images=None):
+    """Save the backbone alone under the float32 policy (``RUN/encoder.keras``), atomically.
+
+    With ``train_images`` (the images pretraining saw), their content
+    fingerprints go inside the file (:mod:`kerasssl.fingerprints`): every
+    classifier fine-tuned from this encoder carries them, so ``evaluate``
+    refuses them in any run.
+    """
     import keras
 
     from kerasssl.encoders import build_encoder
+    from kerasssl.fingerprints import TrainingFingerprints, fingerprints
 
     policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy("float32")
@@ -248,6 +255,8 @@ def save_encoder(model, cfg, input_shape, path):
     path = Path(path)
     tmp = path.with_name(path.stem + ".tmp.keras")
     encoder.save(tmp)
+    if train_images is not None:
+        TrainingFingerprints({"pretrain": fingerprints(train_images)}).write(tmp, role="encoder")
     tmp.replace(path)
     return encoder
 
@@ -427,7 +436,7 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
         preprocess.preprocess_to_json(run_dir / "preprocess.json")
     if plan.finish_only:
         log.info("%s: all %d epochs are checkpointed; writing the encoder", run_dir, plan.done)
-        return _finish(model, cfg, input_shape, run_dir, history, dist)
+        return _finish(model, cfg, input_shape, run_dir, history, dist, train_images)
     if plan.done:
         log.info("resuming %s after epoch %d", run_dir, plan.done)
 
@@ -457,12 +466,12 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
         kept = f"last good checkpoint: epoch {last['epoch']}" if last else "no checkpoint was written"
         hint = nonfinite_hint(train_images, cfg.data.normalization)
         raise KerassslError(f"pretraining stopped: {guard.failure}; {kept}; {hint}")
-    return _finish(model, cfg, input_shape, run_dir, history, dist)
+    return _finish(model, cfg, input_shape, run_dir, history, dist, train_images)
 
 
-def _finish(model, cfg, input_shape, run_dir, history, dist):
-    """The end of every run: RUN/encoder.keras and the final RUN/history.json."""
-    save_encoder(model, cfg, input_shape, run_dir / "encoder.keras")
+def _finish(model, cfg, input_shape, run_dir, history, dist, train_images):
+    """The end of every run: RUN/encoder.keras (with what trained it) and the final RUN/history.json."""
+    save_encoder(model, cfg, input_shape, run_dir / "encoder.keras", train_images=train_images)
     write_json_atomic(run_dir / "history.json", history)
     dist.cleanup()
     return history

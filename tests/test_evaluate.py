@@ -146,3 +146,61 @@ def test_training_overlap_reads_the_run_dir(tmp_path):
     assert ev.training_overlap(["b", "t1"], tmp_path) == {"pretrain": ["b"]}
     (tmp_path / "finetune.json").write_text(json.dumps({"models": {"c.keras": {"labeled_files": ["t2"]}}}))
     assert ev.training_overlap(["t2"], tmp_path) == {"finetune": ["t2"]}
+
+
+# -- the guard across runs: the model's own fingerprints ---------------------------
+
+
+def test_evaluate_refuses_another_runs_training_images_copied_under_other_names(tmp_path_factory, tmp_path,
+                                                                              capsys):
+    """Run A trained on folder X; run B is a fresh split of copies of X's files under other names."""
+    import shutil
+
+    from kerasssl.cli import main
+    from kerasssl.config import RunConfig
+    from kerasssl.data.load import load_images
+    from kerasssl.data.split import load_or_create_split
+    from test_classifier import fit_run
+
+    data, run_a = fit_run(tmp_path_factory)
+    copies = tmp_path / "copies"
+    for f in sorted(data.rglob("*.npy")):
+        (copies / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, copies / f.parent.name / f"copy_{f.name}")
+    run_b = tmp_path / "run_b"
+    split_b = load_or_create_split(run_b, load_images(copies), RunConfig.from_dict({"data": {"seed": 7}}).data)
+    a = json.loads((run_a / "split.json").read_text())
+    sources = [name.replace("copy_", "") for name in split_b.test]
+    want = {"pretrain": sum(s in a["train"] for s in sources), "finetune": sum(s in a["labeled"] for s in sources)}
+    assert want["pretrain"] > 0 and want["finetune"] > 0  # the case this test is about
+    args = ["evaluate", str(run_a / "classifier.keras"), str(copies), "--run-dir", str(run_b), "--bootstrap", "20",
+            "--report", str(tmp_path / "report.json"), "--plot", str(tmp_path / "roc.png")]
+
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err and "Traceback" not in err, err
+    assert f"{want['pretrain']} used for pretrain" in err and f"{want['finetune']} used for finetune" in err, err
+    assert f"contains {want['pretrain']} of {len(split_b.test)} image(s)" in err and "--allow-overlap" in err
+    assert not (tmp_path / "report.json").exists() and not (tmp_path / "roc.png").exists()
+
+    with pytest.raises(SystemExit) as e:
+        main(args + ["--allow-overlap"])
+    assert e.value.code == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["overlap"]["allowed"] is True
+    assert {k: report["overlap"][k]["n_files"] for k in want} == want
+    carried = report["overlap_guard"]["training_fingerprints"][str(run_a / "classifier.keras")]
+    assert carried == {"pretrain": len(a["train"]), "finetune": len(a["labeled"])}
+
+
+def test_a_model_without_fingerprints_is_guarded_by_file_names_only_and_says_so(tmp_path, caplog):
+    import keras
+
+    path = tmp_path / "plain.keras"
+    keras.Sequential([keras.Input((2, 2, 1)), keras.layers.Flatten(), keras.layers.Dense(2)]).save(path)
+    images = np.zeros((3, 2, 2, 1), np.float32)
+    with caplog.at_level("WARNING"):
+        found, carried = ev.fingerprint_overlap([path], images, ["a", "b", "c"])
+    assert found == {} and carried == {str(path): None}
+    assert "carries no training fingerprints" in caplog.text

@@ -264,3 +264,101 @@ def test_loads_and_runs_in_a_fresh_tensorflow_only_process(exported, tmp_path):
     assert out["embeddings"].shape == (5, 6)
     if has_examples:
         np.testing.assert_allclose(out["from_examples"], out["probabilities"], atol=1e-6)
+
+
+# -- faults: an unwritable base dir, killed exports, the wrong file ----------------------
+
+
+def test_export_into_a_base_dir_that_cannot_be_written_is_one_line(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    from kerasssl.cli import main
+
+    make_classifier().save(tmp_path / "clf.keras")
+
+    def export_into(base):
+        with pytest.raises(SystemExit) as e:
+            main(["export", str(tmp_path / "clf.keras"), "--name", "m", "--base-dir", str(base)])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2, err
+        assert err.startswith("kerasssl: error:") and "\n" not in err and "Traceback" not in err, err
+        return err
+
+    (tmp_path / "a_file").write_text("not a folder")
+    assert "a_file is a file, not a directory" in export_into(tmp_path / "a_file" / "saved_models")
+    # Tests run as root, who may write anywhere: the missing permission is simulated.
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    os.chmod(readonly, 0o555)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: Path(p) != readonly and real_access(p, mode, **kw))
+    assert "readonly is not writable" in export_into(readonly / "saved_models")
+    monkeypatch.undo()
+    # ... and a refusal that only the write itself meets (a read-only file system)
+    real_mkdir = Path.mkdir
+
+    def refused(self, *args, **kwargs):
+        if tmp_path / "rofs" in (self, *self.parents):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    (tmp_path / "rofs").mkdir()
+    monkeypatch.setattr(Path, "mkdir", refused)
+    assert "cannot export there (Permission denied)" in export_into(tmp_path / "rofs" / "saved_models")
+    assert list((tmp_path / "rofs").iterdir()) == []
+
+
+def test_an_export_removes_the_temp_versions_that_killed_exports_left(tmp_path, caplog):
+    import socket
+    import subprocess as sp
+
+    from kerasssl.export import _new_temp_dir
+
+    model_dir = tmp_path / "sm" / "m"
+
+    def temp_version(version, pid, host=None):
+        path = _new_temp_dir(model_dir, version)  # as an export makes it, then "killed" mid-write
+        (path / "saved_model.pb").write_bytes(b"partial")
+        owner = json.loads((path / ".kerasssl-export.json").read_text())
+        owner.update(pid=pid, host=host or socket.gethostname())
+        (path / ".kerasssl-export.json").write_text(json.dumps(owner))
+        return path
+
+    gone = sp.Popen(["true"])
+    gone.wait()  # its pid belongs to no process now
+    alive = sp.Popen(["sleep", "60"])
+    try:
+        killed = temp_version(1, gone.pid)
+        running = temp_version(1, alive.pid)  # an export in progress keeps its folder
+        elsewhere = temp_version(2, gone.pid, host="another-host")  # not ours to judge
+        foreign = model_dir / ".tmp-9-123-abc"  # not named as kerasssl names them
+        foreign.mkdir()
+        with caplog.at_level("WARNING", logger="kerasssl.export"):
+            version = export_saved_model(make_classifier(), tmp_path / "sm", "m")
+    finally:
+        alive.kill()
+        alive.wait()
+    assert version == model_dir / "1" and not killed.exists()
+    assert running.exists() and elsewhere.exists() and foreign.exists()
+    assert f"removed {killed}: left by an export that did not finish" in caplog.text
+    assert not (version / ".kerasssl-export.json").exists()
+
+
+def test_exporting_an_encoder_names_the_classifier_to_export_instead(tmp_path_factory, tmp_path, capsys):
+    from kerasssl.cli import main
+    from kerasssl.encoders import build_encoder
+    from test_classifier import fit_run
+
+    _, run = fit_run(tmp_path_factory)
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(run / "encoder.keras"), "--name", "m", "--base-dir", str(tmp_path / "sm")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err, err
+    assert f"{run / 'encoder.keras'}: is an encoder" in err and str(run / "classifier.keras") in err, err
+    assert "class names" not in err and not (tmp_path / "sm").exists()
+    # an encoder file kerasssl did not mark (an older run) is told apart by its structure
+    build_encoder("tiny", (SIZE, SIZE, 1)).save(tmp_path / "old_encoder.keras")
+    with pytest.raises(SystemExit) as e:
+        main(["export", str(tmp_path / "old_encoder.keras"), "--name", "m", "--base-dir", str(tmp_path / "sm")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "is an encoder" in err and "kerasssl finetune" in err, err

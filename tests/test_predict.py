@@ -159,3 +159,50 @@ def test_a_tfrecord_glob_gives_the_same_as_the_folder(exported, tmp_path):
     assert sorted(by_name) == sorted(from_records.files)
     for name, probs in zip(from_records.files, from_records.probabilities):
         np.testing.assert_allclose(probs, by_name[name], atol=1e-6)
+
+
+def test_a_keras_file_of_random_bytes_is_not_a_keras_archive(tmp_path, capsys):
+    from kerasssl.cli import main
+
+    fake = tmp_path / "model.keras"
+    fake.write_bytes(np.random.default_rng(0).bytes(4096))
+    np.save(tmp_path / "image.npy", np.zeros((SIZE, SIZE), np.float32))
+    notzip = tmp_path / "zipped.keras"
+    import zipfile
+
+    with zipfile.ZipFile(notzip, "w") as archive:
+        archive.writestr("readme.txt", "a zip, but no Keras model inside")
+    for path, needle in ((fake, "not a Keras archive (a .keras file is a zip archive; this one is not)"),
+                         (notzip, "not a Keras archive (a zip file without the model's config.json)")):
+        with pytest.raises(SystemExit) as e:
+            main(["predict", str(path), str(tmp_path / "image.npy")])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and err == f"kerasssl: error: {path}: {needle}", err
+
+
+def test_predict_with_an_encoder_says_which_file_to_use(tmp_path, capsys):
+    from kerasssl.cli import main
+    from kerasssl.encoders import build_encoder
+
+    build_encoder("tiny", (SIZE, SIZE, 1)).save(tmp_path / "encoder.keras")
+    make_classifier().save(tmp_path / "classifier.keras")
+    np.save(tmp_path / "image.npy", np.zeros((SIZE, SIZE), np.float32))
+    with pytest.raises(SystemExit) as e:
+        main(["predict", str(tmp_path / "encoder.keras"), str(tmp_path / "image.npy")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "is an encoder" in err and str(tmp_path / "classifier.keras") in err, err
+
+
+def test_the_cli_prints_no_native_lines_with_a_tflite_model(exported, tmp_path):
+    """LiteRT announces its XNNPACK delegate on fd 2 whatever TF_CPP_MIN_LOG_LEVEL says; the CLI hides it."""
+    import os
+    import subprocess
+    import sys
+
+    _, _, version_dir = exported
+    np.save(tmp_path / "image.npy", np.zeros((SIZE, SIZE), np.float32))
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    proc = subprocess.run([sys.executable, "-m", "kerasssl", "predict", str(version_dir / "lens_finder_fp32.tflite"),
+                           str(tmp_path / "image.npy")], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == "" and "image.npy" in proc.stdout

@@ -2,6 +2,13 @@
 
 Sub-commands stay thin: parse options -> config -> call the library API.
 A :class:`kerasssl.errors.KerassslError` becomes one line and exit code 2.
+
+Quiet by default: stderr carries kerasssl's own lines (errors, warnings,
+progress) only. TensorFlow's native start-up lines (absl, oneDNN, CUDA probes)
+are written to file descriptor 2 before ``TF_CPP_MIN_LOG_LEVEL`` applies, and
+LiteRT's ignore it, so the CLI runs with fd 2 pointed at /dev/null and Python's
+``sys.stderr`` on the original stderr (:class:`kerasssl.cli.quiet.NativeStderrHidden`),
+and sets ``TF_CPP_MIN_LOG_LEVEL=3``. ``-v`` lets all of it through.
 """
 
 import importlib
@@ -13,6 +20,7 @@ import warnings
 import click
 
 from kerasssl import __version__
+from kerasssl.cli.quiet import NativeStderrHidden, verbosity  # noqa: F401 - verbosity: part of the CLI API
 from kerasssl.errors import KerassslError
 
 # name -> module under kerasssl.cli holding a click command of that name.
@@ -80,15 +88,27 @@ def cli(verbose):
 
 
 def main(argv=None):
-    """Console entry point: user errors become one line and exit code 2."""
-    # TF C++ start-up chatter (CUDA probes, oneDNN notes) would bury our one-line errors.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    """Console entry point: user errors become one line and exit code 2.
+
+    Without -v, native libraries' lines are kept off stderr (see the module docstring).
+    """
+    args = sys.argv[1:] if argv is None else list(argv)
+    if verbosity(args):
+        _main(args)
+    else:
+        # TF C++ start-up chatter (CUDA probes, oneDNN notes) would bury our one-line errors.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        with NativeStderrHidden():
+            _main(args)
+
+
+def _main(args):
     # A reloaded single-input functional model warns on every plain-tensor call
     # (Keras 3.15 records its inputs as a list): export, predict and fit's
     # export all make such calls; the call is right, the noise is not.
     warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
     try:
-        cli.main(args=argv, prog_name="kerasssl", standalone_mode=False)
+        cli.main(args=args, prog_name="kerasssl", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(1)

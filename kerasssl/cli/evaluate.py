@@ -22,15 +22,18 @@ from kerasssl.evaluate import SPLIT_NAMES
 @click.option("--baseline", "baseline_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="A second classifier (e.g. the supervised one) drawn as the baseline.")
 @click.option("--allow-overlap", is_flag=True, default=False,
-              help="Evaluate even on files used for pretraining or fine-tuning (the report says so).")
+              help="Evaluate even on images that pretrained or fine-tuned the model, found by content "
+                   "(fingerprints stored in the model) and by file name (the report says so).")
 @click.option("--bootstrap", type=int, default=None, help="Bootstrap resamples for the CI.  [default: 1000]")
 @data_options
 def evaluate(model, data, run_dir, split, report_path, plot_path, baseline_path, allow_overlap, bootstrap,
              allow_pickle, channel_axis):
     """Evaluate classifier MODEL on a split of DATA recorded in RUN/split.json.
 
-    Refuses to evaluate on files that trained the model (pretraining or the
-    labelled fine-tuning subset) unless --allow-overlap is given.
+    Refuses to evaluate on images that trained the model (pretraining or the
+    labelled fine-tuning subset), whatever RUN or DATA: the model carries their
+    content fingerprints, so copies under other names are caught too. Pass
+    --allow-overlap to evaluate anyway.
     """
     from kerasssl.config import RunConfig
     from kerasssl.evaluate import evaluate_run
