@@ -477,6 +477,10 @@ def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_
     split_path = run_dir / "split.json"
     if not split_path.exists():
         raise KerassslError(f"{split_path}: no split recorded; run `kerasssl finetune` or `fit` first")
+    if image_set is None:
+        from kerasssl.data.load import check_data_path
+
+        check_data_path(data_path)  # the same answer for DATA as every other command, before the model
     model_path = check_keras_archive(model_path)
     if baseline_path:
         baseline_path = check_keras_archive(baseline_path)
