@@ -41,14 +41,18 @@ REFERENCE = {
     "byol": lambda o, m: losses.byol_loss(o["p1"], o["p2"], o["t1"], o["t2"]),
     "barlow_twins": lambda o, m: losses.barlow_twins(o["z1"], o["z2"], m.lambda_offdiag),
     "vicreg": lambda o, m: losses.vicreg(o["z1"], o["z2"], m.sim_weight, m.var_weight, m.cov_weight),
+    "moco": lambda o, m: losses.moco_loss(o["z1"], o["z2"], o["k1"], o["k2"], o["queue"], m.temperature),
+    "dino": lambda o, m: losses.dino_loss([o["s1"], o["s2"]], [o["t1"], o["t2"]], o["center"],
+                                          m.student_temperature, m.teacher_temperature),
 }
 
 
 def test_registry():
     assert methods.available() == sorted(REFERENCE)
     assert methods.get("Barlow-Twins") is methods.BarlowTwins
+    assert methods.get("MoCo") is methods.MoCo and methods.get("dino") is methods.DINO
     with pytest.raises(KerassslError, match="unknown method"):
-        methods.get("moco")
+        methods.get("no_such_method")
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
