@@ -131,7 +131,7 @@ class DINO(MomentumMixin, SSLMethod):
     def project_views(self, views, training):
         """Global views first (the teacher sees those two), then any local views."""
         # Read before the EMA step below increments the step count.
-        temperature = self.teacher_temperature_at(ops.convert_to_tensor(self.ema_step))
+        temperature = self.teacher_temperature_at(ops.copy(self.ema_step))
         if training:
             views = [self._ema(views[0])] + list(views[1:])
         n = ops.shape(views[0])[0]
@@ -142,8 +142,8 @@ class DINO(MomentumMixin, SSLMethod):
                                    training=False)
         teacher = ops.stop_gradient(teacher)
         out = {"z1": embedding[:n], "t1": teacher[:n], "t2": teacher[n:],
-               # Read tensors, taken before the centre update below (see MoCo's queue).
-               "center": ops.convert_to_tensor(self.center), "teacher_temperature": temperature}
+               # A copy taken before the centre update below (see MoCo's queue).
+               "center": ops.copy(self.center), "teacher_temperature": temperature}
         for i in range(len(views)):
             out[f"s{i + 1}"] = student[i * n:(i + 1) * n]
         if training:

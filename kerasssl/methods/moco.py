@@ -107,10 +107,11 @@ class MoCo(MomentumMixin, SSLMethod):
             out["p1"] = self.predictor(z1, training=training)
             out["p2"] = self.predictor(z2, training=training)
             return out
-        # A read *tensor* (not the variable), taken before the enqueue below:
-        # the TF graph orders the read before the write, and the JAX trainer
-        # hands this value to the loss, so both score against the old queue.
-        out["queue"] = ops.convert_to_tensor(self.queue)
+        # A copy, not the variable (Keras's convert_to_tensor returns the variable
+        # itself on TF, which the loss would read after the enqueue below): the
+        # TF graph orders this read before the write, eager copies now, and the
+        # JAX trainer hands this value to the loss: all score the old queue.
+        out["queue"] = ops.copy(self.queue)
         if training:
             self._enqueue(out["k1"], out["k2"])
         return out
@@ -121,13 +122,13 @@ class MoCo(MomentumMixin, SSLMethod):
         if all_k1 is not None:
             k1, k2 = all_k1, all_k2
         keys = losses.l2_normalize(ops.concatenate([k1, k2], axis=0))
-        n = ops.cast(ops.shape(keys)[0], "int32")
-        pointer = ops.convert_to_tensor(self.queue_pointer)
+        n = ops.shape(keys)[0]  # static under JAX (arange needs it), maybe a tensor on TF
+        pointer = ops.copy(self.queue_pointer)
         index = (pointer + ops.arange(n, dtype="int32")) % self.queue_size
         # More keys than slots: only the last queue_size would survive anyway.
         keys, index = keys[-self.queue_size:], index[-self.queue_size:]
         self.queue.assign(ops.scatter_update(self.queue.value, ops.expand_dims(index, 1), keys))
-        self.queue_pointer.assign((pointer + n) % self.queue_size)
+        self.queue_pointer.assign((pointer + ops.cast(n, "int32")) % self.queue_size)
 
     def method_loss(self, out):
         if self.version == 2:
