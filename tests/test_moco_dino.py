@@ -225,3 +225,32 @@ def test_moco_and_dino_on_jax_backend_read_old_state():
     env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="3")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert "JAX-OK" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("name, options, batch_stats", [("moco", {}, False), ("moco", {"version": 3}, True),
+                                                        ("dino", {"output_dim": 32}, True)])
+def test_target_batchnorm_statistics(name, options, batch_stats):
+    # MoCo v2's keys use the moving averages (no leak between the batch's
+    # positive and the queued negatives); v3's keys and DINO's teacher use the
+    # batch's statistics, as their online twins do, with no BatchNorm variable
+    # left to the optimizer.
+    model = _model(name, queue_size=16, **options) if name == "moco" else _model(name, **options)
+    target = model.target_encoder
+    initial = model.get_weights()
+    trainable = {id(v) for v in model.trainable_variables}
+    assert not any(id(v) in trainable for v in model.non_trainable_variables)
+    assert not any(id(v) in trainable for v in target.weights)
+    x = np.concatenate([_images(seed=6)] * 2)  # identity views: the step encodes [x, x]
+    online = model.encoder(x, training=True).numpy()  # == target weights at step 0
+    batch = target(x, training=True).numpy()
+    moving = target(x, training=False).numpy()
+    assert np.abs(online - moving).max() > 1e-3
+    np.testing.assert_allclose(batch, online if batch_stats else moving, rtol=1e-5, atol=1e-6)
+    # The training step sees the same thing (from the initial state: the calls
+    # above in training mode moved the moving averages, which the EMA copies).
+    model.set_weights(initial)
+    out = model(x[:8], training=True)
+    key_head = model.target_head if name == "dino" else model.target_projector
+    expected = key_head(online if batch_stats else moving, training=batch_stats).numpy()[:8]
+    got = out["t1"] if name == "dino" else out["k1"]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

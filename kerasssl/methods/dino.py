@@ -7,7 +7,7 @@ from kerasssl import distribute, losses
 from kerasssl.heads import DINOHead
 from kerasssl.layers.crop import RandomResizedCrop
 from kerasssl.methods.base import SSLMethod
-from kerasssl.methods.momentum import MomentumMixin, momentum_copy
+from kerasssl.methods.momentum import MomentumMixin, momentum_copy, use_batch_statistics
 
 
 @keras.saving.register_keras_serializable(package="kerasssl")
@@ -17,7 +17,9 @@ class DINO(MomentumMixin, SSLMethod):
     Student and teacher are the encoder + :class:`~kerasssl.heads.DINOHead`
     (MLP -> L2-normalised bottleneck -> weight-normalised prototypes); the
     teacher is the EMA of the student (see :mod:`kerasssl.methods.momentum`)
-    and gets no gradient. The teacher's logits are *centred* (minus ``center``,
+    and gets no gradient; its BatchNorm layers use batch statistics when
+    training, as DINO's teacher does (see
+    :func:`kerasssl.methods.momentum.use_batch_statistics`). The teacher's logits are *centred* (minus ``center``,
     a non-trainable float32 variable holding an EMA, momentum
     ``center_momentum``, of the teacher's batch means over the global batch)
     and *sharpened* (``teacher_temperature``, optionally warmed up linearly
@@ -49,7 +51,9 @@ class DINO(MomentumMixin, SSLMethod):
         total_steps: optimizer steps of the whole run (set by ``kerasssl.pretrain``).
         local_crops: extra local views per image (0: two global views only).
         local_crop_scale: (low, high) area fraction of a local crop.
-        use_batch_norm: BatchNorm in the head's MLP.
+        use_batch_norm: BatchNorm in the head's MLP (on by default: with the
+            CNN backbones here, the head without it collapses to a uniform
+            teacher on small data, loss -> log(output_dim)).
         norm_last_layer: fix the prototypes' weight-norm gain at 1.
         projection_dim: the head's bottleneck size (256 in DINO).
         hidden_dim, projection_layers: the head's MLP width and number of Dense layers.
@@ -63,7 +67,7 @@ class DINO(MomentumMixin, SSLMethod):
     def __init__(self, encoder, preprocess=None, view1=None, view2=None, output_dim=4096,
                  student_temperature=0.1, teacher_temperature=0.04, warmup_teacher_temperature=None,
                  warmup_teacher_fraction=0.3, center_momentum=0.9, base_momentum=0.99, total_steps=1000,
-                 local_crops=0, local_crop_scale=(0.25, 0.5), use_batch_norm=False, norm_last_layer=True,
+                 local_crops=0, local_crop_scale=(0.25, 0.5), use_batch_norm=True, norm_last_layer=True,
                  projection_dim=256, hidden_dim=512, projection_layers=3, **kwargs):
         for name, value in (("student_temperature", student_temperature),
                             ("teacher_temperature", teacher_temperature)):
@@ -98,6 +102,8 @@ class DINO(MomentumMixin, SSLMethod):
         self.head.build((None, self.feature_dim))
         self.target_encoder = momentum_copy(self.encoder)
         self.target_head = momentum_copy(self.head, "target_dino_head", (None, self.feature_dim))
+        use_batch_statistics(self.target_encoder)
+        use_batch_statistics(self.target_head)
         self.init_momentum()
         self.center = self.add_weight(shape=(self.output_dim,), initializer="zeros", dtype="float32",
                                       trainable=False, autocast=False, name="center")
@@ -138,8 +144,8 @@ class DINO(MomentumMixin, SSLMethod):
         embedding = self.head.embed(self.encoder(ops.concatenate(views, axis=0), training=training),
                                     training=training)
         student = self.head.score(embedding)
-        teacher = self.target_head(self.target_encoder(ops.concatenate(views[:2], axis=0), training=False),
-                                   training=False)
+        teacher = self.target_head(self.target_encoder(ops.concatenate(views[:2], axis=0), training=training),
+                                   training=training)
         teacher = ops.stop_gradient(teacher)
         out = {"z1": embedding[:n], "t1": teacher[:n], "t2": teacher[n:],
                # A copy taken before the centre update below (see MoCo's queue).

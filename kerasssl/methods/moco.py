@@ -6,7 +6,7 @@ from keras import ops
 from kerasssl import distribute, losses
 from kerasssl.heads import PredictionHead, ProjectionHead
 from kerasssl.methods.base import SSLMethod
-from kerasssl.methods.momentum import MomentumMixin, momentum_copy
+from kerasssl.methods.momentum import MomentumMixin, momentum_copy, use_batch_statistics
 
 VERSIONS = (2, 3)
 
@@ -35,9 +35,13 @@ class MoCo(MomentumMixin, SSLMethod):
       under ``tf.distribute`` so every replica holds the same queue, at
       ``pointer, pointer + 1, ...`` modulo ``queue_size`` (a ring buffer: any
       batch size works; a batch larger than the queue keeps its last keys).
+      The key encoder's BatchNorm uses its moving averages: batch statistics
+      would let the query tell this batch's positive key from the older
+      queued negatives (the leak MoCo's shuffle-BN closes).
     - ``version=3``: no queue; a predictor on the queries and in-batch
       negatives: the momentum keys of the whole (global) batch
-      (:func:`kerasssl.losses.moco_v3_loss`).
+      (:func:`kerasssl.losses.moco_v3_loss`); the key encoder's BatchNorm
+      uses batch statistics (:func:`kerasssl.methods.momentum.use_batch_statistics`).
 
     Args:
         encoder, preprocess, view1, view2: see :class:`SSLMethod`.
@@ -84,6 +88,11 @@ class MoCo(MomentumMixin, SSLMethod):
             self.predictor.build((None, self.projection_dim))
         self.target_encoder = momentum_copy(self.encoder)
         self.target_projector = momentum_copy(self.projector, "target_projector", (None, self.feature_dim))
+        if self.version == 3:
+            # v3's negatives share the positives' batch: batch statistics leak
+            # nothing there, and the EMA'd moving averages lag early on.
+            use_batch_statistics(self.target_encoder)
+            use_batch_statistics(self.target_projector)
         self.init_momentum()
         if self.version == 2:
             self.queue = self.add_weight(shape=(self.queue_size, self.projection_dim), dtype="float32",
@@ -101,7 +110,12 @@ class MoCo(MomentumMixin, SSLMethod):
         if training:
             v1 = self._ema(v1)
         z1, z2 = self._encode_project(v1, v2, self.encoder, self.projector, training)
-        k1, k2 = self._encode_project(v1, v2, self.target_encoder, self.target_projector, False)
+        # v2's key encoder normalises with its moving averages: with batch
+        # statistics the positive key (this batch) would differ from the queued
+        # negatives (older batches) in a way the query can learn to spot, the
+        # leak MoCo's shuffle-BN closes; on one device this closes it too.
+        key_training = training and self.version == 3
+        k1, k2 = self._encode_project(v1, v2, self.target_encoder, self.target_projector, key_training)
         out = {"z1": z1, "z2": z2, "k1": ops.stop_gradient(k1), "k2": ops.stop_gradient(k2)}
         if self.version == 3:
             out["p1"] = self.predictor(z1, training=training)

@@ -79,6 +79,42 @@ def momentum_copy(online, name=None, input_shape=None):
     return target
 
 
+def use_batch_statistics(target):
+    """Let a frozen target's BatchNorm layers normalise with batch statistics.
+
+    Keras runs a BatchNormalization layer whose ``trainable`` is False in
+    inference mode (moving averages) even under ``training=True``. A target
+    network, though, should see each batch as its online twin does (the
+    momentum encoders of MoCo and DINO run in training mode): early in a run
+    the EMA'd moving averages are far from the batch statistics and flatten
+    the target's outputs across images, which starves DINO's centred teacher
+    of signal (it collapses to uniform). So each BatchNorm *layer* is made
+    trainable again while its scale and offset *variables* stay non-trainable:
+    the optimizer never sees them, the EMA still sets them, and calls with
+    ``training=True`` use (and fold into the moving averages) the batch's
+    moments, synchronised across replicas like any BatchNorm after
+    ``kerasssl.distribute.synchronize_batchnorm``.
+
+    Args:
+        target: a network made by :func:`momentum_copy`.
+
+    Returns:
+        The number of BatchNorm layers switched.
+
+    Example:
+        >>> use_batch_statistics(self.target_encoder)
+        3
+    """
+    count = 0
+    for layer in target._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = True  # the layer flag BatchNorm consults ...
+            for variable in layer.weights:
+                variable.trainable = False  # ... but no variable for the optimizer
+            count += 1
+    return count
+
+
 class MomentumMixin:
     """EMA target updates for an :class:`~kerasssl.methods.base.SSLMethod` subclass.
 
