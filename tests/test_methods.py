@@ -1,6 +1,7 @@
 """Methods: the shared step trains every method, losses are the pure functions,
 mixed precision scales the loss, BYOL's target follows the online net by EMA."""
 
+import inspect
 import os
 import subprocess
 import sys
@@ -73,6 +74,9 @@ def test_method_trains_and_uses_its_loss(name):
     assert max(moved) > 0
     config = model.get_config()
     assert config["projection_dim"] == 16 and all(k in config for k in ("encoder", "view1", "view2"))
+    # Complete: every constructor argument is in the config.
+    params = set(inspect.signature(type(model).__init__).parameters) - {"self", "kwargs"}
+    assert params <= set(config), sorted(params - set(config))
 
 
 def test_mixed_float16_scales_loss_and_bfloat16_does_not():

@@ -181,6 +181,25 @@ def test_queue_pointer_and_centre_survive_checkpoint_and_keras_save(name, tmp_pa
 
 
 @pytest.mark.parametrize("name", ["moco", "dino"])
+def test_mixed_float16_step_keeps_queue_and_centre_float32(name):
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        model = _model(name, queue_size=24) if name == "moco" else _model(name, output_dim=32)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), run_eagerly=True)
+        assert model.encoder(_images()).dtype == "float16"
+        loss = model.fit(_images(16), batch_size=8, epochs=1, verbose=0).history["loss"][0]
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert np.isfinite(loss)
+    state = _own_state(model)
+    for key in ("queue", "center"):
+        if key in state:
+            assert state[key].dtype == np.float32 and np.all(np.isfinite(state[key]))
+    if name == "moco":
+        np.testing.assert_allclose(np.linalg.norm(state["queue"], axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["moco", "dino"])
 def test_pretrain_library_runs_moco_and_dino_with_default_options(name, three_band_folder, tmp_path):
     from kerasssl.pretrain import pretrain
 
