@@ -112,8 +112,9 @@ class MoCo(MomentumMixin, SSLMethod):
         z1, z2 = self._encode_project(v1, v2, self.encoder, self.projector, training)
         # v2's key encoder normalises with its moving averages: with batch
         # statistics the positive key (this batch) would differ from the queued
-        # negatives (older batches) in a way the query can learn to spot, the
-        # leak MoCo's shuffle-BN closes; on one device this closes it too.
+        # negatives (older batches) in a way the query can learn to spot (the
+        # leak MoCo closes with shuffle-BN); moving averages close it on any
+        # number of devices.
         key_training = training and self.version == 3
         k1, k2 = self._encode_project(v1, v2, self.target_encoder, self.target_projector, key_training)
         out = {"z1": z1, "z2": z2, "k1": ops.stop_gradient(k1), "k2": ops.stop_gradient(k2)}
