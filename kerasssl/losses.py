@@ -12,6 +12,10 @@ Functions:
     - :func:`simsiam_loss`, :func:`byol_loss`: the symmetrised forms.
     - :func:`barlow_twins`: cross-correlation towards the identity.
     - :func:`vicreg`: variance-invariance-covariance regularisation.
+    - :func:`moco_loss`: MoCo v2's InfoNCE against a queue of negatives (symmetric).
+    - :func:`moco_v3_loss`: MoCo v3's InfoNCE against the batch's momentum keys.
+    - :func:`dino_loss`: DINO's cross-entropy between centred, sharpened
+      teacher and student prototype distributions.
     - :func:`embedding_std`: the collapse monitor (not a loss).
 
 Example:
@@ -201,6 +205,126 @@ def vicreg(z1, z2, sim_weight=25.0, var_weight=25.0, cov_weight=1.0, epsilon=1e-
     variance = 0.5 * (std_term(z1) + std_term(z2))
     covariance = _off_diagonal_cov_penalty(z1) + _off_diagonal_cov_penalty(z2)
     return sim_weight * invariance + var_weight * variance + cov_weight * covariance
+
+
+def _infonce_queue(q, k, queue, temperature):
+    """One direction of MoCo v2: query i's positive is key i, its negatives the queue."""
+    q = l2_normalize(q)
+    k = l2_normalize(ops.stop_gradient(k))
+    negatives = l2_normalize(ops.stop_gradient(queue))
+    positive = ops.sum(q * k, axis=-1, keepdims=True) / temperature
+    negative = ops.matmul(q, ops.transpose(negatives)) / temperature
+    logits = ops.concatenate([positive, negative], axis=1)
+    return ops.mean(ops.logsumexp(logits, axis=1) - positive[:, 0])
+
+
+def moco_loss(q1, q2, k1, k2, queue, temperature=0.2):
+    """MoCo v2 InfoNCE, symmetrised over the two views.
+
+    Query ``q1[i]`` (online network, view 1) is scored against its positive
+    key ``k2[i]`` (momentum network, view 2) and the K negatives in
+    ``queue``; cross-entropy with the positive as the target class, and the
+    same with the views swapped. The loss is the mean of the two directions.
+    Everything is L2-normalised here; keys and queue get no gradient.
+
+    Args:
+        q1, q2: (N, D) online projections of views 1 and 2 (any float dtype).
+        k1, k2: (N, D) momentum-network projections of views 1 and 2.
+        queue: (K, D) negative keys (the queue *before* this batch is enqueued).
+        temperature: softmax temperature (> 0; 0.2 in MoCo v2).
+
+    Returns:
+        float32 scalar.
+
+    Example:
+        >>> loss = moco_loss(q1, q2, k1, k2, queue, temperature=0.2)
+    """
+    return 0.5 * (_infonce_queue(q1, k2, queue, temperature) + _infonce_queue(q2, k1, queue, temperature))
+
+
+def _infonce_batch(q, k, all_k, offset, temperature):
+    q = l2_normalize(q)
+    keys = l2_normalize(ops.stop_gradient(k if all_k is None else all_k))
+    logits = ops.matmul(q, ops.transpose(keys)) / temperature
+    target = offset + ops.arange(ops.shape(q)[0], dtype="int32")
+    positive = ops.take_along_axis(logits, ops.expand_dims(target, 1), axis=1)[:, 0]
+    return ops.mean(ops.logsumexp(logits, axis=1) - positive)
+
+
+def moco_v3_loss(q1, q2, k1, k2, temperature=0.2, all_k1=None, all_k2=None, offset=0):
+    """MoCo v3 InfoNCE: negatives are the other keys of the (global) batch.
+
+    ``ctr(q, k) = 2 T * CE(q k^T / T, i -> i)`` with L2-normalised rows: query
+    ``i``'s positive is key ``i`` of the other view, its negatives the other
+    keys of that view. The loss is ``ctr(q1, k2) + ctr(q2, k1)``; the ``2 T``
+    factor (as in the paper's code) makes the gradient scale independent of
+    the temperature. Keys get no gradient.
+
+    Data-parallel training passes the keys gathered over the replicas
+    (``kerasssl.distribute.gather_replicas``) as ``all_k1``/``all_k2`` with this
+    replica's rows at ``offset``, so negatives come from the whole global batch.
+
+    Args:
+        q1, q2: (N, D) online predictions of views 1 and 2.
+        k1, k2: (N, D) momentum-network projections of views 1 and 2.
+        temperature: softmax temperature (> 0).
+        all_k1, all_k2: optional (M, D) global-batch keys containing k1/k2 at
+            rows offset..offset+N; None means k1/k2 are the whole batch.
+        offset: row of k1[0] in all_k1 (a scalar, may be a tensor).
+
+    Returns:
+        float32 scalar.
+
+    Example:
+        >>> loss = moco_v3_loss(p1, p2, k1, k2, temperature=0.2)
+    """
+    scale = 2.0 * temperature
+    return scale * (_infonce_batch(q1, k2, all_k2, offset, temperature)
+                    + _infonce_batch(q2, k1, all_k1, offset, temperature))
+
+
+def dino_loss(student, teacher, center, student_temperature=0.1, teacher_temperature=0.04):
+    """DINO: cross-entropy from the centred, sharpened teacher to the student.
+
+    ``P_t = softmax((t - center) / teacher_temperature)`` (no gradient) and
+    ``log P_s = log_softmax(s / student_temperature)``; each teacher view ``i``
+    is paired with every student view ``j != i`` (the student's first views
+    are the same global crops the teacher saw, in the same order; any further
+    student views are local crops). The loss is the mean over those pairs of
+    the batch mean of ``-sum_k P_t log P_s``.
+
+    Args:
+        student: list of (N, K) student logits, one per view (>= 2 views).
+        teacher: list of (N, K) teacher logits for the first global views.
+        center: (K,) or (1, K) running mean of the teacher logits.
+        student_temperature: student softmax temperature (0.1 in DINO).
+        teacher_temperature: teacher softmax temperature (0.04-0.07; lower
+            is sharper). A scalar or a scalar tensor.
+
+    Returns:
+        float32 scalar.
+
+    Example:
+        >>> loss = dino_loss([s1, s2], [t1, t2], center, 0.1, 0.04)
+    """
+    student = list(student)
+    teacher = list(teacher)
+    if len(teacher) < 1 or len(student) < 2 or len(teacher) > len(student):
+        raise ValueError(f"dino_loss needs >= 2 student views and 1..{len(student)} teacher views, "
+                         f"got {len(student)} and {len(teacher)}")
+    center = ops.reshape(ops.stop_gradient(_f32(center)), (1, -1))
+    teacher_temperature = _f32(teacher_temperature)
+    targets = [ops.softmax((ops.stop_gradient(_f32(t)) - center) / teacher_temperature, axis=-1)
+               for t in teacher]
+    log_probs = [ops.log_softmax(_f32(s) / student_temperature, axis=-1) for s in student]
+    total, pairs = 0.0, 0
+    for i, target in enumerate(targets):
+        for j, log_p in enumerate(log_probs):
+            if i == j:
+                continue
+            total = total + ops.mean(-ops.sum(target * log_p, axis=-1))
+            pairs += 1
+    return total / float(pairs)
 
 
 def embedding_std(z):

@@ -58,7 +58,7 @@ COMMON = ["--epochs", "1", "--batch-size", "4", "--image-size", "32", "--encoder
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (COMMON + ["--method", "moco"], "unknown method"),
+        (COMMON + ["--method", "no_such_method"], "unknown method"),
         (COMMON + ["--encoder", "vgg"], "unknown encoder"),
         (COMMON + ["--encoder", "efficientnetb0", "--image-size", "16"], "at least 32 pixels"),
         (["--resume"], "nothing to resume"),

@@ -1,4 +1,5 @@
-"""tf.distribute on a split CPU: strategy selection, global-batch SimCLR, sync BN.
+"""tf.distribute on a split CPU: strategy selection, global-batch SimCLR, sync BN,
+MoCo's queue and DINO's centre kept global.
 
 Logical CPU devices can only be configured before TensorFlow initialises, and
 other test modules initialise it in this pytest process, so each distributed
@@ -144,6 +145,51 @@ def child_simclr_first_step(seed):
             "switched": switched, "replicas": two.distribute_strategy.num_replicas_in_sync}
 
 
+MOMENTUM_CASES = {
+    # 16 images, 2 steps of 32 keys into 40 slots: the second step wraps around.
+    "moco": dict(queue_size=40),
+    "moco_v3": dict(version=3),
+    "dino": dict(output_dim=32),
+}
+
+
+def child_momentum_methods(seed):
+    """MoCo v2/v3 and DINO on 2 replicas (sync BN) vs one device: two steps' losses and state."""
+    import keras
+    import tensorflow as tf
+
+    from kerasssl import distribute, methods
+    from kerasssl.encoders import build_encoder
+
+    dist = distribute.setup("mirrored", cpu_devices=2)
+    images = np.random.default_rng(int(seed)).normal(size=(16, 16, 16, 1)).astype("float32")
+    out = {}
+    for case, options in MOMENTUM_CASES.items():
+        def build():
+            keras.utils.set_random_seed(int(seed))
+            model = methods.get(case.split("_")[0])(build_encoder("tiny", (16, 16, 1)), projection_dim=8,
+                                                    hidden_dim=16, total_steps=10, **options)
+            model.compile(optimizer=keras.optimizers.SGD(0.1))
+            return model
+
+        def run(model):
+            data = tf.data.Dataset.from_tensor_slices(images).batch(16)
+            losses = model.fit(data, epochs=2, verbose=0).history["loss"]  # 1 step per epoch
+            state = {v.name: v.numpy().tolist() for v in model.variables
+                     if v.name in ("queue", "queue_pointer", "center", "ema_step")}
+            return {"loss": losses, "state": state}
+
+        one = build()
+        weights = one.get_weights()
+        out[case] = {"one": run(one)}
+        with dist.scope():
+            two = build()
+            two.set_weights(weights)
+            distribute.synchronize_batchnorm(two)
+        out[case]["two"] = run(two)
+    return out
+
+
 def child_setup_errors():
     """User errors of setup() are KerassslError with a one-line message."""
     from kerasssl import distribute
@@ -193,7 +239,8 @@ def child_pretrain_resume(data_dir, run_dir):
 
 def child_mirrored(seed, data_dir, run_dir):
     """Every mirrored check in one process (TensorFlow starts once: ~10-30 s here)."""
-    out = {"gather": child_gather(seed), "simclr": child_simclr_first_step(seed)}
+    out = {"gather": child_gather(seed), "simclr": child_simclr_first_step(seed),
+           "momentum": child_momentum_methods(seed)}
     out["pretrain"] = child_pretrain_resume(data_dir, run_dir)
     out["errors"] = child_setup_errors()  # last: TF is initialised by now
     return out
@@ -234,6 +281,23 @@ def test_simclr_first_step_loss_two_replicas_equals_one_device(mirrored):
     assert r["two"] == pytest.approx(r["one"], rel=1e-4)
     # Per-replica BatchNorm statistics change the loss: sync BN is what makes them equal.
     assert abs(r["unsynced"] - r["one"]) > 1e-4 * abs(r["one"])
+
+
+@pytest.mark.parametrize("case", sorted(MOMENTUM_CASES))
+def test_moco_and_dino_two_replicas_equal_one_device(mirrored, case):
+    r = mirrored["momentum"][case]
+    one, two = r["one"], r["two"]
+    # Both steps: the second scores against the queue / centre the first left.
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-4)
+    assert one["state"]["ema_step"] == two["state"]["ema_step"] == 2.0
+    if case == "moco":
+        # Every replica enqueued the whole global batch (both views): 2 x 32 keys into 40 slots.
+        assert one["state"]["queue_pointer"] == two["state"]["queue_pointer"] == 64 % 40
+        np.testing.assert_allclose(two["state"]["queue"], one["state"]["queue"], rtol=1e-4, atol=1e-5)
+    if case == "dino":
+        # The centre follows the global batch mean, not each replica's half.
+        assert np.abs(one["state"]["center"]).max() > 0
+        np.testing.assert_allclose(two["state"]["center"], one["state"]["center"], rtol=1e-4, atol=1e-6)
 
 
 def test_pretrain_cli_mirrored_checkpoint_and_resume(mirrored):

@@ -134,3 +134,117 @@ def test_embedding_std_detects_collapse(pair):
     assert float(losses.embedding_std(collapsed)) < 1e-6
     ref = np.mean(np.std(_norm(z1), axis=0))
     np.testing.assert_allclose(float(losses.embedding_std(z1)), ref, rtol=1e-5)
+
+
+# -- MoCo and DINO: loop-based NumPy references --------------------------------
+def _log_softmax_rows(a):
+    a = a - a.max(axis=1, keepdims=True)
+    return a - np.log(np.exp(a).sum(axis=1, keepdims=True))
+
+
+def ref_moco_direction(q, k, queue, t):
+    q, k, queue = _norm(q), _norm(k), _norm(queue)
+    total = 0.0
+    for i in range(len(q)):
+        scores = np.array([q[i] @ k[i]] + [q[i] @ neg for neg in queue]) / t
+        total += -scores[0] + np.log(np.sum(np.exp(scores)))
+    return total / len(q)
+
+
+def ref_moco_v3_direction(q, k, t):
+    q, k = _norm(q), _norm(k)
+    total = 0.0
+    for i in range(len(q)):
+        scores = np.array([q[i] @ k[j] for j in range(len(k))]) / t
+        total += -scores[i] + np.log(np.sum(np.exp(scores)))
+    return 2 * t * total / len(q)
+
+
+def ref_dino(student, teacher, center, ts, tt):
+    total, pairs = 0.0, 0
+    for i, t in enumerate(teacher):
+        logits = (t.astype(np.float64) - center) / tt
+        p_t = np.exp(logits - logits.max(1, keepdims=True))
+        p_t /= p_t.sum(1, keepdims=True)
+        for j, s in enumerate(student):
+            if i != j:
+                total += np.mean(-np.sum(p_t * _log_softmax_rows(s.astype(np.float64) / ts), axis=1))
+                pairs += 1
+    return total / pairs
+
+
+@pytest.mark.parametrize("temperature", [0.07, 0.2])
+def test_moco_loss_matches_numpy(pair, temperature):
+    z1, z2 = pair
+    rng = np.random.default_rng(2)
+    k1, k2 = (z1 + 0.1 * rng.normal(size=z1.shape)), (z2 + 0.1 * rng.normal(size=z2.shape))
+    queue = rng.normal(size=(37, z1.shape[1])).astype(np.float32)
+    got = losses.moco_loss(z1, z2, k1, k2, queue, temperature=temperature)
+    assert got.dtype == tf.float32
+    ref = 0.5 * (ref_moco_direction(z1, k2, queue, temperature) + ref_moco_direction(z2, k1, queue, temperature))
+    np.testing.assert_allclose(float(got), ref, rtol=1e-5)
+    # float16 projections and a small temperature: still finite, same value up to rounding.
+    got16 = float(losses.moco_loss(*(a.astype(np.float16) * 50 for a in (z1, z2, k1, k2, queue)), temperature=0.05))
+    ref16 = 0.5 * (ref_moco_direction(z1, k2, queue, 0.05) + ref_moco_direction(z2, k1, queue, 0.05))
+    assert np.isfinite(got16)
+    np.testing.assert_allclose(got16, ref16, rtol=1e-2)
+
+
+def test_moco_loss_has_no_gradient_through_keys_or_queue(pair):
+    z1, z2 = pair
+    q1, q2, k1, k2 = (tf.Variable(a) for a in (z1, z2, z2 + 0.1, z1 - 0.1))
+    queue = tf.Variable(np.random.default_rng(3).normal(size=(9, z1.shape[1])).astype(np.float32))
+    with tf.GradientTape() as tape:
+        loss = losses.moco_loss(q1, q2, k1, k2, queue, 0.2)
+    grads = tape.gradient(loss, [q1, q2, k1, k2, queue])
+    assert all(np.abs(np.asarray(g)).sum() > 0 for g in grads[:2])
+    assert all(g is None for g in grads[2:])
+
+
+def test_moco_v3_loss_matches_numpy_and_global_batch_slices(pair):
+    z1, z2 = pair
+    rng = np.random.default_rng(4)
+    k1, k2 = (z1 + 0.2 * rng.normal(size=z1.shape)), (z2 + 0.2 * rng.normal(size=z2.shape))
+    t = 0.2
+    ref = ref_moco_v3_direction(z1, k2, t) + ref_moco_v3_direction(z2, k1, t)
+    np.testing.assert_allclose(float(losses.moco_v3_loss(z1, z2, k1, k2, t)), ref, rtol=1e-5)
+    # The second half of the batch scored against the whole batch's keys (one
+    # replica of two): the mean of both halves' losses is the whole-batch loss.
+    halves = []
+    for start in (0, 6):
+        part = slice(start, start + 6)
+        halves.append(float(losses.moco_v3_loss(z1[part], z2[part], k1[part], k2[part], t,
+                                                all_k1=k1, all_k2=k2, offset=start)))
+    np.testing.assert_allclose(np.mean(halves), ref, rtol=1e-5)
+
+
+@pytest.mark.parametrize("teacher_temperature", [0.04, 0.07])
+def test_dino_loss_matches_numpy(teacher_temperature):
+    rng = np.random.default_rng(5)
+    n, k = 6, 20
+    student = [rng.normal(size=(n, k)).astype(np.float32) for _ in range(4)]  # 2 global + 2 local
+    teacher = [rng.normal(size=(n, k)).astype(np.float32) for _ in range(2)]
+    center = rng.normal(size=(k,)).astype(np.float32) * 0.1
+    got = losses.dino_loss(student, teacher, center, 0.1, teacher_temperature)
+    assert got.dtype == tf.float32
+    np.testing.assert_allclose(float(got), ref_dino(student, teacher, center, 0.1, teacher_temperature), rtol=1e-5)
+    # Two views: the two cross pairs only (teacher 1 -> student 2, teacher 2 -> student 1).
+    two = float(losses.dino_loss(student[:2], teacher, center[None], 0.1, teacher_temperature))
+    np.testing.assert_allclose(two, ref_dino(student[:2], teacher, center, 0.1, teacher_temperature), rtol=1e-5)
+    # float16 logits are scored in float32: finite, and the same value up to input rounding.
+    got16 = float(losses.dino_loss([s.astype(np.float16) for s in student], [t.astype(np.float16) for t in teacher],
+                                   center.astype(np.float16), 0.1, teacher_temperature))
+    assert np.isfinite(got16)
+    np.testing.assert_allclose(got16, float(got), rtol=1e-2)
+
+
+def test_dino_loss_gradient_reaches_student_only():
+    rng = np.random.default_rng(6)
+    s1, s2, t1, t2 = (tf.Variable(rng.normal(size=(4, 8)).astype(np.float32)) for _ in range(4))
+    with tf.GradientTape() as tape:
+        loss = losses.dino_loss([s1, s2], [t1, t2], np.zeros(8, np.float32))
+    grads = tape.gradient(loss, [s1, s2, t1, t2])
+    assert all(np.abs(np.asarray(g)).sum() > 0 for g in grads[:2])
+    assert all(g is None for g in grads[2:])
+    with pytest.raises(ValueError, match="student views"):
+        losses.dino_loss([s1], [t1], np.zeros(8, np.float32))

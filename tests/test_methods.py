@@ -1,6 +1,7 @@
 """Methods: the shared step trains every method, losses are the pure functions,
 mixed precision scales the loss, BYOL's target follows the online net by EMA."""
 
+import inspect
 import os
 import subprocess
 import sys
@@ -41,14 +42,18 @@ REFERENCE = {
     "byol": lambda o, m: losses.byol_loss(o["p1"], o["p2"], o["t1"], o["t2"]),
     "barlow_twins": lambda o, m: losses.barlow_twins(o["z1"], o["z2"], m.lambda_offdiag),
     "vicreg": lambda o, m: losses.vicreg(o["z1"], o["z2"], m.sim_weight, m.var_weight, m.cov_weight),
+    "moco": lambda o, m: losses.moco_loss(o["z1"], o["z2"], o["k1"], o["k2"], o["queue"], m.temperature),
+    "dino": lambda o, m: losses.dino_loss([o["s1"], o["s2"]], [o["t1"], o["t2"]], o["center"],
+                                          m.student_temperature, m.teacher_temperature),
 }
 
 
 def test_registry():
     assert methods.available() == sorted(REFERENCE)
     assert methods.get("Barlow-Twins") is methods.BarlowTwins
+    assert methods.get("MoCo") is methods.MoCo and methods.get("dino") is methods.DINO
     with pytest.raises(KerassslError, match="unknown method"):
-        methods.get("moco")
+        methods.get("no_such_method")
 
 
 @pytest.mark.parametrize("name", sorted(REFERENCE))
@@ -69,6 +74,9 @@ def test_method_trains_and_uses_its_loss(name):
     assert max(moved) > 0
     config = model.get_config()
     assert config["projection_dim"] == 16 and all(k in config for k in ("encoder", "view1", "view2"))
+    # Complete: every constructor argument is in the config.
+    params = set(inspect.signature(type(model).__init__).parameters) - {"self", "kwargs"}
+    assert params <= set(config), sorted(params - set(config))
 
 
 def test_mixed_float16_scales_loss_and_bfloat16_does_not():

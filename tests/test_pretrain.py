@@ -142,7 +142,7 @@ def test_knn_scores_match_bruteforce_vote_and_auc():
 
 
 def test_bad_config_is_one_line_error(hst_folder, tmp_path):
-    for cfg, match in ((_cfg(method="moco"), "unknown method"), (_cfg(precision="float8"), "precision"),
+    for cfg, match in ((_cfg(method="no_such_method"), "unknown method"), (_cfg(precision="float8"), "precision"),
                        (_cfg(epochs=0), "epochs"), (_cfg(method_options={"temp": 1}), "unknown option")):
         with pytest.raises(KerassslError, match=match):
             pt.pretrain(cfg, hst_folder, tmp_path / "bad", verbose=0)

@@ -65,6 +65,8 @@ METHOD_VIEWS = {
     "byol": _ASYMMETRIC,
     "barlow_twins": _ASYMMETRIC,
     "vicreg": _ASYMMETRIC,
+    "moco": (_SYMMETRIC, _SYMMETRIC),
+    "dino": _ASYMMETRIC,
     # Light, lossless augmentation for supervised fine-tuning.
     "finetune": ({"dihedral": True}, {"dihedral": True}),
 }

@@ -6,29 +6,11 @@ from keras import ops
 from kerasssl import losses
 from kerasssl.heads import PredictionHead, ProjectionHead
 from kerasssl.methods.base import SSLMethod
-from kerasssl.schedules import cosine_increase
-
-
-class _Float32Step(keras.layers.Layer):
-    """Runs a callback with autocasting off, so the EMA reads float32 weights.
-
-    Under mixed precision the method's ``call`` runs in an autocast scope
-    that would hand float16 copies of the variables to the EMA update
-    (0.996 * w in float16 loses the update entirely).
-    """
-
-    def __init__(self, fn, **kwargs):
-        super().__init__(autocast=False, dtype="float32", **kwargs)
-        self._fn = fn  # a bound method: not tracked, owns no variables
-        self.built = True
-
-    def call(self, x):
-        self._fn()
-        return x
+from kerasssl.methods.momentum import MomentumMixin, momentum_copy
 
 
 @keras.saving.register_keras_serializable(package="kerasssl")
-class BYOL(SSLMethod):
+class BYOL(MomentumMixin, SSLMethod):
     """BYOL (Grill et al. 2020) with a cosine-increasing target momentum.
 
     The target encoder and projector are non-trainable copies of the online
@@ -52,7 +34,6 @@ class BYOL(SSLMethod):
     """
 
     method_name = "byol"
-    needs_total_steps = True
 
     def __init__(self, encoder, preprocess=None, view1=None, view2=None, base_momentum=0.99,
                  total_steps=1000, prediction_hidden_dim=512, projection_dim=256, hidden_dim=512,
@@ -70,32 +51,14 @@ class BYOL(SSLMethod):
         self.predictor = PredictionHead(self.prediction_hidden_dim, self.projection_dim, name="predictor")
         self.predictor.build((None, self.projection_dim))
 
-        self.target_encoder = keras.models.clone_model(self.encoder)
-        self.target_encoder.name = "target_" + self.encoder.name
-        self.target_projector = ProjectionHead(*head_args, name="target_projector")
-        self.target_projector.build((None, self.feature_dim))
-        self.target_encoder.set_weights(self.encoder.get_weights())
-        self.target_projector.set_weights(self.projector.get_weights())
-        self.target_encoder.trainable = False
-        self.target_projector.trainable = False
-        self.ema_step = self.add_weight(shape=(), initializer="zeros", dtype="float32",
-                                        trainable=False, autocast=False, name="ema_step")
-        self._ema = _Float32Step(self._update_target, name="target_ema")
+        self.target_encoder = momentum_copy(self.encoder)
+        self.target_projector = momentum_copy(self.projector, "target_projector", (None, self.feature_dim))
+        self.init_momentum()
 
-    def _pairs(self):
+    def momentum_pairs(self):
         online = self.encoder.weights + self.projector.weights
         target = self.target_encoder.weights + self.target_projector.weights
         return list(zip(target, online))
-
-    def target_momentum(self):
-        """Current EMA momentum tau (a float32 tensor)."""
-        return cosine_increase(self.ema_step, self.total_steps, self.base_momentum)
-
-    def _update_target(self):
-        tau = self.target_momentum()
-        for t, o in self._pairs():
-            t.assign(tau * t.value + (1.0 - tau) * ops.cast(o.value, t.dtype))
-        self.ema_step.assign(self.ema_step.value + 1.0)
 
     def project(self, v1, v2, training):
         if training:
@@ -114,5 +77,4 @@ class BYOL(SSLMethod):
         return losses.byol_loss(out["p1"], out["p2"], out["t1"], out["t2"])
 
     def method_options(self):
-        return {"base_momentum": self.base_momentum, "total_steps": self.total_steps,
-                "prediction_hidden_dim": self.prediction_hidden_dim}
+        return dict(self.momentum_options(), prediction_hidden_dim=self.prediction_hidden_dim)
