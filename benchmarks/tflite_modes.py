@@ -15,7 +15,7 @@ median and 90th percentile of the per-invocation times. Test ROC-AUC: the
 run's test split, never used for training or calibration.
 
 Default: it trains its own classifier (a few CPU-minutes): simulates
-three-band 32 px images (``kerasssl.data.simulate``), keeps the lenses and
+three-band 32 px images (``kerasssl.simulate``), keeps the lenses and
 the non-lenses without a look-alike confuser (on the full set, with
 confusers, the tiny encoder stays near AUC 0.7; the goal is measured on a
 classifier with AUC >= 0.8), and fits a supervised ``tiny`` classifier with
@@ -81,7 +81,7 @@ def parse_args(argv=None):
 
 def make_data(out, args):
     """Simulated three-band set, non-lenses with confusers left out (see the module doc)."""
-    from kerasssl.data.simulate import simulate
+    from kerasssl.simulate import simulate
 
     sim, data = out / "sim", out / "data"
     if data.exists():
@@ -141,6 +141,7 @@ def export_modes(model_path, run_dir, data, out):
     export refused it.
     """
     from kerasssl import tflite as tflite_lib
+    from kerasssl.data.samples import SampleData
     from kerasssl.errors import KerassslError
     from kerasssl.export import export_saved_model, load_keras_model
 
@@ -154,8 +155,7 @@ def export_modes(model_path, run_dir, data, out):
         except KerassslError as e:
             saved_model = files["fp32"][0].parent
             model = load_keras_model(model_path)
-            samples = tflite_lib.SampleData.gather(model, tuple(model.inputs[0].shape[1:]), data=data,
-                                                   run_dir=run_dir)
+            samples = SampleData.gather(tuple(model.inputs[0].shape[1:]), data=data, run_dir=run_dir)
             path = out / f"bench_{mode}.tflite"
             path.write_bytes(tflite_lib.convert(saved_model, mode, samples.representative))
             files[mode] = (path, None, str(e))
@@ -212,6 +212,7 @@ def main(argv=None):
     warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
     from kerasssl import tflite as tflite_lib
     from kerasssl.data.load import load_images
+    from kerasssl.data.samples import SampleData
     from kerasssl.data.split import Split
     from kerasssl.evaluate import roc_auc
     from kerasssl.export import find_run_dir, image_shape_of, load_keras_model
@@ -242,7 +243,7 @@ def main(argv=None):
     test_images, test_labels = image_set.images[test], image_set.labels[test]
     keras_test_auc = roc_auc(test_labels, model.predict(test_images, verbose=0, batch_size=64))
     results["keras_test_auc"] = keras_test_auc
-    samples = tflite_lib.SampleData.gather(model, image_shape_of(model), data=data, run_dir=run_dir)
+    samples = SampleData.gather(image_shape_of(model), data=data, run_dir=run_dir)
     keras_val = model.predict(samples.val_images, verbose=0, batch_size=64)
     keras_val_auc = roc_auc(samples.val_labels, keras_val)
     results["keras_val_auc"] = keras_val_auc

@@ -34,14 +34,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from kerasssl.data.split import EVALUATION_SPLITS as SPLIT_NAMES  # the splits evaluate takes
 from kerasssl.errors import KerassslError
 from kerasssl.models import check_keras_archive
 from kerasssl.runinfo import write_json_atomic
 
 log = logging.getLogger(__name__)
-
-# Splits a user may evaluate on; "all" is every file in DATA.
-SPLIT_NAMES = ("test", "val", "train", "labeled", "unlabeled", "all")
 
 
 # -- predictions -------------------------------------------------------------

@@ -119,7 +119,7 @@ def _predict_examples(ctx):
     import tensorflow as tf
 
     try:
-        from kerasssl.data.tfrecord import parse_examples_to_images
+        from kerasssl.data.tfrecord.records import parse_examples_to_images
     except ImportError:
         log.info("kerasssl.data.tfrecord not available: no 'predict_examples' signature")
         return None
@@ -303,6 +303,7 @@ def export_saved_model(
         PosixPath('saved_models/lens_finder/1')
     """
     from kerasssl import tflite as tflite_lib
+    from kerasssl.data.samples import SampleData
 
     if tflite is not None and tflite not in TFLITE_MODES:
         raise KerassslError(f"--tflite must be one of {', '.join(TFLITE_MODES)}, not {tflite!r}")
@@ -330,7 +331,7 @@ def export_saved_model(
     if final.exists():
         raise KerassslError(f"{final}: version {version} already exists; it is never overwritten")
 
-    samples = tflite_lib.SampleData.gather(model, image_shape, data=data, run_dir=run_dir, sample_inputs=sample_inputs)
+    samples = SampleData.gather(image_shape, data=data, run_dir=run_dir, sample_inputs=sample_inputs)
 
     created_model_dir = not model_dir.exists()
     tmp = None

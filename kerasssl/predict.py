@@ -144,7 +144,7 @@ def list_input_files(paths):
 
 def read_image(path, image_shape, allow_pickle=False, channel_axis="auto"):
     """One file as the model's raw input (H, W, C): read, to (H, W, C), centre-crop."""
-    from kerasssl.data.clean import center_crop
+    from kerasssl.data.imageset import center_crop
     from kerasssl.data.load import read_array, to_hwc
 
     image = to_hwc(read_array(path, allow_pickle=allow_pickle), path, channel_axis)

@@ -19,7 +19,8 @@ logs that 8 bits cannot hold) and everything after the encoder (feature
 normalisation, head, softmax) stay float32. Calibration uses images of the
 run's train split (never val/test), and the report gives the ROC-AUC change
 on the val split, computed by :func:`kerasssl.evaluate.roc_auc` as
-``kerasssl evaluate`` computes it.
+``kerasssl evaluate`` computes it. Which images those are is
+:class:`kerasssl.data.samples.SampleData`'s to decide: this module takes its arrays.
 
 Example:
     >>> runner = TFLiteRunner("saved_models/lens_finder/1/lens_finder_fp16.tflite")
@@ -32,13 +33,11 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
-from kerasssl.errors import DataError, KerassslError
+from kerasssl.errors import DataError, KerassslError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -46,136 +45,8 @@ log = logging.getLogger(__name__)
 # The TFLite variants an export can write (--tflite).
 MODES = ("fp32", "fp16", "int8")
 PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
-# How many images feed calibration and the parity / AUC checks.
-MAX_REPRESENTATIVE = 200
 # |val ROC-AUC change| of an int8 file above which export warns (the goal is <= 0.01).
 INT8_AUC_WARNING = 0.01
-MAX_PARITY = 64
-MAX_VAL = 2000
-_SYNTHETIC_COUNT = 16
-
-
-# -- sample data ---------------------------------------------------------------
-
-
-@dataclass
-class SampleData:
-    """Raw images for parity checks, int8 calibration and the int8 AUC check.
-
-    Args:
-        parity_images: raw (N, H, W, C) float32 images (NaN allowed).
-        representative: raw images for int8 calibration, or None.
-        val_images / val_labels: the run's validation split, or None.
-        source: where the parity images came from (written to the reports).
-        representative_source: where the calibration images came from.
-    """
-
-    parity_images: np.ndarray
-    representative: Optional[np.ndarray] = None
-    val_images: Optional[np.ndarray] = None
-    val_labels: Optional[np.ndarray] = None
-    source: str = "synthetic"
-    representative_source: Optional[str] = None
-    notes: list = field(default_factory=list)
-
-    @classmethod
-    def gather(cls, model, image_shape, *, data=None, run_dir=None, sample_inputs=None):
-        """Pick sample images: the run's data > the caller's samples > synthetic.
-
-        With ``data`` and a run dir holding ``split.json``, calibration images
-        come from the train split only (at most ``MAX_REPRESENTATIVE``, a
-        seeded random subset in the split's order) and the parity / AUC
-        images from the val split; without a split, all of ``data`` serves
-        both (and the report says so).
-        """
-        if data is not None:
-            return cls._from_data(image_shape, data, run_dir)
-        if sample_inputs is not None:
-            images = _check_images(np.asarray(sample_inputs, dtype=np.float32), image_shape, "sample inputs")
-            return cls(
-                parity_images=_with_nan_variant(images[:MAX_PARITY]),
-                representative=images[:MAX_REPRESENTATIVE],
-                source="sample inputs",
-                representative_source="sample inputs",
-            )
-        return cls(parity_images=synthetic_images(_SYNTHETIC_COUNT, image_shape), source="synthetic")
-
-    @classmethod
-    def _from_data(cls, image_shape, data, run_dir):
-        from kerasssl.data.load import load_images
-
-        height, width, _ = image_shape
-        image_set = load_images(data, image_size=height if height == width else None)
-        images = _check_images(image_set.images, image_shape, str(data))
-        split_path = Path(run_dir) / "split.json" if run_dir is not None else None
-        if split_path is None or not split_path.exists():
-            return cls(
-                parity_images=_with_nan_variant(images[:MAX_PARITY]),
-                representative=images[_spread_subset(np.arange(len(images)), MAX_REPRESENTATIVE)],
-                source=f"{data} (no run split)",
-                representative_source=f"all of {data} (no run split known: not restricted to training images)",
-            )
-        from kerasssl.data.split import Split
-
-        split = Split.load(split_path)
-        train = np.asarray(split.indices(image_set, "train"), dtype=np.int64)
-        val = np.asarray(split.indices(image_set, "val"), dtype=np.int64)
-        if len(train) == 0:
-            raise KerassslError(f"{split_path}: the train split has no files in {data}")
-        val = val[:MAX_VAL]
-        parity_rows = val if len(val) else train
-        return cls(
-            parity_images=_with_nan_variant(images[parity_rows[:MAX_PARITY]]),
-            representative=images[_spread_subset(train, MAX_REPRESENTATIVE)],
-            val_images=images[val] if len(val) else None,
-            val_labels=np.asarray(image_set.labels)[val] if len(val) else None,
-            source=f"{data} ({'val' if len(val) else 'train'} split of {run_dir})",
-            representative_source=f"train split of {run_dir}",
-        )
-
-
-def _spread_subset(rows, limit, seed=0):
-    """At most ``limit`` of ``rows``, a seeded random choice kept in ``rows``' order.
-
-    Split lists run class by class: their first ``limit`` entries could all be
-    one class, a calibration set unlike the data the model sees.
-    """
-    rows = np.asarray(rows)
-    if len(rows) <= limit:
-        return rows
-    chosen = np.random.default_rng(seed).choice(len(rows), size=limit, replace=False)
-    return rows[np.sort(chosen)]
-
-
-def synthetic_images(n, image_shape, seed=0):
-    """Raw-looking images (sky noise around 0, a bright centre, a few NaN pixels)."""
-    rng = np.random.default_rng(seed)
-    height, width, channels = image_shape
-    yy, xx = np.mgrid[:height, :width] - (np.array([height, width])[:, None, None] - 1) / 2.0
-    galaxy = 50.0 * np.exp(-np.hypot(xx, yy) / max(1.0, 0.1 * height))
-    images = galaxy[None, ..., None] * rng.uniform(0.3, 2.0, size=(n, 1, 1, channels))
-    images = images + rng.normal(0.0, 2.0, size=(n, height, width, channels))
-    images = images.astype(np.float32)
-    for i in range(0, n, 2):  # half of them carry NaN pixels, like the real sets
-        images[i].flat[rng.choice(images[i].size, size=3, replace=False)] = np.nan
-    return images
-
-
-def _with_nan_variant(images):
-    """Append copies with NaN pixels, so parity covers the in-graph repair."""
-    extra = images[: min(4, len(images))].copy()
-    rng = np.random.default_rng(1)
-    for image in extra:
-        image.flat[rng.choice(image.size, size=3, replace=False)] = np.nan
-    return np.concatenate([images, extra], axis=0)
-
-
-def _check_images(images, image_shape, source):
-    if images.ndim != 4 or tuple(images.shape[1:]) != tuple(image_shape):
-        raise DataError(source, f"images of shape {list(images.shape[1:])} do not fit the model input {list(image_shape)}")
-    if len(images) == 0:
-        raise DataError(source, "no images")
-    return images.astype(np.float32, copy=False)
 
 
 # -- conversion ----------------------------------------------------------------
@@ -458,7 +329,7 @@ class TFLiteRunner:
             else:
                 self._interpreter = Interpreter(model_path=self.path)
         except Exception as e:  # noqa: BLE001 - a bad file is the user's to fix
-            raise DataError(self.path or "<tflite>", f"not a usable TFLite model ({_first_line(e)})") from None
+            raise DataError(self.path or "<tflite>", f"not a usable TFLite model ({first_line(e)})") from None
         inputs = self._interpreter.get_input_details()
         outputs = self._interpreter.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -498,11 +369,6 @@ class TFLiteRunner:
         return np.array(self._interpreter.get_tensor(self._output["index"]))[:n]
 
 
-def _first_line(e):
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else type(e).__name__
-
-
 def max_abs_diff(got, want):
     """Max |got - want|; inf where one is finite and the other not.
 
@@ -524,8 +390,9 @@ def max_abs_diff(got, want):
 def export_tflite(saved_model_dir, out_path, mode, model, samples, class_names):
     """Convert, check parity against the Keras model, write ``.tflite`` + ``.parity.json``.
 
-    Raises KerassslError (and writes nothing) when fp32/fp16 parity fails.
-    Returns the parity report dict.
+    ``samples`` is a :class:`kerasssl.data.samples.SampleData` (its arrays:
+    parity images, calibration images, the val split). Raises KerassslError
+    (and writes nothing) when fp32/fp16 parity fails. Returns the parity report dict.
     """
     out_path = Path(out_path)
     content = convert(saved_model_dir, mode, samples.representative)

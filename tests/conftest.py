@@ -74,3 +74,12 @@ def hst_folder(tmp_path):
 def three_band_folder(tmp_path):
     """`lenses/` and `nonlenses/`, (3, 32, 32) channels-first arrays."""
     return write_class_folders(tmp_path / "3b", {"lenses": 20, "nonlenses": 16})
+
+
+def write_record_file(path, records):
+    """A TFRecord file of the given serialized records, as they are (no manifest)."""
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)

@@ -5,7 +5,6 @@ import pytest
 
 from kerasssl.data.clean import (
     band_stats,
-    center_crop,
     nonfinite_report,
     normalize,
     repair_nonfinite,
@@ -132,11 +131,3 @@ def test_nonfinite_report_counts_pixels_and_files_per_class(hst_folder):
     assert per["lens"]["nan_pixels"] == lens_nan
     assert per["nonlens"]["nan_pixels"] + lens_nan == 12
     assert per["nonlens"]["inf_pixels"] == 1
-
-
-def test_center_crop_offsets():
-    x = np.arange(7 * 6, dtype=np.float32).reshape(7, 6, 1)
-    np.testing.assert_array_equal(center_crop(x, 4)[..., 0], x[1:5, 1:5, 0])
-    np.testing.assert_array_equal(center_crop(x[None], (3, 2))[0, ..., 0], x[2:5, 2:4, 0])
-    with pytest.raises(KerassslError, match="smaller than the crop size"):
-        center_crop(x, 7)

@@ -1,7 +1,6 @@
-"""kerasssl.data.load: layouts, labels, layouts of arrays, crop, and every bad-input case."""
+"""kerasssl.data.load: folders and shards read into an ImageSet: labels, layouts, crop, every bad input."""
 
 import hashlib
-import logging
 import sys
 import types
 
@@ -9,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import write_class_folders, write_hst_folder
-from kerasssl.data.load import ImageSet, load_images, read_array, scan, to_hwc
+from kerasssl.data.load import load_images, read_array, scan
 from kerasssl.errors import DataError, KerassslError
 
 
@@ -48,14 +47,6 @@ def test_class_folders_channels_first_are_transposed(three_band_folder):
     np.testing.assert_array_equal(data.images[i], np.moveaxis(stored, 0, -1))
 
 
-@pytest.mark.parametrize("names", [("lenses", "nonlenses"), ("lens", "non_lens"),
-                                   ("train_lenses", "train_nonlenses"), ("Lenses", "NonLenses")])
-def test_binary_lens_folders_put_the_non_lens_class_first(tmp_path, names):
-    pos, neg = names
-    root = write_class_folders(tmp_path / "b", {pos: 1, neg: 1}, size=8)
-    assert scan(root).class_names == [neg, pos]
-
-
 def test_channels_last_and_other_class_names_sorted(tmp_path):
     root = write_class_folders(tmp_path / "sim", {"no_sub": 2, "cdm": 3, "axion": 2},
                                size=16, channels=1, channels_first=False)
@@ -64,17 +55,6 @@ def test_channels_last_and_other_class_names_sorted(tmp_path):
     assert data.class_counts() == {"axion": 2, "cdm": 3, "no_sub": 2}
     i = data.files.index("cdm/cdm_1.npy")
     np.testing.assert_array_equal(data.images[i], np.load(root / "cdm" / "cdm_1.npy"))
-
-
-def test_to_hwc_rules():
-    assert to_hwc(np.zeros((5, 6), np.float32), "a").shape == (5, 6, 1)
-    chw = np.arange(3 * 8 * 8, dtype=np.float32).reshape(3, 8, 8)
-    np.testing.assert_array_equal(to_hwc(chw, "a"), np.transpose(chw, (1, 2, 0)))
-    assert to_hwc(np.zeros((8, 8, 3), np.float32), "a").shape == (8, 8, 3)
-    assert to_hwc(np.zeros((10, 64, 64), np.float32), "a").shape == (64, 64, 10)  # >4-band cube
-    for shape in [(16,), (1, 3, 8, 8)]:
-        with pytest.raises(DataError, match=r"a\.npy: is a \d-D array"):
-            to_hwc(np.zeros(shape, np.float32), "a.npy")
 
 
 def test_center_crop_while_reading_and_refusal_of_small_images(tmp_path):
@@ -175,28 +155,6 @@ def test_folder_errors(tmp_path):
         load_images(root, image_size=0)
 
 
-def test_unknown_files_are_skipped_with_a_warning(hst_folder, caplog):
-    (hst_folder / "notes.txt").write_text("a,b\n")
-    (hst_folder / "metadata.csv").write_text("a,b\n")  # the simulator's sidecar: expected
-    (hst_folder / ".hidden.npy").write_bytes(b"")  # hidden files are ignored silently
-    with caplog.at_level(logging.WARNING, logger="kerasssl.data.load"):
-        data = load_images(hst_folder)
-    assert len(data) == 36
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "skipped 1 entry that is not" in warnings[0]
-    assert "notes.txt" in warnings[0] and "metadata.csv" not in warnings[0]
-
-
-def test_scan_lists_without_reading_pixels(hst_folder):
-    (hst_folder / "nl_99_hst.npy").write_bytes(b"corrupt")  # scan must not open it
-    listing = scan(hst_folder)
-    assert listing.format == "hst" and listing.class_names == ["nonlens", "lens"]
-    assert ("nl_99_hst.npy", 0) in listing.entries
-    assert listing.entries == scan(hst_folder).entries  # deterministic
-    assert [label for _, label in listing.entries] == sorted(label for _, label in listing.entries)
-    assert listing.paths()[0].parent == hst_folder
-
-
 def test_read_array_float32_and_fits_in_both_layouts(tmp_path):
     fits = pytest.importorskip("astropy.io.fits")
     root = tmp_path / "fits"
@@ -224,14 +182,14 @@ def test_read_array_float32_and_fits_in_both_layouts(tmp_path):
 
 def test_tfrecord_paths_are_delegated(monkeypatch, tmp_path):
     calls = []
-    fake = types.ModuleType("kerasssl.data.tfrecord")
+    fake = types.ModuleType("kerasssl.data.tfrecord.reader")
 
     def load_tfrecords(pattern, image_size=None, channel_axis="auto"):
         calls.append((pattern, image_size, channel_axis))
         return "delegated"
 
     fake.load_tfrecords = load_tfrecords
-    monkeypatch.setitem(sys.modules, "kerasssl.data.tfrecord", fake)
+    monkeypatch.setitem(sys.modules, "kerasssl.data.tfrecord.reader", fake)
     assert load_images("data/train-*.tfrecord.gz", image_size=32) == "delegated"
     shards = tmp_path / "shards"
     shards.mkdir()
@@ -239,47 +197,6 @@ def test_tfrecord_paths_are_delegated(monkeypatch, tmp_path):
     (shards / "train-00001-of-00002.tfrecord").write_bytes(b"")
     assert load_images(shards, channel_axis="first") == "delegated"
     assert calls == [("data/train-*.tfrecord.gz", 32, "auto"), (str(shards), None, "first")]
-
-
-def test_subset_keeps_rows_in_order(three_band_folder):
-    data = load_images(three_band_folder)
-    sub = data.subset([5, 1])
-    assert isinstance(sub, ImageSet) and sub.files == [data.files[5], data.files[1]]
-    np.testing.assert_array_equal(sub.images[0], data.images[5])
-    assert sub.labels.tolist() == [data.labels[5], data.labels[1]]
-    assert sub.class_names == data.class_names and sub.format == data.format
-
-
-def _lying_header(path, shape=(100000, 100000)):
-    """A .npy file whose header claims `shape` float32 and that holds nothing else (128 bytes)."""
-    with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(
-            f, {"descr": "<f4", "fortran_order": False, "shape": shape})
-    return path
-
-
-def test_a_header_claiming_more_than_the_file_holds_is_refused_before_any_allocation(
-        tmp_path, monkeypatch):
-    root = write_hst_folder(tmp_path / "d", 2, 2, size=8)
-    bad = _lying_header(root / "nl_7_hst.npy")
-    assert bad.stat().st_size == 128
-    loads = []
-    real_load = np.load
-    monkeypatch.setattr(np, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
-    expected = (r"nl_7_hst\.npy: not a valid \.npy file: its header claims a 100000x100000 float32 "
-                r"array \(37\.3 GiB\) but the file holds 0 bytes after the header")
-    with pytest.raises(DataError, match=expected):
-        read_array(bad)
-    assert loads == []  # refused from the header alone: np.load (which allocates) never ran
-    with pytest.raises(DataError, match=expected):
-        load_images(root)  # the header pass refuses it before any pixel of the folder is read
-    assert loads == []
-    # A file cut short by a few bytes is named the same way, with the sizes.
-    np.save(root / "nl_7_hst.npy", np.ones((8, 8), np.float32))
-    (root / "nl_7_hst.npy").write_bytes((root / "nl_7_hst.npy").read_bytes()[:-1])
-    with pytest.raises(DataError, match=r"claims a 8x8 float32 array \(256 bytes\) but the file "
-                                        r"holds 255 bytes after the header"):
-        load_images(root)
 
 
 def test_npz_archives_are_named_as_such(tmp_path):
@@ -310,22 +227,3 @@ def test_npz_archives_are_named_as_such(tmp_path):
     np.savez(classes / "lenses" / "rest.npz", a=np.ones((3, 8, 8)))
     with pytest.raises(DataError, match=r"lenses.rest\.npz: is a \.npz archive"):
         load_images(classes)
-
-
-def test_stored_shape_reads_headers_only(tmp_path, monkeypatch):
-    from kerasssl.data.load import stored_shape
-
-    np.save(tmp_path / "a.npy", np.ones((3, 9, 7), np.float64))
-    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("np.load called"))
-    assert stored_shape(tmp_path / "a.npy") == (3, 9, 7)
-
-
-def test_a_plain_pickle_is_named_with_allow_pickle(tmp_path):
-    import pickle
-
-    path = tmp_path / "x.npy"
-    path.write_bytes(pickle.dumps([1, 2]))
-    with pytest.raises(DataError, match=r"x\.npy: holds a pickled list, not a NumPy array"):
-        read_array(path, allow_pickle=True)
-    with pytest.raises(DataError, match="no NumPy header"):
-        read_array(path)

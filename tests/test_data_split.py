@@ -9,7 +9,7 @@ import pytest
 
 from kerasssl.config import DataConfig
 from kerasssl.data.load import ImageSet
-from kerasssl.data.split import Split, load_or_create_split, make_split
+from kerasssl.data.split import EVALUATION_SPLITS, SPLIT_NAMES, Split, load_or_create_split, make_split
 from kerasssl.errors import DataError, KerassslError
 
 
@@ -160,3 +160,11 @@ def test_load_or_create_split_records_reuses_and_refuses(tmp_path, caplog):
     assert load_or_create_split(run, data, cfg) == tenth
     with pytest.raises(KerassslError, match="absent from"):
         load_or_create_split(run, fake_set([20, 30], prefix="x/"), cfg)
+
+
+def test_evaluation_splits_are_the_recorded_ones_and_all_defined_once():
+    assert set(EVALUATION_SPLITS) == set(SPLIT_NAMES) | {"all"}
+    assert EVALUATION_SPLITS[:2] == ("test", "val")  # held-out first: the CLI lists them so
+    from kerasssl import evaluate
+
+    assert evaluate.SPLIT_NAMES is EVALUATION_SPLITS  # evaluate uses the data package's list

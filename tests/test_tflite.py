@@ -8,8 +8,9 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from kerasssl import tflite as tflite_lib
+from kerasssl.data.samples import SampleData
 from kerasssl.errors import KerassslError
-from kerasssl.tflite import SampleData, TFLiteRunner
+from kerasssl.tflite import TFLiteRunner
 from test_export import SIZE, raw_images, shared_export
 
 
@@ -37,7 +38,7 @@ def test_fp32_parity_report_and_resizable_batch(exported):
 
 def test_fp16_meets_its_tolerance(exported, tmp_path):
     model, _, version_dir = exported
-    samples = SampleData.gather(model, (SIZE, SIZE, 1), sample_inputs=raw_images(12, seed=5))
+    samples = SampleData.gather((SIZE, SIZE, 1), sample_inputs=raw_images(12, seed=5))
     tfl = tmp_path / "m_fp16.tflite"
     report = tflite_lib.export_tflite(version_dir, tfl, "fp16", model, samples, ["nonlens", "lens"])
     assert json.loads(tfl.with_suffix(".parity.json").read_text()) == report
@@ -59,7 +60,7 @@ def test_int8_calibrates_on_train_and_reports_val_auc_change(exported, tmp_path,
     split = make_split(data, val_fraction=0.3, test_fraction=0.15, seed=0)
     split.save(run / "split.json")
 
-    samples = SampleData.gather(model, (SIZE, SIZE, 1), data=hst_folder, run_dir=run)
+    samples = SampleData.gather((SIZE, SIZE, 1), data=hst_folder, run_dir=run)
     train, val = split.indices(data, "train"), split.indices(data, "val")
     np.testing.assert_array_equal(samples.representative, data.images[train])
     tfl = tmp_path / "m_int8.tflite"
@@ -80,7 +81,7 @@ def test_int8_calibrates_on_train_and_reports_val_auc_change(exported, tmp_path,
 
 def test_int8_without_calibration_data_is_refused(exported, tmp_path):
     model, _, version_dir = exported
-    samples = SampleData.gather(model, (SIZE, SIZE, 1))  # synthetic: fine for parity only
+    samples = SampleData.gather((SIZE, SIZE, 1))  # synthetic: fine for parity only
     assert samples.representative is None
     with pytest.raises(KerassslError, match="calibration"):
         tflite_lib.export_tflite(version_dir, tmp_path / "x.tflite", "int8", model, samples, ["a", "b"])
@@ -92,7 +93,7 @@ def test_failed_parity_writes_nothing(exported, tmp_path, monkeypatch):
     real_predict = TFLiteRunner.predict
     # a converter that silently changed the maths by 0.05: over the fp32 tolerance
     monkeypatch.setattr(TFLiteRunner, "predict", lambda self, x, **kw: real_predict(self, x, **kw) * 0.95)
-    samples = SampleData.gather(model, (SIZE, SIZE, 1))
+    samples = SampleData.gather((SIZE, SIZE, 1))
     with pytest.raises(KerassslError, match="parity failed"):
         tflite_lib.export_tflite(version_dir, tmp_path / "x.tflite", "fp32", model, samples, ["a", "b"])
     assert list(tmp_path.iterdir()) == []
@@ -228,35 +229,3 @@ def test_int8_auc_change_is_small_and_computed_as_evaluate_does(int8_export):
     assert auc["tflite"] == pytest.approx(roc_auc(data.labels[val], lite), abs=1e-12)
     assert auc["keras"] >= 0.8  # a classifier worth quantizing
     assert abs(auc["change"]) <= 0.01
-
-
-def test_int8_calibration_uses_train_images_only(tmp_path, monkeypatch):
-    from conftest import write_hst_folder
-    from kerasssl.data.load import load_images
-    from kerasssl.data.split import make_split
-
-    folder = write_hst_folder(tmp_path / "data", 30, 20, size=SIZE, seed=5)
-    data = load_images(folder)
-    run = tmp_path / "run"
-    run.mkdir()
-    split = make_split(data, val_fraction=0.2, test_fraction=0.2, seed=0)
-    split.save(run / "split.json")
-    key = lambda image: image.tobytes()
-    train = {key(data.images[i]) for i in split.indices(data, "train")}
-    held_out = {key(data.images[i]) for name in ("val", "test") for i in split.indices(data, name)}
-    model = make_model_for(data)
-    # fewer calibration images than train images: a subset, still only train images
-    monkeypatch.setattr(tflite_lib, "MAX_REPRESENTATIVE", 8)
-    samples = SampleData.gather(model, (SIZE, SIZE, 1), data=folder, run_dir=run)
-    chosen = [key(image) for image in samples.representative]
-    assert len(chosen) == 8 == len(set(chosen))
-    assert set(chosen) <= train and not set(chosen) & held_out
-    # spread over the split, not its first rows (the split lists one class after the other)
-    assert set(data.labels[[i for i in split.indices(data, "train") if key(data.images[i]) in set(chosen)]]) == {0, 1}
-    assert samples.representative_source == f"train split of {run}"
-
-
-def make_model_for(data):
-    from test_export import make_classifier
-
-    return make_classifier(size=data.images.shape[1])

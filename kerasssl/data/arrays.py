@@ -35,7 +35,8 @@ _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # a zip with members, an empty zip
 _AXIS_HINT = "pass --channels-first or --channels-last (data.channel_axis)"
 
 
-def _is_fits(path) -> bool:
+def is_fits(path) -> bool:
+    """True for a FITS file name (``.fits``, ``.fit``, ``.fts``, gzipped or not)."""
     return str(path).lower().endswith(FITS_SUFFIXES)
 
 
@@ -57,7 +58,7 @@ def read_array(path, allow_pickle: bool = False) -> np.ndarray:
         (334, 334)
     """
     path = Path(path)
-    return _as_float32(_read_raw(path, allow_pickle), path)
+    return as_float32(read_stored(path, allow_pickle), path)
 
 
 def _file_size(path: Path) -> int:
@@ -70,10 +71,14 @@ def _file_size(path: Path) -> int:
     return size
 
 
-def _read_raw(path: Path, allow_pickle: bool):
-    """The stored array in its stored dtype (object arrays: element 0)."""
+def read_stored(path: Path, allow_pickle: bool):
+    """The array of one file in its stored dtype (object arrays: element 0).
+
+    :func:`read_array` is this as float32; ``load_images`` reads with this to
+    record the stored dtypes.
+    """
     size = _file_size(path)
-    if _is_fits(path):
+    if is_fits(path):
         return _read_fits(path)
     return _read_npy(path, allow_pickle, size)
 
@@ -111,14 +116,15 @@ def _npy_header(path: Path, f, size: int):
     if claimed > held:
         raise DataError(
             path,
-            f"not a valid .npy file: its header claims a {_shape_text(shape)} {dtype} array "
+            f"not a valid .npy file: its header claims a {shape_text(shape)} {dtype} array "
             f"({_byte_text(claimed)}) but the file holds {_byte_text(held)} after the header "
             "(truncated or corrupt)",
         )
     return tuple(shape), dtype
 
 
-def _shape_text(shape) -> str:
+def shape_text(shape) -> str:
+    """A shape as messages write it: ``3x64x64`` (``0-D`` for a scalar)."""
     return "x".join(str(int(d)) for d in shape) if len(shape) else "0-D"
 
 
@@ -170,15 +176,7 @@ def _read_npy(path: Path, allow_pickle: bool, size: Optional[int] = None):
 
 
 def _read_fits(path: Path):
-    fits = _astropy_fits()
-    try:
-        with fits.open(path, memmap=False) as hdul:
-            for hdu in hdul:
-                if hdu.data is not None and getattr(hdu, "is_image", True):
-                    return np.array(hdu.data)
-    except Exception as e:  # noqa: BLE001 - astropy raises many types for bad files
-        raise DataError(path, f"not a readable FITS file ({type(e).__name__}: {e})") from None
-    raise DataError(path, "FITS file has no image data in any HDU")
+    return _first_image_hdu(path, lambda hdu: None if hdu.data is None else np.array(hdu.data))
 
 
 def _astropy_fits():
@@ -193,12 +191,21 @@ def _astropy_fits():
 
 def _fits_shape(path: Path):
     """The shape of the image :func:`_read_fits` returns, from the FITS headers only."""
+    return _first_image_hdu(path, lambda hdu: tuple(int(d) for d in hdu.shape)
+                            if hdu.header.get("NAXIS", 0) > 0 else None)
+
+
+def _first_image_hdu(path: Path, take):
+    """``take(hdu)`` of the first image HDU for which it is not None: the one rule of
+    which HDU is the image, for the pixels and for the header-only shape alike."""
     fits = _astropy_fits()
     try:
         with fits.open(path, memmap=False) as hdul:
             for hdu in hdul:
-                if getattr(hdu, "is_image", True) and hdu.header.get("NAXIS", 0) > 0:
-                    return tuple(int(d) for d in hdu.shape)
+                if getattr(hdu, "is_image", True):
+                    found = take(hdu)
+                    if found is not None:
+                        return found
     except Exception as e:  # noqa: BLE001 - astropy raises many types for bad files
         raise DataError(path, f"not a readable FITS file ({type(e).__name__}: {e})") from None
     raise DataError(path, "FITS file has no image data in any HDU")
@@ -221,7 +228,7 @@ def stored_shape(path, allow_pickle: bool = False) -> Tuple[int, ...]:
     """
     path = Path(path)
     size = _file_size(path)
-    if _is_fits(path):
+    if is_fits(path):
         shape = _fits_shape(path)
     else:
         with open(path, "rb") as f:
@@ -255,7 +262,8 @@ def _check_rank(shape, path) -> None:
         )
 
 
-def _as_float32(array, path: Path) -> np.ndarray:
+def as_float32(array, path: Path) -> np.ndarray:
+    """A stored array as native float32; non-numeric data is a DataError naming ``path``."""
     array = np.asarray(array)
     _check_numeric(array.dtype, array.shape, path)
     # astype also converts big-endian FITS data to native order.
@@ -340,10 +348,10 @@ def channel_layout(shapes, channel_axis: str = "auto", *, source="data",
     if len(distinct) == 1:
         shape = next(iter(distinct))
         what = "this" if len(cubes) == 1 else f"these {len(cubes)}"
-        raise DataError(source, f"cannot tell which axis of {what} {_shape_text(shape)} "
+        raise DataError(source, f"cannot tell which axis of {what} {shape_text(shape)} "
                                 f"array{'s' if len(cubes) > 1 else ''} holds the bands (neither "
                                 f"the first nor the last axis is the smallest); {_AXIS_HINT}")
-    examples = ", ".join(f"{name} {_shape_text(shape)}" if name else _shape_text(shape)
+    examples = ", ".join(f"{name} {shape_text(shape)}" if name else shape_text(shape)
                          for shape, name in list(distinct.items())[:3])
     raise DataError(source, f"no axis is small and the same size in every file (e.g. {examples}), "
                             f"so the band axis is unclear; {_AXIS_HINT}")

@@ -1,4 +1,4 @@
-"""NumPy reference for NaN/Inf repair, normalisation, statistics and cropping.
+"""NumPy reference for NaN/Inf repair, normalisation and statistics.
 
 The model applies the same maths in-graph with
 :class:`kerasssl.layers.preprocess.Preprocess` (parity-tested against this
@@ -288,27 +288,6 @@ def nonfinite_report(image_set) -> dict:
         for k, name in enumerate(image_set.class_names)
     }
     return report
-
-
-def center_crop(images, size):
-    """Centre-crop (H, W, C) or (N, H, W, C) images to ``size`` (int or (h, w)).
-
-    The crop starts at ``(H - h) // 2``. Images smaller than ``size`` are
-    refused (KerassslError), never padded.
-
-    Example:
-        >>> center_crop(np.zeros((5, 5, 1)), 3).shape
-        (3, 3, 1)
-    """
-    h, w = (size, size) if np.isscalar(size) else tuple(size)
-    x = np.asarray(images)
-    if x.ndim not in (3, 4):
-        raise KerassslError(f"expected images of shape (N, H, W, C) or (H, W, C), got {x.shape}")
-    height, width = x.shape[-3], x.shape[-2]
-    if height < h or width < w:
-        raise KerassslError(f"image is {height}x{width}, smaller than the crop size {h}x{w}")
-    top, left = (height - h) // 2, (width - w) // 2
-    return x[..., top:top + h, left:left + w, :]
 
 
 def finite_range(images, chunk: int = 256):

@@ -42,7 +42,11 @@ from kerasssl.runinfo import read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
+#: The file lists a split holds (the keys of ``split.json``, in its order).
 SPLIT_NAMES = ("train", "val", "test", "labeled", "unlabeled")
+#: What a model can be evaluated on: a recorded split, held-out ones first (the
+#: CLI's choice order), or "all" (every image of DATA).
+EVALUATION_SPLITS = ("test", "val", "train", "labeled", "unlabeled", "all")
 SPLIT_FILE = "split.json"
 
 
