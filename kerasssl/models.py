@@ -22,7 +22,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from kerasssl.errors import DataError
+from kerasssl.errors import DataError, first_line
 
 KERAS_SUFFIX = ".keras"
 TFLITE_SUFFIX = ".tflite"
@@ -75,12 +75,7 @@ def load_model(path):
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as e:  # noqa: BLE001 - any load failure is the file's fault
-        raise DataError(path, f"cannot load the Keras model ({type(e).__name__}: {_first_line(e)})") from None
-
-
-def _first_line(e):
-    text = str(e).strip().splitlines()
-    return text[0][:200] if text else ""
+        raise DataError(path, f"cannot load the Keras model ({type(e).__name__}: {first_line(e)})") from None
 
 
 def existing_versions(model_dir):
