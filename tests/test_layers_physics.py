@@ -5,7 +5,13 @@ import keras
 import numpy as np
 import pytest
 
-from kerasssl.layers import PSFMatchBlur, RandomReddening, RandomShift, SkyNoiseMatch
+from kerasssl.layers import (
+    PSFMatchBlur,
+    RandomGaussianNoise,
+    RandomReddening,
+    RandomShift,
+    SkyNoiseMatch,
+)
 from kerasssl.layers.noise import robust_std
 from kerasssl.layers.psf import FWHM_TO_SIGMA, matching_sigma, variance_matched_taps
 from kerasssl.layers.sky import sky_std, truncated_std_factor
@@ -223,6 +229,22 @@ def test_sky_std_error_is_stated_and_beats_the_full_mad():
     np.testing.assert_array_equal(np.asarray(sky_std(flat)), 0.0)
     np.testing.assert_allclose(np.asarray(sky_std(noise[:4] * 1000.0)),
                                1000.0 * np.asarray(sky_std(noise[:4])), rtol=1e-5)
+
+
+def test_relative_gaussian_noise_follows_the_sky_not_the_lens():
+    # RandomGaussianNoise(relative=True) scales by sky_std: a bright, wide
+    # lens (18 % of the pixels in its faint wings) inflates the level by
+    # ~18 %, where the full MAD (the level before) put it ~50 % high.
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:64, :64] - 31.5
+    lens = 200.0 * np.exp(-0.5 * (np.hypot(yy, xx) / 6.0) ** 2)
+    images = (rng.normal(0.0, 2.0, size=(6, 64, 64, 1)) + lens[..., None]).astype("float32")
+    out = np.asarray(RandomGaussianNoise(stddev=(1.0, 1.0), relative=True, seed=0)(
+        images, training=True))
+    level = (out - images).std(axis=(1, 2, 3)) / 2.0
+    mad = np.asarray(robust_std(images)).ravel() / 2.0
+    assert np.all(level < 1.25) and np.all(level > 1.0)
+    assert np.all(level - 1.0 < 0.5 * (mad - 1.0))
 
 
 def test_sky_noise_reaches_the_target_per_band_and_never_denoises():
