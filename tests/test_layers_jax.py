@@ -27,6 +27,11 @@ CHILD = textwrap.dedent("""
         "dihedral": lambda s: L.RandomDihedral(seed=s),
         "blur": lambda s: L.RandomGaussianBlur((0.5, 1.5), seed=s),
         "noise": lambda s: L.RandomGaussianNoise((0.5, 1.0), relative=True, seed=s),
+        "shift": lambda s: L.RandomShift(2, seed=s),
+        "psf": lambda s: L.PSFMatchBlur([1.5, 2.0], [[2.0, 3.5], [2.5, 4.0]], seed=s),
+        "skynoise": lambda s: L.SkyNoiseMatch((60.0, 90.0), seed=s),
+        "reddening": lambda s: L.RandomReddening((0.0, 0.3), coefficients=[3.214, 2.165],
+                                                 seed=s),
     }
     result = {}
     for name, make in layers.items():
@@ -58,6 +63,17 @@ CHILD = textwrap.dedent("""
     result["train_loss_finite"] = bool(np.isfinite(loss))
     result["seed_state_advances"] = states[0] != states[1]
     result["predict_finite"] = bool(np.isfinite(model.predict(x, verbose=0)).all())
+
+    # The physical views inside a jitted train step too.
+    inputs = keras.Input((12, 12, 2))
+    h = inputs
+    for name in ("shift", "psf", "skynoise", "reddening"):
+        h = layers[name](2)(h)
+    h = keras.layers.Conv2D(2, 3)(h)
+    physical = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(h)))
+    physical.compile(optimizer="sgd", loss="mse")
+    losses = [float(physical.train_on_batch(x, np.zeros((4, 1), "float32"))) for _ in range(2)]
+    result["physical_train_finite"] = bool(np.isfinite(losses).all())
     print("RESULT " + json.dumps(result))
 """)
 
@@ -71,9 +87,11 @@ def test_layers_run_on_jax_backend():
     assert proc.returncode == 0, proc.stderr[-3000:]
     line = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")][-1]
     result = json.loads(line[len("RESULT "):])
-    for name in ("rotation", "crop", "flip", "rot90", "dihedral", "blur", "noise"):
+    for name in ("rotation", "crop", "flip", "rot90", "dihedral", "blur", "noise", "shift",
+                 "psf", "skynoise", "reddening"):
         assert result[name] == {"finite": True, "changed": True, "identity_off": True,
                                 "seeded": True, "negative_and_bright": True}, name
     assert result["rot90_error"] < 1e-2
     assert result["train_loss_finite"] and result["predict_finite"]
+    assert result["physical_train_finite"]
     assert result["seed_state_advances"]

@@ -22,6 +22,11 @@ LAYERS = {
     "dihedral": lambda seed: L.RandomDihedral(seed=seed),
     "blur": lambda seed: L.RandomGaussianBlur(sigma=(0.5, 1.5), seed=seed),
     "noise": lambda seed: L.RandomGaussianNoise(stddev=(0.5, 1.0), relative=True, seed=seed),
+    "shift": lambda seed: L.RandomShift(max_shift=2, seed=seed),
+    "psf": lambda seed: L.PSFMatchBlur([1.5, 2.0], [[2.0, 3.5], [2.5, 4.0]], seed=seed),
+    "skynoise": lambda seed: L.SkyNoiseMatch((4.0, 8.0), seed=seed),
+    "reddening": lambda seed: L.RandomReddening((0.0, 0.3), coefficients=[3.214, 2.165],
+                                                seed=seed),
 }
 
 
@@ -95,6 +100,11 @@ def test_keras_file_round_trip_in_a_fresh_process(tmp_path):
             "blur": kerasssl.layers.RandomGaussianBlur(sigma=(0.5, 1.5), seed=21),
             "noise": kerasssl.layers.RandomGaussianNoise(stddev=(0.5, 1.0), relative=True,
                                                          seed=21),
+            "shift": kerasssl.layers.RandomShift(max_shift=2, seed=21),
+            "psf": kerasssl.layers.PSFMatchBlur([1.5, 2.0], [[2.0, 3.5], [2.5, 4.0]], seed=21),
+            "skynoise": kerasssl.layers.SkyNoiseMatch((4.0, 8.0), seed=21),
+            "reddening": kerasssl.layers.RandomReddening((0.0, 0.3),
+                                                         coefficients=[3.214, 2.165], seed=21),
         }}
         assert sorted(again) == sorted(seeded.files)
         for name, layer in again.items():
@@ -158,6 +168,8 @@ def test_xla_matches_eager_with_fixed_parameters():
         lambda: L.RandomRotation(factor=(0.1, 0.1), seed=0),
         lambda: L.RandomResizedCrop(scale=(1.0, 1.0), ratio=(1.0, 1.0), seed=0),
         lambda: L.RandomGaussianBlur(sigma=(1.2, 1.2), seed=0),
+        lambda: L.PSFMatchBlur([1.5, 2.0], [[3.0, 3.0], [2.2, 2.2]], seed=0),
+        lambda: L.RandomReddening((0.2, 0.2), coefficients=[3.214, 2.165], seed=0),
     ]
     layers = [make() for make in fixed]
     compiled = tf.function(lambda v: [layer(v, training=True) for layer in layers],

@@ -52,7 +52,17 @@ class RandomImageLayer(keras.layers.Layer):
         """Augment a float32 batch ``(N, H, W, C)``; return float32 of the same shape."""
         raise NotImplementedError
 
+    def check_bands(self, channels):
+        """Refuse a band count the layer's per-band settings do not fit (ValueError).
+
+        Called with the static channel count in both training modes and when a
+        functional model is built, so a mismatch fails at once, not at the
+        first training step. The default accepts any count.
+        """
+
     def call(self, inputs, training=True):
+        if len(inputs.shape) in (3, 4):
+            self.check_bands(inputs.shape[-1])
         if not training:
             return ops.cast(inputs, self.compute_dtype)
         images = ops.cast(inputs, "float32")
@@ -70,6 +80,8 @@ class RandomImageLayer(keras.layers.Layer):
         return ops.cast(outputs, self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
+        if len(input_shape) in (3, 4):
+            self.check_bands(input_shape[-1])
         return tuple(input_shape)
 
     def get_config(self):

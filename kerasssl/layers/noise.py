@@ -4,16 +4,17 @@ import keras
 from keras import ops
 
 from kerasssl.layers.base import RandomImageLayer, probability_value, value_range
-
-# MAD of a normal distribution times this is its standard deviation.
-MAD_TO_STD = 1.4826
+from kerasssl.layers.sky import MAD_TO_STD, sky_std
 
 
 def robust_std(images):
     """Per-image, per-band robust standard deviation ``1.4826 * MAD``, shape (N, 1, 1, C).
 
     The median absolute deviation ignores the bright lens and arcs, so it
-    measures the sky noise of each band of each image.
+    measures the sky noise of each band of each image. Exact, but two full
+    sorts per image and band: the layers use the cheaper, more precise
+    :func:`kerasssl.layers.sky.sky_std`; this is the reference it is tested
+    against.
 
     Example:
         >>> robust_std(images)   # ~sigma for Gaussian sky noise of std sigma
@@ -28,9 +29,12 @@ class RandomGaussianNoise(RandomImageLayer):
     """Add Gaussian noise whose standard deviation is drawn per image.
 
     The seed project's "Gaussian" pretext task was this additive noise. With
-    ``relative=True`` the drawn level multiplies each image's robust standard
-    deviation per band (``1.4826 * MAD``), so the same setting adds the same
-    signal-to-noise change to bright and faint images and to every band.
+    ``relative=True`` the drawn level multiplies each image's robust sky
+    standard deviation per band (:func:`kerasssl.layers.sky.sky_std`: a
+    subsample's MAD refined by sigma clipping, which agrees with the full
+    ``1.4826 * MAD`` within its scatter at a fraction of its cost), so the
+    same setting adds the same signal-to-noise change to bright and faint
+    images and to every band.
 
     Args:
         stddev: noise standard deviation, a number or a ``(low, high)`` range
@@ -60,7 +64,7 @@ class RandomGaussianNoise(RandomImageLayer):
         apply = keras.random.uniform((n,), seed=self.seed_generator) < self.probability
         level = ops.reshape(ops.where(apply, level, ops.zeros_like(level)), (-1, 1, 1, 1))
         if self.relative:
-            level = level * robust_std(images)
+            level = level * sky_std(images)
         noise = keras.random.normal(ops.shape(images), seed=self.seed_generator)
         return images + level * noise
 
