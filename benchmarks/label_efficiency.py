@@ -205,7 +205,7 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     from kerasssl.pretrain import pretrain
-    from kerasssl.runinfo import versions, write_json_atomic
+    from kerasssl.rundir import versions, write_json_atomic
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -215,7 +215,7 @@ def main(argv=None):
     from kerasssl.data.split import Split
     from kerasssl.evaluate import roc_auc
     from kerasssl.export import find_run_dir, image_shape_of, load_keras_model
-    from kerasssl.runinfo import versions
+    from kerasssl.rundir import versions
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -38,13 +38,13 @@ from typing import Optional
 
 import numpy as np
 
+from kerasssl.config import TFLITE_MODES
 from kerasssl.errors import DataError, KerassslError
+from kerasssl.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
 # Max |probability difference| vs the Keras model that an export may have.
-# The TFLite variants an export can write (--tflite).
-MODES = ("fp32", "fp16", "int8")
 PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 # How many images feed calibration and the parity / AUC checks.
 MAX_REPRESENTATIVE = 200
@@ -107,7 +107,7 @@ class SampleData:
         height, width, _ = image_shape
         image_set = load_images(data, image_size=height if height == width else None)
         images = _check_images(image_set.images, image_shape, str(data))
-        split_path = Path(run_dir) / "split.json" if run_dir is not None else None
+        split_path = RunDir(run_dir).split if run_dir is not None else None
         if split_path is None or not split_path.exists():
             return cls(
                 parity_images=_with_nan_variant(images[:MAX_PARITY]),
@@ -195,7 +195,7 @@ def convert(saved_model_dir, mode, representative=None):
     (segfault) on some graphs/calibration sets, and an export must fail with a
     clear line, not take the caller down.
     """
-    if mode not in MODES:
+    if mode not in TFLITE_MODES:  # the variants an export can write (--tflite)
         raise KerassslError(f"unknown TFLite mode {mode!r}")
     if mode == "int8":
         if representative is None or len(representative) == 0:

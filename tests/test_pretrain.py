@@ -142,10 +142,12 @@ def test_knn_scores_match_bruteforce_vote_and_auc():
 
 
 def test_bad_config_is_one_line_error(hst_folder, tmp_path):
-    for cfg, match in ((_cfg(method="moco"), "unknown method"), (_cfg(precision="float8"), "precision"),
-                       (_cfg(epochs=0), "epochs"), (_cfg(method_options={"temp": 1}), "unknown option")):
+    # A bad value is refused when the config is built (RunConfig validates its sections), a
+    # name the registries lack or a method option the method lacks when pretraining starts.
+    for options, match in (({"method": "moco"}, "unknown method"), ({"precision": "float8"}, "precision"),
+                           ({"epochs": 0}, "epochs"), ({"method_options": {"temp": 1}}, "unknown option")):
         with pytest.raises(KerassslError, match=match):
-            pt.pretrain(cfg, hst_folder, tmp_path / "bad", verbose=0)
+            pt.pretrain(_cfg(**options), hst_folder, tmp_path / "bad", verbose=0)
     with pytest.raises(KerassslError, match="no checkpoint"):
         pt.pretrain(_cfg(), hst_folder, tmp_path / "none", resume=True, verbose=0)
 

@@ -2,6 +2,8 @@
 
 import click
 
+from kerasssl.config import STRATEGIES
+
 
 def _channel_axis(ctx, param, value):
     return None if value is None else ("first" if value else "last")
@@ -36,7 +38,7 @@ def distribution_options(command):
         "--cpu-devices", "cpu_devices", type=click.IntRange(min=1), default=None,
         help="Split the CPU into N logical devices for --strategy mirrored (pretrain.cpu_devices).")(command)
     command = click.option(
-        "--strategy", type=click.Choice(["none", "mirrored", "multiworker"]), default=None,
+        "--strategy", type=click.Choice(STRATEGIES), default=None,
         help="Data-parallel pretraining (pretrain.strategy): mirrored = local GPUs (or --cpu-devices; "
              "JAX: DataParallel), multiworker = MultiWorkerMirroredStrategy from TF_CONFIG.")(command)
     return command

@@ -44,7 +44,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from kerasssl.errors import DataError, KerassslError
-from kerasssl.runinfo import write_json_atomic
+from kerasssl.rundir import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
