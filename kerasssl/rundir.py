@@ -211,10 +211,15 @@ class RunDir:
         return self.write_json(self.finetune_record, {"latest": name, "models": records})
 
     def class_names(self):
-        """The class names the run recorded (fine-tuning, report or split), or None."""
+        """The class names the run recorded (latest fine-tuning, report or split), or None."""
         for name in _CLASS_NAME_SOURCES:
             raw = self.read_json(name, name, missing_ok=True, broken_ok=True)
-            names = raw.get("class_names") if isinstance(raw, dict) else None
+            if not isinstance(raw, dict):
+                continue
+            names = raw.get("class_names")
+            if not names and name == FINETUNE and isinstance(raw.get("models"), dict):
+                latest = raw["models"].get(raw.get("latest"))
+                names = latest.get("class_names") if isinstance(latest, dict) else None
             if names:
                 return [str(n) for n in names]
         return None
@@ -250,8 +255,14 @@ class RunDir:
             entry["writes"] = [str(p) for p in writes if p is not None]
         if config is not None:
             entry["config"] = config.to_dict()
-        with open(self.record, "a") as f:
-            f.write(json.dumps(entry, default=_json_default) + "\n")
+        line = json.dumps(entry, default=_json_default) + "\n"
+        with open(self.record, "ab+") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell():
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":  # a line cut by a kill: keep this one whole, on its own line
+                    line = "\n" + line
+            f.write(line.encode())
         return entry
 
     def invocations(self) -> list:
@@ -277,7 +288,7 @@ class RunDir:
         return f"{self.path.name}@{started}" if started else self.path.name
 
 
-def recorder(command, *, reads=None, moved=None, config=None, argv=None):
+def recorder(command, *, reads=None, moved=None, without=(), config=None, argv=None):
     """An ``on_accepted(run_dir)`` hook that records the command in that run (what the CLI passes).
 
     The command's files are its :data:`WRITES` inside the run directory.
@@ -287,6 +298,7 @@ def recorder(command, *, reads=None, moved=None, config=None, argv=None):
         reads / config / argv: as for :meth:`RunDir.record_invocation`.
         moved: ``{file name: path}`` for files the command writes elsewhere
             (``--output``, ``--report``, ``--plot``, ``export.base_dir``).
+        without: file names it does not write this time (e.g. no export).
 
     Example:
         >>> pretrain(cfg, "data/3b", "runs/a", on_accepted=recorder("pretrain", config=cfg))
@@ -296,7 +308,7 @@ def recorder(command, *, reads=None, moved=None, config=None, argv=None):
     def record(run_dir):
         # The run directory is known only now (a multiworker worker writes a private copy).
         run = RunDir(run_dir)
-        writes = [moved.get(name, run.path / name) for name in WRITES.get(command, ())]
+        writes = [moved.get(name, run.path / name) for name in WRITES.get(command, ()) if name not in without]
         run.record_invocation(argv, command=command, reads=reads, writes=writes, config=config)
 
     return record

@@ -78,6 +78,10 @@ def test_pretrain_run_dir_and_resume_after_crash(hst_folder, tmp_path, monkeypat
     assert encoder.input_shape == (None, 32, 32, 1)
     with pytest.raises(KerassslError, match="only be raised"):
         pt.resume_config(run, epochs=1)
+    # The API refuses other settings on resume (the CLI passes its flags).
+    with pytest.raises(KerassslError, match=r"only --epochs may be given \(got --seed, --method\)"):
+        pt.resume_config(run, epochs=4, given={"--seed": 1, "--encoder": None, "--method": "byol"})
+    assert pt.resume_config(run, epochs=4, given={"--seed": None}).pretrain.epochs == 4
     with pytest.raises(KerassslError, match="already trained 3"):
         pt.pretrain(pt.resume_config(run), hst_folder, run, resume=True, verbose=0)
 

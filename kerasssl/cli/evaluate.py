@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import data_options
+from kerasssl.cli.options import command_line, data_options
 from kerasssl.config import EVALUATE_SPLITS
 
 
@@ -50,7 +50,7 @@ def evaluate(model, data, run_dir, split, report_path, plot_path, baseline_path,
     report = evaluate_run(model, data, run, report_path=report_path, plot_path=plot_path, cfg=cfg,
                           baseline_path=baseline_path)
     recorder("evaluate", config=cfg, reads={"model": model, "data": data, "baseline": baseline_path},
-             moved={REPORT: report_path, ROC_PLOT: plot_path})(run_dir)
+             moved={REPORT: report_path, ROC_PLOT: plot_path}, argv=command_line())(run_dir)
     low, high = report["roc_auc_ci"]
     click.echo(f"ROC-AUC {report['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}), "
                f"PR-AUC {report['pr_auc']:.3f}, accuracy {report['accuracy']:.3f} "

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import data_options
+from kerasssl.cli.options import command_line, data_options
 from kerasssl.config import FINETUNE_MODES
 
 
@@ -46,7 +46,7 @@ def finetune(run_dir, data, mode, labels_fraction, epochs, batch_size, config_pa
                               "data.allow_pickle": allow_pickle, "data.channel_axis": channel_axis})
     pretrained = (mode or cfg.finetune.mode) != "supervised"
     # finetune() checks everything before its first write; the command is recorded only then.
-    accepted = recorder("finetune", config=cfg, moved={CLASSIFIER: output},
+    accepted = recorder("finetune", config=cfg, moved={CLASSIFIER: output}, argv=command_line(),
                         reads={"data": data, "config": config_path, "encoder": run.encoder if pretrained else None})
     record = run_finetune(cfg, data, run_dir, mode=mode, labels_fraction=labels_fraction,
                           epochs=epochs, batch_size=batch_size, output=output, on_accepted=accepted)

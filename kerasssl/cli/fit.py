@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import data_options, distribution_options
+from kerasssl.cli.options import command_line, data_options, distribution_options
 from kerasssl.config import FINETUNE_MODES, PRECISIONS
 
 
@@ -66,7 +66,8 @@ def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, im
     # fit() checks everything (and sets up the devices) before its first write; the command
     # is recorded only once the job is accepted (a refused one writes nothing).
     accepted = recorder("fit", reads={"data": data, "config": config_path}, config=cfg,
-                        moved={SAVED_MODELS: cfg.export.base_dir})
+                        moved={SAVED_MODELS: cfg.export.base_dir}, argv=command_line(),
+                        without=() if cfg.export.enabled else (SAVED_MODELS,))
     summary = run_fit(cfg, data, run_dir, progress=click.echo, on_accepted=accepted)
     click.echo("")
     for line in summary_lines(summary):

@@ -9,6 +9,15 @@ def _channel_axis(ctx, param, value):
     return None if value is None else ("first" if value else "last")
 
 
+def command_line() -> list:
+    """The command line being run, as ``kerasssl.cli.main`` got it (for ``RUN/runs.jsonl``)."""
+    import sys
+
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return list(obj["argv"]) if isinstance(obj, dict) and "argv" in obj else list(sys.argv)
+
+
 def data_options(command):
     """--allow-pickle / --channels-first/--channels-last on every command that reads images.
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import data_options, distribution_options
+from kerasssl.cli.options import command_line, data_options, distribution_options
 from kerasssl.config import PRECISIONS
 
 
@@ -68,7 +68,7 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
     # is recorded only once the run is accepted, in the chief's RUN (a worker's private copy).
     history = run_pretrain(cfg, data, run_dir, resume=resume, verbose=1 if sys.stderr.isatty() else 2,
                            on_accepted=recorder("pretrain", reads={"data": data, "config": config_path},
-                                                config=cfg))
+                                                config=cfg, argv=command_line()))
     last = {k: v[-1] for k, v in history.items() if v}
     shown = ", ".join(f"{k} {last[k]:.4g}" for k in ("loss", "embedding_std", "val_knn_auc") if k in last)
     click.echo(f"pretrained {cfg.pretrain.encoder} with {cfg.pretrain.method} for {len(history.get('loss', []))} "
