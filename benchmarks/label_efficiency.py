@@ -109,11 +109,12 @@ def epochs_for(n_labeled, batch_size, steps):
 
 def run_cell(cfg, data, run_dir, arm, fraction, args, image_set):
     """Fine-tune one arm at one labels fraction and evaluate it on the test split."""
-    from kerasssl.data.split import SPLIT_FILE, Split
+    from kerasssl.data.split import Split
+    from kerasssl.rundir import RunDir
     from kerasssl.evaluate import evaluate_run
     from kerasssl.finetune import finetune
 
-    n_train = len(Split.load(run_dir / SPLIT_FILE).train)
+    n_train = len(Split.load(RunDir(run_dir).split).train)
     steps = args.control_steps if arm == "supervised-long" else args.steps
     epochs = epochs_for(max(1, round(fraction * n_train)), args.finetune_batch, steps)
     tag = f"{arm.replace('+', '_')}_{fraction:g}"
@@ -205,7 +206,7 @@ def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     from kerasssl.pretrain import pretrain
-    from kerasssl.runinfo import versions, write_json_atomic
+    from kerasssl.rundir import versions, write_json_atomic
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

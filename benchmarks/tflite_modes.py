@@ -52,7 +52,7 @@ import numpy as np
 
 FULL = dict(n_lenses=800, n_nonlenses=1600, size=32, epochs=40, rounds=15, block=20)
 QUICK = dict(n_lenses=40, n_nonlenses=80, size=16, epochs=2, rounds=2, block=5)
-MODES = ("fp32", "fp16", "int8")
+from kerasssl.config import TFLITE_MODES as MODES  # noqa: E402 - one definition of the modes
 
 
 def parse_args(argv=None):
@@ -216,7 +216,7 @@ def main(argv=None):
     from kerasssl.data.split import Split
     from kerasssl.evaluate import roc_auc
     from kerasssl.export import find_run_dir, image_shape_of, load_keras_model
-    from kerasssl.runinfo import versions
+    from kerasssl.rundir import versions
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ import keras
 import numpy as np
 
 from kerasssl.errors import KerassslError
+from kerasssl.rundir import read_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +311,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         meta = {"epoch": epoch + 1, "file": name, "history": self.history,
                 "n_model_variables": len(self.model.variables),
                 "n_optimizer_variables": len(self.model.optimizer.variables)}
-        _write_text_atomic(self.directory / _record_name(name), json.dumps(meta))
-        _write_text_atomic(self.directory / LATEST, json.dumps(meta))
+        write_text_atomic(self.directory / _record_name(name), json.dumps(meta))
+        write_text_atomic(self.directory / LATEST, json.dumps(meta))
         for old in checkpoint_files(self.directory)[self.keep:]:
             old.unlink(missing_ok=True)
             (self.directory / _record_name(old.name)).unlink(missing_ok=True)
@@ -395,12 +396,6 @@ def _record_name(checkpoint_name: str) -> str:
     return checkpoint_name[: -len(".npz")] + ".json"
 
 
-def _write_text_atomic(path, text) -> None:
-    tmp = Path(str(path) + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def checkpoint_files(directory) -> list:
     """The ``ckpt-EEEE.npz`` files of a checkpoint folder, newest (highest epoch) first."""
     def epoch_of(path):
@@ -412,10 +407,7 @@ def checkpoint_files(directory) -> list:
 
 def _read_record(path):
     """A checkpoint record (JSON dict with an int "epoch"), or None if missing or unreadable."""
-    try:
-        record = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return None
+    record = read_json(path, "checkpoint record", missing_ok=True, broken_ok=True)
     if not isinstance(record, dict) or not isinstance(record.get("epoch"), int) \
             or not isinstance(record.get("history", {}), dict):
         return None

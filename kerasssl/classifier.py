@@ -36,10 +36,10 @@ from typing import Callable, Optional
 
 import keras
 
+from kerasssl.config import FINETUNE_MODES
 from kerasssl.errors import DataError, KerassslError
 from kerasssl.layers.preprocess import Preprocess
-
-MODES = ("linear", "full", "supervised")
+from kerasssl.rundir import CLASSIFIER
 PART_NAMES = ("preprocess", "augment", "encoder", "feature_norm", "head")
 
 
@@ -127,8 +127,8 @@ def build_classifier(encoder, preprocess, n_classes: int, *, input_shape, mode: 
         >>> clf(np.zeros((1, 32, 32, 3))).shape
         (1, 2)
     """
-    if mode not in MODES:
-        raise KerassslError(f"unknown fine-tune mode {mode!r}; choose from {', '.join(MODES)}")
+    if mode not in FINETUNE_MODES:
+        raise KerassslError(f"unknown fine-tune mode {mode!r}; choose from {', '.join(FINETUNE_MODES)}")
     encoder.trainable = mode != "linear"
     if mode == "full":
         freeze_batch_norm(encoder)
@@ -274,9 +274,9 @@ def check_classifier(model, path=None):
         return
     where = Path(path) if path is not None else None
     n_features = model.outputs[0].shape[-1] if getattr(model, "outputs", None) else "?"
-    instead = "the run's classifier.keras (made by `kerasssl finetune` or `kerasssl fit`)"
-    if where is not None and (where.parent / "classifier.keras").exists() and where.name != "classifier.keras":
-        instead = f"{where.parent / 'classifier.keras'} (made by `kerasssl finetune`)"
+    instead = f"the run's {CLASSIFIER} (made by `kerasssl finetune` or `kerasssl fit`)"
+    if where is not None and (where.parent / CLASSIFIER).exists() and where.name != CLASSIFIER:
+        instead = f"{where.parent / CLASSIFIER} (made by `kerasssl finetune`)"
     problem = (f"is an encoder ({n_features} features per image, as `kerasssl pretrain` saves it), "
                f"not a classifier; use {instead}")
     if where is None:

@@ -51,11 +51,10 @@ from typing import Any
 import keras
 from keras import ops
 
+from kerasssl.config import STRATEGIES
 from kerasssl.errors import KerassslError
 
 log = logging.getLogger(__name__)
-
-STRATEGIES = ("none", "mirrored", "multiworker")
 
 
 # ---------------------------------------------------------------------------
@@ -207,7 +206,7 @@ class Distribution:
             path: the run-directory path the chief writes.
 
         Example:
-            >>> model.save(dist.write_path(run_dir / "encoder.keras"))
+            >>> model.save(dist.write_path(run.encoder))
         """
         path = Path(path)
         if self.is_chief:

@@ -27,17 +27,16 @@ Example:
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
-from kerasssl.data.split import EVALUATION_SPLITS as SPLIT_NAMES  # the splits evaluate takes
 from kerasssl.errors import KerassslError
 from kerasssl.models import check_keras_archive
-from kerasssl.runinfo import write_json_atomic
+from kerasssl.rundir import RunDir, replacing, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -300,11 +299,11 @@ def plot_roc(path, labels, probs, class_names: Sequence[str], *, auc: float, ci,
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with replacing(path) as tmp:
+            fig.savefig(tmp)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -367,14 +366,14 @@ def training_files(run_dir) -> dict:
       ``RUN/history.json`` (key ``files``) if any, else the whole train split,
       when the run holds a pretrained encoder.
     """
-    run_dir = Path(run_dir)
-    split = _read_json(run_dir / "split.json") or {}
+    run = RunDir(run_dir)
+    split = run.read_json(run.split, "split file", missing_ok=True) or {}
     used = {"finetune": set(split.get("labeled") or [])}
-    for record in finetune_records(run_dir).values():
+    for record in run.finetune_records().values():
         used["finetune"] |= set(record.get("labeled_files") or [])
-    pretrained = (run_dir / "encoder.keras").exists() or (run_dir / "history.json").exists()
+    pretrained = run.encoder.exists() or run.history.exists()
     if pretrained:
-        history = _read_json(run_dir / "history.json") or {}
+        history = run.read_json(run.history, "pretraining history", missing_ok=True) or {}
         files = history.get("files") if isinstance(history, dict) else None
         if isinstance(files, list) and files:
             used["pretrain"] = set(files)
@@ -382,13 +381,6 @@ def training_files(run_dir) -> dict:
             used["pretrain"] = set(split.get("train") or []) | set(split.get("labeled") or []) \
                 | set(split.get("unlabeled") or [])
     return used
-
-
-def finetune_records(run_dir) -> dict:
-    """``{classifier file name: record}`` from ``RUN/finetune.json`` (empty if none)."""
-    raw = _read_json(Path(run_dir) / "finetune.json") or {}
-    models = raw.get("models") if isinstance(raw, dict) else None
-    return models if isinstance(models, dict) else {}
 
 
 def training_overlap(eval_files: Sequence[str], run_dir) -> dict:
@@ -429,18 +421,8 @@ def fingerprint_overlap(model_paths, images, files):
     return found, carried
 
 
-def _read_json(path):
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise KerassslError(f"{path}: not valid JSON") from None
-
-
 # -- the `kerasssl evaluate` job -----------------------------------------------
-def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_path=None,
+def evaluate_run(model_path, data_path, run_dir, *, split: Optional[str] = None, report_path=None,
                  plot_path=None, cfg=None, allow_overlap: Optional[bool] = None,
                  baseline_path=None, bootstrap: Optional[int] = None, image_set=None) -> dict:
     """Evaluate a saved classifier on one split of DATA recorded in RUN/split.json.
@@ -449,14 +431,15 @@ def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_
         model_path: a ``.keras`` classifier (raw pixels in, probabilities out).
         data_path: the data folder the run was split from.
         run_dir: run directory holding ``split.json`` (and ``config.yaml``).
-        split: one of ``test, val, train, labeled, unlabeled, all``.
+        split: one of :data:`kerasssl.config.EVALUATE_SPLITS` (test, val, train,
+            labeled, unlabeled, all); default ``cfg.evaluate.split``.
         report_path: where to write the JSON report (atomically).
         plot_path: where to write the ROC PNG.
         cfg: a RunConfig; default ``RUN/config.yaml`` or the defaults.
         allow_overlap: evaluate even on files used in training (reported);
             default ``cfg.evaluate.allow_overlap``.
         baseline_path: optional second classifier drawn as the baseline.
-        bootstrap: resamples for the CI; default ``cfg.evaluate.bootstrap``.
+        bootstrap: resamples for the CI (at least 10); default ``cfg.evaluate.bootstrap``.
         image_set: the data already loaded from ``data_path`` (saves re-reading it).
 
     Returns:
@@ -464,15 +447,15 @@ def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_
     """
     from kerasssl.config import RunConfig
 
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.path
     if cfg is None:
-        cfg = RunConfig.load(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else RunConfig()
-    if allow_overlap is None:
-        allow_overlap = cfg.evaluate.allow_overlap
-    bootstrap = cfg.evaluate.bootstrap if bootstrap is None else bootstrap
-    if split not in SPLIT_NAMES:
-        raise KerassslError(f"unknown split {split!r}; choose from {', '.join(SPLIT_NAMES)}")
-    split_path = run_dir / "split.json"
+        cfg = RunConfig.from_run(run) or RunConfig()
+    cfg.validate()
+    given = {"split": split, "bootstrap": bootstrap, "allow_overlap": allow_overlap}
+    settings = dataclasses.replace(cfg.evaluate, **{k: v for k, v in given.items() if v is not None})  # checked
+    split, bootstrap, allow_overlap = settings.split, settings.bootstrap, settings.allow_overlap
+    split_path = run.split
     if not split_path.exists():
         raise KerassslError(f"{split_path}: no split recorded; run `kerasssl finetune` or `fit` first")
     if image_set is None:
@@ -523,7 +506,7 @@ def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_
             raise KerassslError(f"{path}: the model takes images {expected}, the data gives "
                                 f"{tuple(image_set.image_shape)} (data.image_size of the run?)")
     # Mode and labels of this classifier, as recorded when it was fine-tuned.
-    finetune_record = finetune_records(run_dir).get(model_path.name, {})
+    finetune_record = run.finetune_records().get(model_path.name, {})
     report = evaluate_classifier(
         model, image_set.images[idx], image_set.labels[idx], image_set.class_names,
         val_images=val_images, val_labels=val_labels, bootstrap=bootstrap,

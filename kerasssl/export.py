@@ -22,6 +22,10 @@ contents as they are, in (H, W, C) layout.
 Signatures are built by the functions in :data:`SIGNATURE_BUILDERS`: add a
 builder there to give the SavedModel one more signature.
 
+:func:`export_model` returns an :class:`ExportResult` (the version folder, its
+metadata, the TFLite file and its parity report: what ``kerasssl export``
+prints); :func:`export_saved_model` returns just the version folder.
+
 Example:
     >>> from kerasssl.export import export_saved_model
     >>> path = export_saved_model("run/classifier.keras", "saved_models", "lens_finder")
@@ -46,16 +50,15 @@ from typing import Callable, Optional
 import numpy as np
 
 from kerasssl.classifier import check_classifier, classifier_parts, image_shape_of
+from kerasssl.config import TFLITE_MODES, check_model_name
 from kerasssl.errors import KerassslError
 from kerasssl.models import existing_versions, load_model
-from kerasssl.tflite import MODES as TFLITE_MODES
+from kerasssl.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
 METADATA_FILE = "kerasssl_metadata.json"
 METADATA_FORMAT = 1
-# Markers of a run directory (see docs/ARCHITECTURE.md, "Run directory").
-_RUN_DIR_MARKERS = ("config.yaml", "split.json", "runs.jsonl", "preprocess.json")
 # The SavedModel must reproduce the Keras model to float32 round-off.
 _SAVED_MODEL_TOLERANCE = 1e-5
 
@@ -165,35 +168,11 @@ def load_keras_model(path):
     return load_model(path)
 
 
-def find_run_dir(model_path):
-    """The run directory a ``.keras`` file was saved in, or None."""
-    if model_path is None:
-        return None
-    parent = Path(model_path).resolve().parent
-    if any((parent / m).exists() for m in _RUN_DIR_MARKERS):
-        return parent
-    return None
-
-
-def run_id_of(run_dir):
-    """A stable id of a training run: dir name + time of its first command."""
-    if run_dir is None:
-        return None
-    run_dir = Path(run_dir)
-    started = None
-    try:
-        with open(run_dir / "runs.jsonl") as f:
-            started = json.loads(f.readline()).get("time")
-    except (OSError, ValueError, AttributeError):
-        pass
-    return f"{run_dir.name}@{started}" if started else run_dir.name
-
-
 def class_names_for(model, run_dir=None, class_names=None):
     """Class names in label order: given > recorded in the run > default."""
     n_classes = int(model.outputs[0].shape[-1])
     if class_names is None and run_dir is not None:
-        class_names = _class_names_from_run(Path(run_dir))
+        class_names = RunDir(run_dir).class_names()
     if class_names is None:
         class_names = ["nonlens", "lens"] if n_classes == 2 else [f"class_{i}" for i in range(n_classes)]
         log.warning("class names unknown: using %s", class_names)
@@ -201,17 +180,6 @@ def class_names_for(model, run_dir=None, class_names=None):
     if len(class_names) != n_classes:
         raise KerassslError(f"{len(class_names)} class names given for a model with {n_classes} outputs")
     return class_names
-
-
-def _class_names_from_run(run_dir):
-    for name in ("finetune.json", "report.json", "split.json"):
-        try:
-            names = json.loads((run_dir / name).read_text()).get("class_names")
-        except (OSError, ValueError, AttributeError):
-            continue
-        if names:
-            return list(names)
-    return None
 
 
 # -- metadata ----------------------------------------------------------------
@@ -246,7 +214,7 @@ def build_metadata(model, image_shape, class_names, run_dir, signatures):
         "signatures": signatures,
         "normalization": preprocess.get_config() if preprocess is not None else None,
         "versions": {"kerasssl": kerasssl.__version__, "tensorflow": tf.__version__, "keras": keras.__version__},
-        "training_run_id": run_id_of(run_dir),
+        "training_run_id": RunDir(run_dir).run_id() if run_dir is not None else None,
         "training_run_dir": str(run_dir) if run_dir is not None else None,
         "model_name": model.name,
     }
@@ -263,7 +231,53 @@ def next_version(model_dir):
 # -- the export --------------------------------------------------------------
 
 
-def export_saved_model(
+@dataclass
+class ExportResult:
+    """What one export wrote.
+
+    Args:
+        path: the version folder (``BASE/NAME/<version>``).
+        metadata: its ``assets/kerasssl_metadata.json``.
+        tflite_path: the ``.tflite`` file written beside it, or None.
+        parity: that file's parity report (also in ``<stem>.parity.json``), or None.
+    """
+
+    path: Path
+    metadata: dict
+    tflite_path: Optional[Path] = None
+    parity: Optional[dict] = None
+
+    def summary_lines(self) -> list:
+        """The lines ``kerasssl export`` prints: where, signatures, input, classes, TFLite parity."""
+        meta = self.metadata
+        lines = [
+            f"SavedModel: {self.path}",
+            f"signatures: {', '.join(meta.get('signatures', []))}",
+            f"input: images float32 {meta.get('input', {}).get('shape')} (raw pixels, H, W, C)",
+            f"classes: {meta.get('class_names')}",
+        ]
+        if self.tflite_path is not None:
+            parity = self.parity or {}
+            line = (f"TFLite {parity.get('mode')}: {self.tflite_path} "
+                    f"(max |diff| vs Keras {parity['max_abs_diff']:.2e}")
+            auc = parity.get("auc")
+            if auc:
+                line += f"; val ROC-AUC {auc['keras']:.4f} -> {auc['tflite']:.4f} ({auc['change']:+.4f})"
+            lines.append(line + ")")
+        return lines
+
+
+def export_saved_model(model, base_dir, name, version=None, tflite=None, **kwargs) -> Path:
+    """:func:`export_model`, returning only the version folder (what TF Serving serves).
+
+    Example:
+        >>> export_saved_model(model, "saved_models", "lens_finder", tflite="fp16")
+        PosixPath('saved_models/lens_finder/1')
+    """
+    return export_model(model, base_dir, name, version=version, tflite=tflite, **kwargs).path
+
+
+def export_model(
     model,
     base_dir,
     name,
@@ -274,7 +288,7 @@ def export_saved_model(
     class_names=None,
     data=None,
     sample_inputs=None,
-):
+) -> ExportResult:
     """Export a classifier as ``BASE/NAME/<version>/`` (TF Serving), optionally + TFLite.
 
     Args:
@@ -296,19 +310,18 @@ def export_saved_model(
             calibration when no run data are given.
 
     Returns:
-        Path of the version directory written.
+        An :class:`ExportResult` (``.path``: the version directory written).
 
     Example:
-        >>> export_saved_model(model, "saved_models", "lens_finder", tflite="fp16")
-        PosixPath('saved_models/lens_finder/1')
+        >>> result = export_model(model, "saved_models", "lens_finder", tflite="fp16")
+        >>> print("\n".join(result.summary_lines()))
     """
     from kerasssl import tflite as tflite_lib
     from kerasssl.data.samples import SampleData
 
     if tflite is not None and tflite not in TFLITE_MODES:
         raise KerassslError(f"--tflite must be one of {', '.join(TFLITE_MODES)}, not {tflite!r}")
-    if not name or "/" in name or name.startswith("."):
-        raise KerassslError(f"invalid model name {name!r}: use a plain folder name")
+    check_model_name(name, "model name (--name)")
     _check_backend()
     model_dir = Path(base_dir) / name
     check_writable(model_dir)  # before the slow model load and tracing
@@ -317,7 +330,7 @@ def export_saved_model(
         model_path = Path(model)
         model = load_model(model_path)
         if run_dir is None:
-            run_dir = find_run_dir(model_path)
+            run_dir = RunDir.of_file(model_path)
     check_classifier(model, model_path)
     image_shape = image_shape_of(model)
     class_names = class_names_for(model, run_dir, class_names)
@@ -335,6 +348,7 @@ def export_saved_model(
 
     created_model_dir = not model_dir.exists()
     tmp = None
+    tflite_path = parity = None
     try:
         tmp = _new_temp_dir(model_dir, version)
         signatures = _write_saved_model(model, image_shape, tmp)
@@ -342,7 +356,8 @@ def export_saved_model(
         metadata = build_metadata(model, image_shape, class_names, run_dir, signatures)
         _write_metadata(tmp, metadata)
         if tflite is not None:
-            tflite_lib.export_tflite(tmp, tmp / f"{name}_{tflite}.tflite", tflite, model, samples, class_names)
+            tflite_path = final / f"{name}_{tflite}.tflite"  # where it lies once the version is in place
+            parity = tflite_lib.export_tflite(tmp, tmp / tflite_path.name, tflite, model, samples, class_names)
         if final.exists():  # a concurrent export took the number meanwhile
             raise KerassslError(f"{final}: version {version} already exists; it is never overwritten")
         (tmp / _OWNER_FILE).unlink()
@@ -354,7 +369,7 @@ def export_saved_model(
             _remove_if_empty(model_dir)
         raise
     log.info("exported %s (signatures: %s)", final, ", ".join(signatures))
-    return final
+    return ExportResult(path=final, metadata=metadata, tflite_path=tflite_path, parity=parity)
 
 
 def _check_backend():

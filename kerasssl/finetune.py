@@ -32,7 +32,7 @@ Example:
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import math
 from pathlib import Path
@@ -42,9 +42,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasssl.classifier import MODES, build_classifier, freeze_batch_norm  # noqa: F401 - the classifier's home
+from kerasssl.classifier import build_classifier, freeze_batch_norm  # noqa: F401 - the classifier's home
 from kerasssl.errors import KerassslError
-from kerasssl.runinfo import write_json_atomic
+from kerasssl.rundir import RunDir, save_keras_atomic
 
 log = logging.getLogger(__name__)
 
@@ -255,33 +255,9 @@ def train_classifier(model, encoder, x_train, y_train, *, x_val=None, y_val=None
 
 
 # -- run directory helpers -------------------------------------------------------
-def load_preprocess(run_dir, data_cfg=None, train_images=None, *, save=True):
-    """The run's Preprocess layer from ``RUN/preprocess.json``; created from the
-    data config and the training split's band statistics when the run has none
-    yet (a fresh supervised run), and then saved unless ``save=False`` (the
-    caller saves it once the run is accepted)."""
-    from kerasssl.layers.preprocess import Preprocess
-    from kerasssl.layers.preprocess import load_preprocess as read_preprocess
-
-    path = Path(run_dir) / "preprocess.json"
-    if path.exists():
-        return read_preprocess(path)
-    if data_cfg is None or train_images is None:
-        raise KerassslError(f"{path}: missing; pretrain first or use --mode supervised")
-    stats = None
-    if data_cfg.normalization == "dataset":
-        from kerasssl.data.clean import band_stats
-
-        stats = band_stats(train_images)
-    layer = Preprocess.from_data_config(data_cfg, stats=stats)
-    if save:
-        layer.preprocess_to_json(path)
-    return layer
-
-
 def load_pretrained_encoder(run_dir, image_shape):
     """``RUN/encoder.keras``, checked against the images' (H, W, C)."""
-    path = Path(run_dir) / "encoder.keras"
+    path = RunDir(run_dir).encoder
     if not path.exists():
         raise KerassslError(f"{path}: no pretrained encoder; run `kerasssl pretrain` first "
                             "(or use --mode supervised)")
@@ -308,19 +284,13 @@ def save_model_atomic(model, path, fingerprints=None) -> Path:
     """
     from kerasssl.classifier import LensClassifier
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(model, LensClassifier):
         inference = LensClassifier.from_config(model.get_config())
         inference.set_weights(model.get_weights())
     else:
         inference = keras.Model(model.inputs, model.outputs, name=model.name)
-    tmp = path.with_name(path.stem + ".tmp.keras")
-    inference.save(tmp)
-    if fingerprints is not None:
-        fingerprints.write(tmp, role="classifier")
-    tmp.replace(path)
-    return path
+    return save_keras_atomic(inference, path, finish=None if fingerprints is None
+                             else lambda tmp: fingerprints.write(tmp, role="classifier"))
 
 
 def training_fingerprints(mode, encoder_path, labeled_images, pretrain_images):
@@ -342,20 +312,6 @@ def training_fingerprints(mode, encoder_path, labeled_images, pretrain_images):
     return stored.union(own)
 
 
-def check_options(mode, labels_fraction, epochs, batch_size, class_weight="balanced") -> None:
-    """Refuse bad fine-tuning options up front (before any data is read or trained)."""
-    if mode not in MODES:
-        raise KerassslError(f"unknown fine-tune mode {mode!r}; choose from {', '.join(MODES)}")
-    if isinstance(labels_fraction, bool) or not isinstance(labels_fraction, (int, float, np.number)) \
-            or not 0.0 < float(labels_fraction) <= 1.0:
-        raise KerassslError(f"labels fraction (finetune.labels_fraction) must be in (0, 1], got {labels_fraction}")
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise KerassslError(f"fine-tuning {name} (finetune.{name}) must be a positive integer, got {value!r}")
-    if class_weight not in ("balanced", "none"):
-        raise KerassslError(f"finetune.class_weight must be 'balanced' or 'none', got {class_weight!r}")
-
-
 # -- the `kerasssl finetune` job -------------------------------------------------
 def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
              labels_fraction: Optional[float] = None, epochs: Optional[int] = None,
@@ -364,10 +320,10 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
              on_accepted: Optional[Callable[[Path], None]] = None) -> dict:
     """Fine-tune on a labelled fraction of the run's training split; save the classifier.
 
-    Reads (or, for a fresh supervised run, creates) ``RUN/split.json`` and
-    ``RUN/preprocess.json``; writes ``RUN/classifier.keras`` (or ``output``) and
+    Reads (or, for a fresh supervised run, creates) ``RUN/split.json``,
+    ``RUN/preprocess.json`` and ``RUN/config.yaml``; writes ``RUN/classifier.keras`` (or ``output``) and
     ``RUN/finetune.json`` (per classifier file: mode, labels, class weights,
-    labelled file names, history; see :func:`record_finetune`).
+    labelled file names, history; see :meth:`kerasssl.rundir.RunDir.add_finetune_record`).
 
     Args:
         cfg: a ``kerasssl.config.RunConfig`` (``finetune`` and ``data`` sections used).
@@ -387,26 +343,23 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
         A summary dict (also in ``RUN/finetune.json``) with ``"model"``, the path.
     """
     from kerasssl.data.load import check_data_path, load_images
-    from kerasssl.data.split import load_or_create_split
-    from kerasssl.runcheck import check_data_config, check_split
+    from kerasssl.data.split import check_split, load_or_create_split
+    from kerasssl.layers.preprocess import load_or_create_preprocess
 
     # Every check first: a refused fine-tune writes nothing (no run dir, no runs.jsonl).
-    ft = cfg.finetune
-    mode = mode or ft.mode
-    labels_fraction = ft.labels_fraction if labels_fraction is None else labels_fraction
-    epochs = ft.epochs if epochs is None else epochs
-    batch_size = ft.batch_size if batch_size is None else batch_size
-    check_options(mode, labels_fraction, epochs, batch_size, ft.class_weight)
-    labels_fraction, epochs, batch_size = float(labels_fraction), int(epochs), int(batch_size)
-    check_data_config(cfg.data)
-    run_dir = Path(run_dir)
+    cfg.validate()
+    overrides = {"mode": mode, "labels_fraction": labels_fraction, "epochs": epochs, "batch_size": batch_size}
+    ft = dataclasses.replace(cfg.finetune, **{k: v for k, v in overrides.items() if v is not None})  # checked
+    mode, labels_fraction, epochs, batch_size = ft.mode, float(ft.labels_fraction), int(ft.epochs), int(ft.batch_size)
+    run = RunDir(run_dir)
+    run_dir = run.path
     if mode == "supervised":
         from kerasssl.encoders import available
 
         if str(cfg.pretrain.encoder).lower() not in available():
             raise KerassslError(f"unknown encoder {cfg.pretrain.encoder!r}; choose from {', '.join(available())}")
-    elif not (run_dir / "encoder.keras").exists():
-        raise KerassslError(f"{run_dir / 'encoder.keras'}: no pretrained encoder; run "
+    elif not run.encoder.exists():
+        raise KerassslError(f"{run.encoder}: no pretrained encoder; run "
                             "`kerasssl pretrain` first (or use --mode supervised)")
     if image_set is None:
         check_data_path(data_path)
@@ -420,7 +373,7 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
     n_classes = len(image_set.class_names)
     seed = ft.seed
     keras.utils.set_random_seed(seed)
-    preprocess = load_preprocess(run_dir, cfg.data, image_set.images[train], save=False)
+    preprocess, new_preprocess = load_or_create_preprocess(run.preprocess, cfg.data, image_set.images[train])
     shape = image_set.image_shape
     if mode == "supervised":
         from kerasssl.encoders import build_encoder
@@ -428,16 +381,18 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
         encoder = build_encoder(cfg.pretrain.encoder, shape)
         encoder_source = f"random init ({cfg.pretrain.encoder})"
     else:
-        encoder = load_pretrained_encoder(run_dir, shape)
-        encoder_source = str(run_dir / "encoder.keras")
+        encoder = load_pretrained_encoder(run, shape)
+        encoder_source = str(run.encoder)
 
     # Accepted: from here on the run writes.
     if on_accepted is not None:
         on_accepted(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    load_or_create_split(run_dir, image_set, cfg.data, labels_fraction=labels_fraction)  # the split checked above
-    if not (run_dir / "preprocess.json").exists():
-        preprocess.preprocess_to_json(run_dir / "preprocess.json")
+    if not run.config.exists():  # a fresh (supervised) run: its config, replayable with --config
+        run.save_config(cfg)
+    load_or_create_split(run, image_set, cfg.data, labels_fraction=labels_fraction)  # the split checked above
+    if new_preprocess:
+        preprocess.preprocess_to_json(run.preprocess)
     x, y = image_set.images[labeled], image_set.labels[labeled]
     class_weight = balanced_class_weights(y, n_classes) if ft.class_weight == "balanced" else None
 
@@ -455,8 +410,8 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
         encoder_lr_scale=ft.encoder_lr_scale, weight_decay=ft.weight_decay,
         class_weight=class_weight, seed=seed, patience=patience, verbose=verbose,
     )
-    trained_on = training_fingerprints(mode, run_dir / "encoder.keras", x, image_set.images[train])
-    out = save_model_atomic(model, output or run_dir / "classifier.keras", fingerprints=trained_on)
+    trained_on = training_fingerprints(mode, run.encoder, x, image_set.images[train])
+    out = save_model_atomic(model, output or run.classifier, fingerprints=trained_on)
     counts = np.bincount(y, minlength=n_classes)
     record = {
         "model": str(out),
@@ -479,27 +434,8 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
         **history,
         "labeled_files": [image_set.files[i] for i in labeled],
     }
-    record_finetune(run_dir, record)
+    run.add_finetune_record(record)
     return record
-
-
-def record_finetune(run_dir, record) -> None:
-    """Add ``record`` to ``RUN/finetune.json`` under the classifier's file name.
-
-    One entry per classifier file, so a run can hold e.g. a supervised
-    baseline beside the SSL classifier and ``evaluate`` reports the right
-    mode and labels for each (``"latest"`` names the last one written).
-    """
-    path = Path(run_dir) / "finetune.json"
-    records = {}
-    if path.exists():
-        try:
-            records = json.loads(path.read_text()).get("models", {})
-        except (ValueError, AttributeError):
-            log.warning("%s: unreadable, starting a new record", path)
-    name = Path(record["model"]).name
-    records[name] = record
-    write_json_atomic(path, {"latest": name, "models": records})
 
 
 def _augmentation(seed):

@@ -1,7 +1,7 @@
 """The whole job in one call: split -> pretrain -> fine-tune -> evaluate -> export.
 
 ``fit(cfg, data_path, run_dir)`` is what ``kerasssl fit`` runs. Every stage
-writes into the run directory (see docs/ARCHITECTURE.md), so each can be
+writes into the run directory (:class:`kerasssl.rundir.RunDir`), so each can be
 inspected or re-run on its own with the step-by-step commands:
 
 - ``RUN/config.yaml`` (the full config, replayable with ``--config``),
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from kerasssl.errors import KerassslError
+from kerasssl.rundir import RunDir
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
     from kerasssl.finetune import finetune
 
     say = progress or log.info
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
+    run_dir = run.path
     mode = cfg.finetune.mode
     seconds = {}
 
@@ -68,8 +70,8 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
     if on_accepted is not None:
         on_accepted(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.yaml")
-    split = load_or_create_split(run_dir, image_set, cfg.data, labels_fraction=cfg.finetune.labels_fraction)
+    run.save_config(cfg)
+    split = load_or_create_split(run, image_set, cfg.data, labels_fraction=cfg.finetune.labels_fraction)
     say(f"      {len(image_set)} images {image_set.image_shape}, classes {image_set.class_counts()}; "
         f"train {len(split.train)} / val {len(split.val)} / test {len(split.test)}")
     seconds["split"] = time.perf_counter() - t
@@ -81,7 +83,7 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
         from kerasssl.pretrain import pretrain
 
         if state == "done":
-            say(f"[2/5] pretrain: reusing {run_dir / 'encoder.keras'} (same data and pretrain config)")
+            say(f"[2/5] pretrain: reusing {run.encoder} (same data and pretrain config)")
         else:
             say(f"[2/5] pretrain: {cfg.pretrain.method} on {cfg.pretrain.encoder}, "
                 f"{cfg.pretrain.epochs} epochs" + (" (resuming)" if state == "resume" else ""))
@@ -97,14 +99,13 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
 
     t = time.perf_counter()
     say(f"[4/5] evaluate: {cfg.evaluate.split} split")
-    report_path, plot_path = run_dir / "report.json", run_dir / "roc.png"
+    report_path, plot_path = run.report, run.roc_plot
     report = evaluate_run(record["model"], data_path, run_dir, split=cfg.evaluate.split,
                           report_path=report_path, plot_path=plot_path, cfg=cfg, image_set=image_set)
     seconds["evaluate"] = time.perf_counter() - t
 
     paths = {"run_dir": str(run_dir), "report": str(report_path), "plot": str(plot_path),
-             "model": record["model"], "split": str(run_dir / "split.json"),
-             "config": str(run_dir / "config.yaml")}
+             "model": record["model"], "split": str(run.split), "config": str(run.config)}
     t = time.perf_counter()
     if cfg.export.enabled:
         say("[5/5] export: SavedModel (TF Serving layout)"
@@ -121,11 +122,13 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
 def check_fit(cfg, data_path, run_dir):
     """Every check :func:`fit` makes before it writes anything; writes nothing.
 
-    1. config values, section by section; 2. DATA (the one shared check, then
-    every pixel is read); 3. the run directory: an existing pretraining is
-    reused, resumed or refused (:func:`_pretraining_state`), and its split must
-    fit the data; 4. what the stages need: the pretraining plan (checkpoint,
-    batch size) and an encoder that takes the images.
+    0. the data-parallel engine is set up (before any TensorFlow op, so an API
+    user gets what the CLI gets); 1. config values, section by section
+    (``RunConfig.validate``) and the method and encoder names; 2. DATA (the one
+    shared check, then every pixel is read); 3. the run directory: an existing
+    pretraining is reused, resumed or refused (:func:`_pretraining_state`), and
+    its split must fit the data; 4. what the stages need: the pretraining plan
+    (checkpoint, batch size) and an encoder that takes the images.
 
     Returns:
         ``(state, image_set, split, plan)``: the pretraining state ("new",
@@ -139,16 +142,14 @@ def check_fit(cfg, data_path, run_dir):
         >>> state, image_set, split, plan = check_fit(cfg, "data/3b", "runs/a")
     """
     from kerasssl.data.load import check_data_path, load_images
-    from kerasssl.finetune import check_options
-    from kerasssl.pretrain import check_config, plan_pretraining
-    from kerasssl.runcheck import check_evaluate_config, check_export_config, check_split
+    from kerasssl.data.split import check_split
+    from kerasssl.pretrain import check_components, plan_pretraining, setup_distribution
 
     run_dir = Path(run_dir)
     ft = cfg.finetune
-    check_options(ft.mode, ft.labels_fraction, ft.epochs, ft.batch_size, ft.class_weight)
-    check_config(cfg)  # data + pretrain (the encoder name is used by supervised jobs too)
-    check_evaluate_config(cfg.evaluate)
-    check_export_config(cfg.export)
+    # Before any TF op (reading TFRecord DATA is one): logical CPUs / collectives are configured only then.
+    dist = setup_distribution(cfg)
+    check_components(cfg)  # every section; the encoder name is used by supervised jobs too
     check_data_path(data_path)  # a folder or TFRecord shards (a glob is no path that exists)
     # Decide about an existing pretraining before config.yaml is replaced.
     previous = _previous_config(run_dir)
@@ -163,7 +164,7 @@ def check_fit(cfg, data_path, run_dir):
     split = check_split(run_dir, image_set, cfg.data, labels_fraction=ft.labels_fraction)
     plan = None
     if state in ("new", "resume"):
-        plan = plan_pretraining(cfg, data_path, run_dir, resume=state == "resume", image_set=image_set)
+        plan = plan_pretraining(cfg, data_path, run_dir, resume=state == "resume", image_set=image_set, dist=dist)
     if state != "done":
         _check_encoder_takes(cfg.pretrain.encoder, image_set.image_shape)
     return state, image_set, split, plan
@@ -181,8 +182,7 @@ def _previous_config(run_dir):
     """The config a run directory already holds (None for a fresh one)."""
     from kerasssl.config import RunConfig
 
-    path = Path(run_dir) / "config.yaml"
-    return RunConfig.load(path) if path.exists() else None
+    return RunConfig.from_run(run_dir)
 
 
 def _pretraining_state(run_dir, previous, cfg) -> str:
@@ -191,9 +191,8 @@ def _pretraining_state(run_dir, previous, cfg) -> str:
     Reuse needs the same data and pretraining settings (epochs aside for a
     resume); a run dir pretrained differently is refused rather than mixed.
     """
-    run_dir = Path(run_dir)
-    has_encoder = (run_dir / "encoder.keras").exists()
-    has_checkpoints = (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir())
+    run = RunDir(run_dir)
+    has_encoder, has_checkpoints = run.encoder.exists(), run.has_checkpoints()
     if not (has_encoder or has_checkpoints):
         return "new"
     same = previous is not None and previous.data == cfg.data and previous.seed == cfg.seed
@@ -215,7 +214,7 @@ def _export(model_path, run_dir, data_path, export_cfg) -> Optional[Path]:
     except ImportError as e:
         log.warning("export skipped: kerasssl.export is not available (%s)", e)
         return None
-    base_dir = Path(export_cfg.base_dir) if export_cfg.base_dir else Path(run_dir) / "saved_models"
+    base_dir = Path(export_cfg.base_dir) if export_cfg.base_dir else RunDir(run_dir).saved_models
     # The run's split tells export which images calibrate int8 and check parity.
     return Path(export_saved_model(str(model_path), base_dir, export_cfg.name, tflite=export_cfg.tflite,
                                    run_dir=run_dir, data=data_path))

@@ -71,12 +71,13 @@ def load_predictor(path):
 
 def _keras_predictor(path):
     from kerasssl.classifier import check_classifier, classifier_parts
-    from kerasssl.export import class_names_for, find_run_dir
+    from kerasssl.export import class_names_for
+    from kerasssl.rundir import RunDir
 
     model = load_model(path)
     check_classifier(model, path)
     parts = classifier_parts(model)
-    names = class_names_for(model, find_run_dir(path))
+    names = class_names_for(model, RunDir.of_file(path))
     return Predictor("keras", path, parts.image_shape, names, lambda x: model(x, training=False))
 
 

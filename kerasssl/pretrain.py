@@ -16,6 +16,7 @@
 
 Nothing is written before every check passed (:func:`plan_pretraining`):
 a refused run creates no run directory and leaves another run's as it was.
+The run directory's files are named by :class:`kerasssl.rundir.RunDir`.
 
 ``resume=True`` restores the newest readable checkpoint (weights, optimizer
 state, augmentation RNG state, epoch, history; a truncated newest one is
@@ -39,20 +40,16 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-import math
 from pathlib import Path
 from typing import Callable, Optional
 
 import numpy as np
 
-from kerasssl.config import RunConfig
+from kerasssl.config import PRECISIONS, RunConfig, parse_jit_compile
 from kerasssl.errors import KerassslError
-from kerasssl.runinfo import write_json_atomic
+from kerasssl.rundir import RunDir, save_keras_atomic, write_json_atomic
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-CONFIG_FILE = "config.yaml"
 
 
 def set_precision(precision):
@@ -68,15 +65,9 @@ def resolve_jit_compile(value):
     """"auto" -> XLA on accelerators (and always under JAX, whose trainer needs jit), off on CPU."""
     import keras
 
-    if isinstance(value, bool):
+    value = parse_jit_compile(value)
+    if value != "auto":
         return value
-    text = str(value).lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    if text != "auto":
-        raise KerassslError(f"jit_compile must be auto, true or false, got {value!r}")
     if keras.backend.backend() == "jax":
         return True
     if keras.backend.backend() == "tensorflow":
@@ -158,44 +149,59 @@ def build_pretraining_model(cfg: RunConfig, input_shape, preprocess, steps_per_e
     return model
 
 
-def check_config(cfg):
-    """Raise a one-line KerassslError for data or pretrain settings that cannot work."""
-    from kerasssl.runcheck import check_data_config
+def check_components(cfg):
+    """Check the config (every section's ``validate``) and that its method and encoder exist.
 
-    check_data_config(cfg.data)
-    p = cfg.pretrain
-    for name in ("epochs", "batch_size"):
-        value = getattr(p, name)
-        if not isinstance(value, int) or value < 1:
-            raise KerassslError(f"pretrain.{name} must be a positive integer, got {value!r}")
-    if p.steps_per_epoch is not None and (not isinstance(p.steps_per_epoch, int) or p.steps_per_epoch < 1):
-        raise KerassslError(f"pretrain.steps_per_epoch must be a positive integer, got {p.steps_per_epoch!r}")
-    if not (p.learning_rate > 0 and math.isfinite(p.learning_rate)):
-        raise KerassslError(f"pretrain.learning_rate must be > 0, got {p.learning_rate!r}")
-    if p.precision not in PRECISIONS:
-        raise KerassslError(f"unknown precision {p.precision!r}; choose from {', '.join(PRECISIONS)}")
+    The names are looked up in the registries here, not in :mod:`kerasssl.config`,
+    which stays free of Keras.
+
+    Raises:
+        KerassslError: one line naming the key or the unknown name.
+    """
     from kerasssl import methods
     from kerasssl.encoders import available
 
+    cfg.validate()
+    p = cfg.pretrain
     methods.get(p.method)
     if p.encoder.lower() not in available():
         raise KerassslError(f"unknown encoder {p.encoder!r}; choose from {', '.join(available())}")
 
 
-def resume_config(run_dir, epochs=None):
+def setup_distribution(cfg):
+    """The data-parallel engine ``cfg.pretrain`` asks for, set up (:func:`kerasssl.distribute.setup`).
+
+    :func:`plan_pretraining` (so :func:`pretrain`) and :func:`kerasssl.fit.fit` call
+    it before they read any data: logical CPU devices and collective ops can only
+    be configured before the first TensorFlow op. Repeated calls with the same
+    settings return the same object.
+    """
+    from kerasssl import distribute
+
+    return distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
+
+
+def resume_config(run_dir, epochs=None, given=None):
     """The config of an existing run for ``--resume``: saved config, only ``epochs`` may rise.
 
     Args:
         run_dir: the run directory (must hold config.yaml and checkpoints).
         epochs: new total epoch count, or None to keep the saved one.
+        given: other settings the caller was given, ``{name: value}`` (None =
+            not given; the CLI names its flags): any given one is refused, as
+            a resumed run keeps its saved config.
 
     Example:
         >>> cfg = resume_config("runs/a", epochs=20)
     """
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.exists():
-        raise KerassslError(f"{path}: nothing to resume (no config.yaml in the run directory)")
-    cfg = RunConfig.load(path)
+    changed = [name for name, value in (given or {}).items() if value is not None]
+    if changed:
+        raise KerassslError(f"with --resume the run's saved config is used; only --epochs may be given "
+                            f"(got {', '.join(changed)})")
+    cfg = RunConfig.from_run(run_dir)
+    if cfg is None:
+        path = RunDir(run_dir).config
+        raise KerassslError(f"{path}: nothing to resume (no {path.name} in the run directory)")
     if epochs is not None:
         if epochs < cfg.pretrain.epochs:
             raise KerassslError(
@@ -203,20 +209,6 @@ def resume_config(run_dir, epochs=None):
             )
         cfg = cfg.with_overrides({"pretrain.epochs": int(epochs)})
     return cfg
-
-
-def _make_preprocess(cfg, run_dir, train_images, resume):
-    """The run's Preprocess layer and whether it is new (to be saved once the run is accepted)."""
-    from kerasssl.data.clean import band_stats
-    from kerasssl.layers.preprocess import Preprocess, load_preprocess
-
-    path = Path(run_dir) / "preprocess.json"
-    if resume and path.exists():
-        return load_preprocess(path, dtype="float32"), False
-    stats = band_stats(train_images) if cfg.data.normalization == "dataset" else None
-    # float32: the views augment normalised pixels in full precision; the
-    # encoder casts to the compute dtype itself.
-    return Preprocess.from_data_config(cfg.data, stats=stats, dtype="float32"), True
 
 
 def _probe_callback(cfg, image_set, split, train_idx, val_idx):
@@ -252,12 +244,9 @@ def save_encoder(model, cfg, input_shape, path, train_images=None):
         encoder.set_weights(model.encoder.get_weights())
     finally:
         keras.mixed_precision.set_dtype_policy(policy)
-    path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.keras")
-    encoder.save(tmp)
-    if train_images is not None:
-        TrainingFingerprints({"pretrain": fingerprints(train_images)}).write(tmp, role="encoder")
-    tmp.replace(path)
+    trained_on = None if train_images is None else TrainingFingerprints({"pretrain": fingerprints(train_images)})
+    save_keras_atomic(encoder, path, finish=None if trained_on is None
+                      else lambda tmp: trained_on.write(tmp, role="encoder"))
     return encoder
 
 
@@ -266,7 +255,8 @@ class PretrainingPlan:
     """What :func:`plan_pretraining` found: all that :func:`pretrain` needs before its first write.
 
     Args:
-        run_dir: the directory this process writes (RUN, or a worker's private copy).
+        run_dir: the :class:`kerasssl.rundir.RunDir` this process writes (RUN, or a
+            worker's private copy).
         image_set / split: the data and the split the run will record.
         train_idx / val_idx: rows of the train and validation splits.
         checkpoint: the checkpoint to resume from (:func:`kerasssl.callbacks.load_checkpoint`), or None.
@@ -274,9 +264,10 @@ class PretrainingPlan:
         finish_only: every epoch is trained but ``encoder.keras`` was never written
             (killed after the last checkpoint): only the encoder and history are left to write.
         batch_size / steps_per_epoch: as the run will use them.
+        dist: the :class:`kerasssl.distribute.Distribution` it runs under.
     """
 
-    run_dir: Path
+    run_dir: RunDir
     image_set: object
     split: object
     train_idx: np.ndarray
@@ -286,6 +277,7 @@ class PretrainingPlan:
     finish_only: bool
     batch_size: int
     steps_per_epoch: int
+    dist: object = None
 
 
 def plan_pretraining(cfg: RunConfig, data_path, run_dir, *, resume=False, image_set=None, dist=None):
@@ -298,7 +290,7 @@ def plan_pretraining(cfg: RunConfig, data_path, run_dir, *, resume=False, image_
     Args:
         cfg / data_path / run_dir / resume: as for :func:`pretrain`.
         image_set: DATA already loaded (saves reading it again).
-        dist: the :func:`kerasssl.distribute.setup` result (default: set up from the config).
+        dist: the :func:`setup_distribution` result (default: set up here, before DATA is read).
 
     Returns:
         A :class:`PretrainingPlan`.
@@ -311,18 +303,17 @@ def plan_pretraining(cfg: RunConfig, data_path, run_dir, *, resume=False, image_
         >>> plan.done, len(plan.train_idx)
         (0, 252)
     """
-    from kerasssl import distribute
     from kerasssl.callbacks import has_checkpoint, load_checkpoint
     from kerasssl.data.load import check_data_path, load_images
-    from kerasssl.runcheck import check_split
+    from kerasssl.data.split import check_split
 
-    check_config(cfg)
+    check_components(cfg)
     if dist is None:
-        dist = distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
+        dist = setup_distribution(cfg)
     p = cfg.pretrain
-    run_dir = _worker_run_dir(dist, Path(run_dir), resume)
-    ckpt_dir = run_dir / "checkpoints"
-    has_encoder = (run_dir / "encoder.keras").exists()
+    run_dir = _worker_run_dir(dist, RunDir(run_dir), resume)
+    ckpt_dir = run_dir.checkpoints
+    has_encoder = run_dir.encoder.exists()
     checkpoint, done = None, 0
     if resume:
         checkpoint = load_checkpoint(ckpt_dir)  # the newest readable one (one warning if it skipped one)
@@ -354,7 +345,7 @@ def plan_pretraining(cfg: RunConfig, data_path, run_dir, *, resume=False, image_
     return PretrainingPlan(run_dir=run_dir, image_set=image_set, split=split, train_idx=train_idx,
                            val_idx=val_idx, checkpoint=checkpoint, done=done,
                            finish_only=resume and done == p.epochs, batch_size=batch_size,
-                           steps_per_epoch=steps_per_epoch)
+                           steps_per_epoch=steps_per_epoch, dist=dist)
 
 
 def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, image_set=None,
@@ -402,20 +393,23 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
     )
     from kerasssl.data.pipeline import make_dataset
     from kerasssl.data.split import load_or_create_split
+    from kerasssl.layers.preprocess import load_or_create_preprocess
 
-    check_config(cfg)
-    # Data parallelism (tf.distribute / keras.distribution) before any TF op.
-    dist = distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
-    if plan is None:
-        plan = plan_pretraining(cfg, data_path, run_dir, resume=resume, image_set=image_set, dist=dist)
-    run_dir, image_set = plan.run_dir, plan.image_set
-    ckpt_dir = run_dir / "checkpoints"
+    if plan is None:  # sets up data parallelism (tf.distribute / keras.distribution) before any TF op
+        plan = plan_pretraining(cfg, data_path, run_dir, resume=resume, image_set=image_set)
+    else:
+        check_components(cfg)
+    run_dir, image_set, dist = plan.run_dir, plan.image_set, plan.dist or setup_distribution(cfg)
+    ckpt_dir = run_dir.checkpoints
     p = cfg.pretrain
     train_images = image_set.images[plan.train_idx]
     input_shape = tuple(train_images.shape[1:])
 
     keras.utils.set_random_seed(cfg.seed)
-    preprocess, new_preprocess = _make_preprocess(cfg, run_dir, train_images, resume)
+    # float32: the views augment normalised pixels in full precision; the encoder
+    # casts to the compute dtype itself. A new one is saved once the run is accepted.
+    preprocess, new_preprocess = load_or_create_preprocess(run_dir.preprocess, cfg.data, train_images,
+                                                           reuse=resume, dtype="float32")
     with dist.scope():  # variables mirrored / sharded; Keras then splits each global batch
         model = build_pretraining_model(cfg, input_shape, preprocess, steps_per_epoch=plan.steps_per_epoch)
         if dist.num_replicas > 1 and p.sync_batchnorm:
@@ -428,12 +422,12 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
 
     # Accepted: from here on the run writes.
     if on_accepted is not None:
-        on_accepted(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+        on_accepted(run_dir.path)
+    run_dir.path.mkdir(parents=True, exist_ok=True)
     split = load_or_create_split(run_dir, image_set, cfg.data)
-    cfg.save(run_dir / CONFIG_FILE)
+    run_dir.save_config(cfg)
     if new_preprocess:
-        preprocess.preprocess_to_json(run_dir / "preprocess.json")
+        preprocess.preprocess_to_json(run_dir.preprocess)
     if plan.finish_only:
         log.info("%s: all %d epochs are checkpointed; writing the encoder", run_dir, plan.done)
         return _finish(model, cfg, input_shape, run_dir, history, dist, train_images)
@@ -447,7 +441,7 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
                            seed=cfg.seed + 1000 * plan.done, repeat=True, drop_remainder=True)
 
     def write_history(epoch, hist):
-        write_json_atomic(run_dir / "history.json", hist)
+        write_json_atomic(run_dir.history, hist)
 
     guard = NonFiniteLossGuard()
     callbacks = [LearningRateLogger()]
@@ -457,7 +451,7 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
     callbacks += [
         guard,
         EpochCheckpoint(ckpt_dir, history=history, on_saved=write_history),
-        ScalarEventWriter(run_dir / "tensorboard"),
+        ScalarEventWriter(run_dir.tensorboard),
     ]
     model.fit(dataset, epochs=p.epochs, initial_epoch=plan.done, steps_per_epoch=plan.steps_per_epoch,
               callbacks=callbacks, verbose=verbose, shuffle=False)
@@ -471,8 +465,8 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
 
 def _finish(model, cfg, input_shape, run_dir, history, dist, train_images):
     """The end of every run: RUN/encoder.keras (with what trained it) and the final RUN/history.json."""
-    save_encoder(model, cfg, input_shape, run_dir / "encoder.keras", train_images=train_images)
-    write_json_atomic(run_dir / "history.json", history)
+    save_encoder(model, cfg, input_shape, run_dir.encoder, train_images=train_images)
+    write_json_atomic(run_dir.history, history)
     dist.cleanup()
     return history
 
@@ -487,9 +481,9 @@ def _worker_run_dir(dist, run_dir, resume):
     """
     if dist.is_chief:
         return run_dir
-    private = dist.write_path(run_dir)
-    if resume and run_dir.exists():
+    private = dist.write_path(run_dir.path)
+    if resume and run_dir.path.exists():
         import shutil
 
-        shutil.copytree(run_dir, private, ignore=shutil.ignore_patterns("tensorboard", "*.tmp*"))
-    return private
+        shutil.copytree(run_dir.path, private, ignore=shutil.ignore_patterns(run_dir.tensorboard.name, "*.tmp*"))
+    return RunDir(private)

@@ -37,13 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
+from kerasssl.config import TFLITE_MODES
 from kerasssl.errors import DataError, KerassslError, first_line
 
 log = logging.getLogger(__name__)
 
 # Max |probability difference| vs the Keras model that an export may have.
-# The TFLite variants an export can write (--tflite).
-MODES = ("fp32", "fp16", "int8")
 PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
 # |val ROC-AUC change| of an int8 file above which export warns (the goal is <= 0.01).
 INT8_AUC_WARNING = 0.01
@@ -66,7 +65,7 @@ def convert(saved_model_dir, mode, representative=None):
     (segfault) on some graphs/calibration sets, and an export must fail with a
     clear line, not take the caller down.
     """
-    if mode not in MODES:
+    if mode not in TFLITE_MODES:  # the variants an export can write (--tflite)
         raise KerassslError(f"unknown TFLite mode {mode!r}")
     if mode == "int8":
         if representative is None or len(representative) == 0:

@@ -34,6 +34,11 @@ def test_pretrain_cli_config_replay_and_resume(hst_folder, tmp_path, capsys):
     assert (cfg.pretrain.method, cfg.pretrain.encoder, cfg.data.image_size, cfg.pretrain.batch_size,
             cfg.pretrain.steps_per_epoch, cfg.seed, cfg.data.seed) == ("vicreg", "tiny", 32, 8, 1, 3, 3)
     assert (run / "runs.jsonl").exists() and (run / "encoder.keras").exists()
+    # The run's record: what the command read and wrote, and the config it ran with.
+    entry = json.loads((run / "runs.jsonl").read_text().splitlines()[-1])
+    assert entry["command"] == "pretrain" and entry["argv"] == ["kerasssl", *argv]
+    assert entry["reads"] == {"data": str(hst_folder)} and str(run / "encoder.keras") in entry["writes"]
+    assert RunConfig.from_dict(entry["config"]) == cfg
 
     # --resume: the saved config, only --epochs may change.
     code, out, err = _run(["pretrain", str(hst_folder), "--run-dir", str(run), "--resume", "--epochs", "2"], capsys)

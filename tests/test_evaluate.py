@@ -192,6 +192,27 @@ def test_evaluate_refuses_another_runs_training_images_copied_under_other_names(
     assert {k: report["overlap"][k]["n_files"] for k in want} == want
     carried = report["overlap_guard"]["training_fingerprints"][str(run_a / "classifier.keras")]
     assert carried == {"pretrain": len(a["train"]), "finetune": len(a["labeled"])}
+    # The accepted command is in run B's record, with the files it wrote; the refused one is not.
+    entries = [json.loads(line) for line in (run_b / "runs.jsonl").read_text().splitlines()]
+    assert [e["command"] for e in entries] == ["evaluate"] and entries[0]["argv"][-1] == "--allow-overlap"
+    assert entries[0]["writes"] == [str(tmp_path / "report.json"), str(tmp_path / "roc.png")]
+    assert entries[0]["reads"]["model"] == str(run_a / "classifier.keras")
+
+
+def test_too_few_bootstrap_resamples_are_refused_by_the_config(tmp_path_factory, tmp_path, capsys):
+    from kerasssl.cli import main
+    from test_classifier import fit_run
+
+    data, run = fit_run(tmp_path_factory)
+    before = (run / "runs.jsonl").read_bytes()
+    with pytest.raises(KerassslError, match=r"evaluate.bootstrap \(--bootstrap\) must be an integer of at least 10"):
+        ev.evaluate_run(run / "classifier.keras", data, run, bootstrap=5, report_path=tmp_path / "r.json")
+    with pytest.raises(SystemExit) as e:
+        main(["evaluate", str(run / "classifier.keras"), str(data), "--run-dir", str(run), "--bootstrap", "5",
+              "--report", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("kerasssl: error: evaluate.bootstrap") and "\n" not in err, err
+    assert not (tmp_path / "r.json").exists() and (run / "runs.jsonl").read_bytes() == before
 
 
 def test_a_model_without_fingerprints_is_guarded_by_file_names_only_and_says_so(tmp_path, caplog):

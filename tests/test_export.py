@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 from kerasssl.errors import KerassslError
-from kerasssl.export import METADATA_FILE, export_saved_model, read_metadata
+from kerasssl.export import METADATA_FILE, export_model, export_saved_model, read_metadata
 from kerasssl.layers import Preprocess, RandomDihedral
 
 SIZE = 16
@@ -71,8 +71,9 @@ def shared_export(tmp_path_factory):
         model.save(run / "classifier.keras")
         (run / "runs.jsonl").write_text(json.dumps({"time": "2026-11-27T21:00:00+0000", "argv": []}) + "\n")
         (run / "finetune.json").write_text(json.dumps({"class_names": ["nonlenses", "lenses"]}))
-        path = export_saved_model(run / "classifier.keras", root / "saved_models", "lens_finder", tflite="fp32")
-        _SHARED["export"] = (model, run, path)
+        result = export_model(run / "classifier.keras", root / "saved_models", "lens_finder", tflite="fp32")
+        _SHARED["export"] = (model, run, result.path)
+        _SHARED["export_result"] = result
     return _SHARED["export"]
 
 
@@ -190,6 +191,19 @@ def test_cli_export_refuses_an_existing_version(exported, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("kerasssl: error:") and "already exists" in err and "\n" not in err
     assert sorted(p.name for p in path.parent.iterdir()) == ["1"]
+
+
+def test_export_returns_what_the_cli_prints(exported):
+    _, path = exported
+    result = _SHARED["export_result"]
+    assert result.path == path and result.metadata == read_metadata(path)
+    assert result.tflite_path == path / "lens_finder_fp32.tflite" and result.tflite_path.is_file()
+    assert result.parity == json.loads((path / "lens_finder_fp32.parity.json").read_text())
+    lines = result.summary_lines()
+    assert lines[0] == f"SavedModel: {path}" and lines[1].startswith("signatures: serving_default, embed")
+    assert lines[3] == "classes: ['nonlenses', 'lenses']"
+    assert lines[4].startswith(f"TFLite fp32: {result.tflite_path} (max |diff| vs Keras "
+                               f"{result.parity['max_abs_diff']:.2e}")
 
 
 def test_cli_export_writes_the_next_version(tmp_path, capsys):

@@ -174,6 +174,7 @@ def test_supervised_finetune_creates_the_run(supervised_run):
     cfg, data, run, record = supervised_run
     for name in ("classifier.keras", "finetune.json", "split.json", "preprocess.json"):
         assert (run / name).exists(), name
+    assert RunConfig.load(run / "config.yaml") == cfg  # an API run records its config too (not only the CLI)
     split = json.loads((run / "split.json").read_text())
     saved = json.loads((run / "finetune.json").read_text())["models"]["classifier.keras"]
     assert saved["mode"] == "supervised" and saved["labels_fraction"] == 0.5

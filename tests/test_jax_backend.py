@@ -110,11 +110,13 @@ def test_export_of_jax_trained_encoder(jax_run, tmp_path):
     import keras
 
     from kerasssl.export import export_saved_model
-    from kerasssl.finetune import build_classifier, load_preprocess, load_pretrained_encoder
+    from kerasssl.finetune import build_classifier, load_pretrained_encoder
+    from kerasssl.layers.preprocess import load_preprocess
+    from kerasssl.rundir import RunDir
 
     run_dir = jax_run["run_dir"]
     encoder = load_pretrained_encoder(run_dir, (16, 16, 1))
-    preprocess = load_preprocess(run_dir)
+    preprocess = load_preprocess(RunDir(run_dir).preprocess)
     model = build_classifier(encoder, preprocess, 2, input_shape=(16, 16, 1))
     images = np.random.default_rng(1).normal(5.0, 2.0, size=(4, 16, 16, 1)).astype("float32")
     version = export_saved_model(model, tmp_path / "saved", "lens_finder", tflite="fp32",

@@ -78,6 +78,10 @@ def test_pretrain_run_dir_and_resume_after_crash(hst_folder, tmp_path, monkeypat
     assert encoder.input_shape == (None, 32, 32, 1)
     with pytest.raises(KerassslError, match="only be raised"):
         pt.resume_config(run, epochs=1)
+    # The API refuses other settings on resume (the CLI passes its flags).
+    with pytest.raises(KerassslError, match=r"only --epochs may be given \(got --seed, --method\)"):
+        pt.resume_config(run, epochs=4, given={"--seed": 1, "--encoder": None, "--method": "byol"})
+    assert pt.resume_config(run, epochs=4, given={"--seed": None}).pretrain.epochs == 4
     with pytest.raises(KerassslError, match="already trained 3"):
         pt.pretrain(pt.resume_config(run), hst_folder, run, resume=True, verbose=0)
 
@@ -142,10 +146,12 @@ def test_knn_scores_match_bruteforce_vote_and_auc():
 
 
 def test_bad_config_is_one_line_error(hst_folder, tmp_path):
-    for cfg, match in ((_cfg(method="no_such_method"), "unknown method"), (_cfg(precision="float8"), "precision"),
-                       (_cfg(epochs=0), "epochs"), (_cfg(method_options={"temp": 1}), "unknown option")):
+    # A bad value is refused when the config is built (RunConfig validates its sections), a
+    # name the registries lack or a method option the method lacks when pretraining starts.
+    for options, match in (({"method": "no_such_method"}, "unknown method"), ({"precision": "float8"}, "precision"),
+                           ({"epochs": 0}, "epochs"), ({"method_options": {"temp": 1}}, "unknown option")):
         with pytest.raises(KerassslError, match=match):
-            pt.pretrain(cfg, hst_folder, tmp_path / "bad", verbose=0)
+            pt.pretrain(_cfg(**options), hst_folder, tmp_path / "bad", verbose=0)
     with pytest.raises(KerassslError, match="no checkpoint"):
         pt.pretrain(_cfg(), hst_folder, tmp_path / "none", resume=True, verbose=0)
 

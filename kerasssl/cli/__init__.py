@@ -108,7 +108,8 @@ def _main(args):
     # export all make such calls; the call is right, the noise is not.
     warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
     try:
-        cli.main(args=args, prog_name="kerasssl", standalone_mode=False)
+        # obj: the command line as given (main(argv) need not be sys.argv), for the run's record.
+        cli.main(args=args, prog_name="kerasssl", standalone_mode=False, obj={"argv": ["kerasssl", *args]})
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(1)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import data_options
-from kerasssl.evaluate import SPLIT_NAMES
+from kerasssl.cli.options import command_line, data_options
+from kerasssl.config import EVALUATE_SPLITS
 
 
 @click.command(name="evaluate")
@@ -13,7 +13,7 @@ from kerasssl.evaluate import SPLIT_NAMES
 @click.argument("data", type=click.Path(path_type=Path))  # may be a TFRecord glob
 @click.option("--run-dir", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory holding split.json (which files are in which split).")
-@click.option("--split", type=click.Choice(SPLIT_NAMES), default=None,
+@click.option("--split", type=click.Choice(EVALUATE_SPLITS), default=None,
               help="Split to evaluate on.  [default: config, test]")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Report JSON to write.  [default: RUN/report.json]")
@@ -37,19 +37,20 @@ def evaluate(model, data, run_dir, split, report_path, plot_path, baseline_path,
     """
     from kerasssl.config import RunConfig
     from kerasssl.evaluate import evaluate_run
-    from kerasssl.runinfo import record_invocation
+    from kerasssl.rundir import REPORT, ROC_PLOT, RunDir, recorder
 
-    cfg = RunConfig.load(run_dir / "config.yaml") if (run_dir / "config.yaml").exists() else RunConfig()
-    cfg = cfg.with_overrides({"data.allow_pickle": allow_pickle, "data.channel_axis": channel_axis})
-    if bootstrap is not None and bootstrap < 10:
-        raise click.BadParameter("at least 10 resamples", param_hint="--bootstrap")
-    report_path = report_path or run_dir / "report.json"
-    plot_path = plot_path or run_dir / "roc.png"
-    report = evaluate_run(model, data, run_dir, split=split or cfg.evaluate.split,
-                          report_path=report_path, plot_path=plot_path, cfg=cfg,
-                          allow_overlap=allow_overlap or cfg.evaluate.allow_overlap,
-                          baseline_path=baseline_path, bootstrap=bootstrap)
-    record_invocation(run_dir)
+    run = RunDir(run_dir)
+    cfg = RunConfig.from_run(run) or RunConfig()
+    # The evaluate section checks the flags too (e.g. --bootstrap: at least 10 resamples).
+    cfg = cfg.with_overrides({"data.allow_pickle": allow_pickle, "data.channel_axis": channel_axis,
+                              "evaluate.split": split, "evaluate.bootstrap": bootstrap,
+                              "evaluate.allow_overlap": True if allow_overlap else None})
+    report_path = report_path or run.report
+    plot_path = plot_path or run.roc_plot
+    report = evaluate_run(model, data, run, report_path=report_path, plot_path=plot_path, cfg=cfg,
+                          baseline_path=baseline_path)
+    recorder("evaluate", config=cfg, reads={"model": model, "data": data, "baseline": baseline_path},
+             moved={REPORT: report_path, ROC_PLOT: plot_path}, argv=command_line())(run_dir)
     low, high = report["roc_auc_ci"]
     click.echo(f"ROC-AUC {report['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}), "
                f"PR-AUC {report['pr_auc']:.3f}, accuracy {report['accuracy']:.3f} "

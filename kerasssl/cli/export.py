@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from kerasssl.tflite import MODES as TFLITE_MODES
+from kerasssl.config import TFLITE_MODES
 
 
 @click.command(name="export")
@@ -30,21 +30,8 @@ def export(model, name, base_dir, version, tflite, data, run_dir):
     tf.Example -> probabilities). Inference mode only: augmentation and dropout
     are off. The version appears atomically; on failure nothing is left behind.
     """
-    from kerasssl.export import export_saved_model, read_metadata
+    from kerasssl.export import export_model
 
-    path = export_saved_model(model, base_dir, name, version=version, tflite=tflite, data=data, run_dir=run_dir)
-    metadata = read_metadata(path) or {}
-    click.echo(f"SavedModel: {path}")
-    click.echo(f"signatures: {', '.join(metadata.get('signatures', []))}")
-    click.echo(f"input: images float32 {metadata.get('input', {}).get('shape')} (raw pixels, H, W, C)")
-    click.echo(f"classes: {metadata.get('class_names')}")
-    if tflite:
-        import json
-
-        tflite_path = path / f"{name}_{tflite}.tflite"
-        parity = json.loads(tflite_path.with_suffix(".parity.json").read_text())
-        line = f"TFLite {tflite}: {tflite_path} (max |diff| vs Keras {parity['max_abs_diff']:.2e}"
-        auc = parity.get("auc")
-        if auc:
-            line += f"; val ROC-AUC {auc['keras']:.4f} -> {auc['tflite']:.4f} ({auc['change']:+.4f})"
-        click.echo(line + ")")
+    result = export_model(model, base_dir, name, version=version, tflite=tflite, data=data, run_dir=run_dir)
+    for line in result.summary_lines():
+        click.echo(line)

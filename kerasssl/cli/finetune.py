@@ -4,13 +4,14 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import data_options
+from kerasssl.cli.options import command_line, data_options
+from kerasssl.config import FINETUNE_MODES
 
 
 @click.command(name="finetune")
 @click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))  # may be a TFRecord glob
-@click.option("--mode", type=click.Choice(["linear", "full", "supervised"]), default=None,
+@click.option("--mode", type=click.Choice(FINETUNE_MODES), default=None,
               help="linear: frozen encoder; full: encoder at a lower learning rate; "
                    "supervised: same architecture from random weights.  [default: config, linear]")
 @click.option("--labels-fraction", type=float, default=None,
@@ -35,21 +36,18 @@ def finetune(run_dir, data, mode, labels_fraction, epochs, batch_size, config_pa
     """
     from kerasssl.config import RunConfig
     from kerasssl.finetune import finetune as run_finetune
-    from kerasssl.data.load import check_data_path
-    from kerasssl.runinfo import record_invocation
+    from kerasssl.rundir import CLASSIFIER, RunDir, recorder
 
-    if config_path is None and (run_dir / "config.yaml").exists():
-        config_path = run_dir / "config.yaml"
+    run = RunDir(run_dir)
+    if config_path is None and run.config.exists():
+        config_path = run.config
     cfg = RunConfig.load(config_path) if config_path else RunConfig()
     cfg = cfg.with_overrides({"finetune.seed": seed, "pretrain.encoder": encoder,
                               "data.allow_pickle": allow_pickle, "data.channel_axis": channel_axis})
-    check_data_path(data)  # unreadable DATA: one line, and RUN is left untouched
-
-    def accepted(run_dir):  # only once every check passed: a refused fine-tune writes nothing
-        record_invocation(run_dir)
-        if not (run_dir / "config.yaml").exists():
-            cfg.save(run_dir / "config.yaml")
-
+    pretrained = (mode or cfg.finetune.mode) != "supervised"
+    # finetune() checks everything before its first write; the command is recorded only then.
+    accepted = recorder("finetune", config=cfg, moved={CLASSIFIER: output}, argv=command_line(),
+                        reads={"data": data, "config": config_path, "encoder": run.encoder if pretrained else None})
     record = run_finetune(cfg, data, run_dir, mode=mode, labels_fraction=labels_fraction,
                           epochs=epochs, batch_size=batch_size, output=output, on_accepted=accepted)
     best = record.get("best_val_roc_auc")

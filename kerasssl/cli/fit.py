@@ -4,7 +4,8 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import data_options, distribution_options
+from kerasssl.cli.options import command_line, data_options, distribution_options
+from kerasssl.config import FINETUNE_MODES, PRECISIONS
 
 
 @click.command(name="fit")
@@ -19,10 +20,10 @@ from kerasssl.cli.options import data_options, distribution_options
 @click.option("--encoder", default=None, help="Encoder: efficientnetb0..b7, efficientnetv2*, resnet50, tiny.")
 @click.option("--image-size", type=int, default=None, help="Centre-crop images to this size (data.image_size).")
 @click.option("--batch-size", type=int, default=None, help="Pretraining batch size (pretrain.batch_size).")
-@click.option("--precision", type=click.Choice(["float32", "mixed_float16", "mixed_bfloat16"]), default=None,
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
               help="Keras dtype policy for pretraining.")
 @click.option("--labels-fraction", type=float, default=None, help="Fraction of the training labels to fine-tune on.")
-@click.option("--mode", type=click.Choice(["linear", "full", "supervised"]), default=None,
+@click.option("--mode", type=click.Choice(FINETUNE_MODES), default=None,
               help="Fine-tune mode (supervised skips pretraining).")
 @click.option("--seed", type=int, default=None, help="Seed of the split, pretraining and fine-tuning.")
 @click.option("--no-export", is_flag=True, default=False, help="Skip the SavedModel export.")
@@ -39,8 +40,7 @@ def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, im
     from kerasssl.config import RunConfig
     from kerasssl.fit import fit as run_fit
     from kerasssl.fit import summary_lines
-    from kerasssl.data.load import check_data_path
-    from kerasssl.runinfo import record_invocation
+    from kerasssl.rundir import SAVED_MODELS, recorder
 
     cfg = RunConfig.load(config_path) if config_path else RunConfig()
     cfg = cfg.with_overrides({
@@ -63,14 +63,12 @@ def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, im
         "data.allow_pickle": allow_pickle,
         "data.channel_axis": channel_axis,
     })
-    if cfg.pretrain.strategy != "none":
-        from kerasssl import distribute
-
-        # Before any TF op: logical CPUs / collectives are configured only then.
-        distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
-    check_data_path(data)  # unreadable DATA: one line, and RUN is left untouched
-    # The command line is recorded only once the job is accepted (a refused one writes nothing).
-    summary = run_fit(cfg, data, run_dir, progress=click.echo, on_accepted=record_invocation)
+    # fit() checks everything (and sets up the devices) before its first write; the command
+    # is recorded only once the job is accepted (a refused one writes nothing).
+    accepted = recorder("fit", reads={"data": data, "config": config_path}, config=cfg,
+                        moved={SAVED_MODELS: cfg.export.base_dir}, argv=command_line(),
+                        without=() if cfg.export.enabled else (SAVED_MODELS,))
+    summary = run_fit(cfg, data, run_dir, progress=click.echo, on_accepted=accepted)
     click.echo("")
     for line in summary_lines(summary):
         click.echo(line)

@@ -2,9 +2,20 @@
 
 import click
 
+from kerasssl.config import STRATEGIES
+
 
 def _channel_axis(ctx, param, value):
     return None if value is None else ("first" if value else "last")
+
+
+def command_line() -> list:
+    """The command line being run, as ``kerasssl.cli.main`` got it (for ``RUN/runs.jsonl``)."""
+    import sys
+
+    ctx = click.get_current_context(silent=True)
+    obj = ctx.find_root().obj if ctx is not None else None
+    return list(obj["argv"]) if isinstance(obj, dict) and "argv" in obj else list(sys.argv)
 
 
 def data_options(command):
@@ -36,7 +47,7 @@ def distribution_options(command):
         "--cpu-devices", "cpu_devices", type=click.IntRange(min=1), default=None,
         help="Split the CPU into N logical devices for --strategy mirrored (pretrain.cpu_devices).")(command)
     command = click.option(
-        "--strategy", type=click.Choice(["none", "mirrored", "multiworker"]), default=None,
+        "--strategy", type=click.Choice(STRATEGIES), default=None,
         help="Data-parallel pretraining (pretrain.strategy): mirrored = local GPUs (or --cpu-devices; "
              "JAX: DataParallel), multiworker = MultiWorkerMirroredStrategy from TF_CONFIG.")(command)
     return command

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import data_options, distribution_options
-
-PRECISIONS = ["float32", "mixed_float16", "mixed_bfloat16"]
+from kerasssl.cli.options import command_line, data_options, distribution_options
+from kerasssl.config import PRECISIONS
 
 
 @click.command(name="pretrain")
@@ -37,24 +36,16 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
     Writes RUN/config.yaml, RUN/split.json, RUN/preprocess.json, RUN/history.json,
     RUN/checkpoints/, RUN/tensorboard/ and RUN/encoder.keras.
     """
-    from kerasssl import distribute
     from kerasssl.config import RunConfig
-    from kerasssl.errors import KerassslError
-    from kerasssl.pretrain import check_config, resume_config
     from kerasssl.pretrain import pretrain as run_pretrain
-    from kerasssl.data.load import check_data_path
-    from kerasssl.runinfo import record_invocation
+    from kerasssl.pretrain import resume_config
+    from kerasssl.rundir import RunDir, recorder
 
     if resume:
-        changed = [name for name, value in (("--method", method), ("--encoder", encoder),
-                                            ("--image-size", image_size), ("--batch-size", batch_size),
-                                            ("--precision", precision), ("--steps-per-epoch", steps_per_epoch),
-                                            ("--config", config_path), ("--seed", seed),
-                                            ("--channels-first/--channels-last", channel_axis)) if value is not None]
-        if changed:
-            raise KerassslError(f"with --resume the run's saved config is used; only --epochs may be given "
-                                f"(got {', '.join(changed)})")
-        cfg = resume_config(run_dir, epochs)
+        cfg = resume_config(run_dir, epochs, given={
+            "--method": method, "--encoder": encoder, "--image-size": image_size, "--batch-size": batch_size,
+            "--precision": precision, "--steps-per-epoch": steps_per_epoch, "--config": config_path,
+            "--seed": seed, "--channels-first/--channels-last": channel_axis})
     else:
         cfg = RunConfig.load(config_path) if config_path else RunConfig()
         cfg = cfg.with_overrides({
@@ -73,15 +64,12 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
     # So may --allow-pickle: it changes which files can be read, not what is read from them.
     cfg = cfg.with_overrides({"pretrain.strategy": strategy, "pretrain.cpu_devices": cpu_devices,
                               "pretrain.sync_batchnorm": sync_batchnorm, "data.allow_pickle": allow_pickle})
-    # Before any TF op: logical CPUs and collective ops are configured only then.
-    distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
-    check_config(cfg)  # bad settings: one line, before anything is written into RUN
-    check_data_path(data)  # unreadable DATA: one line, and RUN is left untouched
-    # The command line is recorded only once the run is accepted (a refused one writes nothing);
-    # pretrain passes the chief RUN, a worker its private copy.
+    # pretrain() checks everything (and sets up the devices) before its first write; the command
+    # is recorded only once the run is accepted, in the chief's RUN (a worker's private copy).
     history = run_pretrain(cfg, data, run_dir, resume=resume, verbose=1 if sys.stderr.isatty() else 2,
-                           on_accepted=record_invocation)
+                           on_accepted=recorder("pretrain", reads={"data": data, "config": config_path},
+                                                config=cfg, argv=command_line()))
     last = {k: v[-1] for k, v in history.items() if v}
     shown = ", ".join(f"{k} {last[k]:.4g}" for k in ("loss", "embedding_std", "val_knn_auc") if k in last)
     click.echo(f"pretrained {cfg.pretrain.encoder} with {cfg.pretrain.method} for {len(history.get('loss', []))} "
-               f"epoch(s): {shown}; encoder -> {run_dir / 'encoder.keras'}")
+               f"epoch(s): {shown}; encoder -> {RunDir(run_dir).encoder}")

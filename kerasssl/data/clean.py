@@ -34,10 +34,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from kerasssl.config import NAN_POLICIES, NORMALIZATIONS
 from kerasssl.errors import KerassslError
 
-NAN_POLICIES = ("zero", "median", "mean")
-NORMALIZATIONS = ("none", "minmax", "zscore", "asinh", "dataset")
 MAD_TO_SIGMA = 1.4826  # sigma of a Gaussian = 1.4826 * its median absolute deviation
 DEFAULT_ASINH_SOFTENING = 3.0
 

@@ -15,13 +15,13 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from kerasssl.data.load import load_images
-from kerasssl.data.split import SPLIT_FILE, Split
+from kerasssl.data.split import Split
+from kerasssl.rundir import RunDir
 from kerasssl.errors import DataError, KerassslError
 
 # How many images feed int8 calibration (train split), parity (val) and the AUC check (val).
@@ -95,7 +95,7 @@ class SampleData:
         height, width, _ = image_shape
         image_set = load_images(data, image_size=height if height == width else None)
         images = _check_images(image_set.images, image_shape, str(data))
-        split_path = Path(run_dir) / SPLIT_FILE if run_dir is not None else None
+        split_path = RunDir(run_dir).split if run_dir is not None else None
         if split_path is None or not split_path.exists():
             return cls(
                 parity_images=_with_nan_variant(images[:MAX_PARITY]),

@@ -37,17 +37,11 @@ from typing import Dict, List
 
 import numpy as np
 
+from kerasssl.config import SPLIT_NAMES
 from kerasssl.errors import DataError, KerassslError
-from kerasssl.runinfo import read_json, write_json_atomic
+from kerasssl.rundir import RunDir, read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
-
-#: The file lists a split holds (the keys of ``split.json``, in its order).
-SPLIT_NAMES = ("train", "val", "test", "labeled", "unlabeled")
-#: What a model can be evaluated on: a recorded split, held-out ones first (the
-#: CLI's choice order), or "all" (every image of DATA).
-EVALUATION_SPLITS = ("test", "val", "train", "labeled", "unlabeled", "all")
-SPLIT_FILE = "split.json"
 
 
 def hash_rank_key(seed: int, relpath: str) -> str:
@@ -319,6 +313,23 @@ def check_class_counts(image_set, val_fraction: float, test_fraction: float) -> 
         )
 
 
+def check_split(run_dir, image_set, data_cfg, labels_fraction=None) -> Split:
+    """The split :func:`load_or_create_split` will give this run, without writing it.
+
+    Refuses what it refuses (a recorded split naming files absent from the data,
+    bad fractions, too few images per class), so a stage can fail before its
+    first write; it calls :func:`load_or_create_split` once it is accepted.
+
+    Args:
+        run_dir: the run directory (need not exist).
+        image_set / data_cfg / labels_fraction: as for :func:`load_or_create_split`.
+
+    Example:
+        >>> split = check_split("runs/a", image_set, cfg.data, labels_fraction=0.1)  # writes nothing
+    """
+    return _run_split(RunDir(run_dir).split, image_set, data_cfg, labels_fraction)[0]
+
+
 def load_or_create_split(run_dir, image_set, data_cfg, labels_fraction=None) -> Split:
     """The run's split: read ``RUN/split.json``, or make it from ``data_cfg`` and write it.
 
@@ -341,36 +352,44 @@ def load_or_create_split(run_dir, image_set, data_cfg, labels_fraction=None) -> 
     Example:
         >>> split = load_or_create_split("runs/a", data, cfg.data, labels_fraction=0.1)
     """
-    path = Path(run_dir) / SPLIT_FILE
+    path = RunDir(run_dir).split
+    recorded = path.exists()
+    split, changed = _run_split(path, image_set, data_cfg, labels_fraction)
+    if recorded:
+        wanted = (data_cfg.seed, data_cfg.val_fraction, data_cfg.test_fraction)
+        if wanted != (split.seed, split.val_fraction, split.test_fraction):
+            logger.warning(
+                "%s: keeping the run's recorded split (seed %s, val %s, test %s); the config's "
+                "seed %s, val %s, test %s apply to new runs only",
+                path, split.seed, split.val_fraction, split.test_fraction, *wanted,
+            )
+        extra = len(set(image_set.files)) - len(set(split.train + split.val + split.test))
+        if extra > 0:
+            logger.warning("%s: %d file(s) of the data are not in the run's split and are unused",
+                           path, extra)
+    if changed:
+        split.save(path)
+        if recorded:
+            logger.info("%s: labeled set re-derived for labels fraction %s", path, labels_fraction)
+    return split
+
+
+def _run_split(path, image_set, data_cfg, labels_fraction):
+    """``(split, new)``: the split recorded at ``path`` (checked against the data, its
+    labelled set re-derived for ``labels_fraction``) or a new one; ``new`` when it
+    differs from what ``path`` holds."""
     if not path.exists():
         labels_fraction = 1.0 if labels_fraction is None else labels_fraction
-        split = make_split(image_set, data_cfg.val_fraction, data_cfg.test_fraction,
-                           labels_fraction, data_cfg.seed)
-        split.save(path)
-        return split
-
+        return make_split(image_set, data_cfg.val_fraction, data_cfg.test_fraction,
+                          labels_fraction, data_cfg.seed), True
     split = Split.load(path)
     known = set(image_set.files)
-    recorded = split.train + split.val + split.test
-    missing = [f for f in recorded if f not in known]
+    missing = [f for f in split.train + split.val + split.test if f not in known]
     if missing:
         raise KerassslError(
             f"{path}: the run's split names {len(missing)} file(s) absent from "
             f"{image_set.root} (e.g. {missing[0]}); use the run's data or a new run directory"
         )
-    wanted = (data_cfg.seed, data_cfg.val_fraction, data_cfg.test_fraction)
-    if wanted != (split.seed, split.val_fraction, split.test_fraction):
-        logger.warning(
-            "%s: keeping the run's recorded split (seed %s, val %s, test %s); the config's "
-            "seed %s, val %s, test %s apply to new runs only",
-            path, split.seed, split.val_fraction, split.test_fraction, *wanted,
-        )
-    extra = len(known) - len(set(recorded))
-    if extra > 0:
-        logger.warning("%s: %d file(s) of the data are not in the run's split and are unused",
-                       path, extra)
     if labels_fraction is not None and not np.isclose(labels_fraction, split.labels_fraction):
-        split = split.with_labels_fraction(image_set, labels_fraction)
-        split.save(path)
-        logger.info("%s: labeled set re-derived for labels fraction %s", path, labels_fraction)
-    return split
+        return split.with_labels_fraction(image_set, labels_fraction), True
+    return split, False

@@ -18,14 +18,10 @@ from pathlib import Path
 import keras
 from keras import ops
 
-from kerasssl.data.clean import (
-    DEFAULT_ASINH_SOFTENING,
-    MAD_TO_SIGMA,
-    NAN_POLICIES,
-    NORMALIZATIONS,
-)
+from kerasssl.config import NAN_POLICIES, NORMALIZATIONS
+from kerasssl.data.clean import DEFAULT_ASINH_SOFTENING, MAD_TO_SIGMA, band_stats
 from kerasssl.errors import KerassslError
-from kerasssl.runinfo import read_json
+from kerasssl.rundir import read_json, write_json_atomic
 
 
 def _band_pixels(x):
@@ -352,12 +348,10 @@ def preprocess_to_json(layer: Preprocess, path) -> None:
         path: output file; written via a temporary file so it is never half-written.
 
     Example:
-        >>> preprocess_to_json(pre, run_dir / "preprocess.json")
-        >>> load_preprocess(run_dir / "preprocess.json").get_config()["normalization"]
+        >>> preprocess_to_json(pre, run.preprocess)  # run = kerasssl.rundir.RunDir(...)
+        >>> load_preprocess(run.preprocess).get_config()["normalization"]
         'asinh'
     """
-    from kerasssl.runinfo import write_json_atomic
-
     config = layer.get_config()
     write_json_atomic(path, {k: config[k] for k in _JSON_KEYS})
 
@@ -383,3 +377,38 @@ def load_preprocess(path, **kwargs) -> Preprocess:
         return Preprocess(**settings, **kwargs)
     except KerassslError as e:
         raise KerassslError(f"{path}: {e}") from None
+
+
+def load_or_create_preprocess(path, data_cfg=None, train_images=None, *, reuse=True, **kwargs):
+    """A run's Preprocess layer: read from ``path`` (``RUN/preprocess.json``), or made anew.
+
+    The one place pretraining and fine-tuning get it. A new layer comes from the
+    data config, with the band statistics of ``train_images`` when
+    ``data_cfg.normalization`` is "dataset"; it is not saved here (the caller
+    saves it once its run is accepted: :func:`preprocess_to_json`).
+
+    Args:
+        path: the settings file (``RunDir.preprocess``).
+        data_cfg: the run's :class:`kerasssl.config.DataConfig` (needed to make one).
+        train_images: the training split's raw images (needed to make one).
+        reuse: read an existing file (False: always make a new layer, as a
+            fresh pretraining does).
+        **kwargs: further layer arguments (name, dtype).
+
+    Returns:
+        ``(layer, created)``: ``created`` is True for a new layer, to be saved.
+
+    Raises:
+        KerassslError: no file to read and nothing to make one from, or a bad file.
+
+    Example:
+        >>> pre, created = load_or_create_preprocess(run.preprocess, cfg.data, x_train)
+        >>> if created: preprocess_to_json(pre, run.preprocess)
+    """
+    path = Path(path)
+    if reuse and path.exists():
+        return load_preprocess(path, **kwargs), False
+    if data_cfg is None or train_images is None:
+        raise KerassslError(f"{path}: missing; pretrain first or use --mode supervised")
+    stats = band_stats(train_images) if data_cfg.normalization == "dataset" else None
+    return Preprocess.from_data_config(data_cfg, stats=stats, **kwargs), True

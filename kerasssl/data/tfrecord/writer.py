@@ -29,7 +29,7 @@ from kerasssl.data.folders import scan
 from kerasssl.data.tfrecord.records import FEATURE_DOCS, encode_example
 from kerasssl.data.tfrecord.shards import COMPRESSIONS, MANIFEST_NAME, shard_name
 from kerasssl.errors import DataError, KerassslError
-from kerasssl.runinfo import write_json_atomic
+from kerasssl.rundir import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
