@@ -224,7 +224,7 @@ class _Pending:
         self.probabilities.append(probabilities)
         if features is not None and len(features):
             self.features.append(features)
-        self.position = [batch.source, batch.next_offset]
+        self.position = list(batch.next_position)
         self.items += len(batch.ids) + len(batch.bad)
 
 

@@ -290,11 +290,54 @@ class ImageReader:
     image_shape: tuple
     channel_axis: str = "auto"
     allow_pickle: bool = False
+    _known_header: Optional[tuple] = field(default=None, init=False, repr=False, compare=False)
 
     def read_file(self, path) -> np.ndarray:
         from kerasssl.data.arrays import read_array
 
-        return self.fit(read_array(path, allow_pickle=self.allow_pickle), path)
+        array = self._read_known_npy(path)
+        if array is None:
+            array = read_array(path, allow_pickle=self.allow_pickle)  # every check, then learn its header
+            self._learn_header(path)
+        return self.fit(array, path)
+
+    # A survey's .npy files nearly all share one header (same dtype and shape).
+    # Parsing it (np.load's literal_eval, plus the size check's own parse) costs
+    # more than reading a small cutout, so a file whose header bytes equal the
+    # last fully checked file's gets that file's verdict; only the size is checked again.
+
+    def _read_known_npy(self, path):
+        known = self._known_header
+        if known is None or not str(path).lower().endswith(".npy"):
+            return None
+        prefix, shape, dtype, fortran, nbytes = known
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError:
+            return None  # read_array names the problem
+        if not data.startswith(prefix) or len(data) < len(prefix) + nbytes:
+            return None
+        array = np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=len(prefix))
+        return array.reshape(shape, order="F" if fortran else "C").astype(np.float32)
+
+    def _learn_header(self, path):
+        import io
+
+        if not str(path).lower().endswith(".npy"):
+            return
+        try:
+            with open(path, "rb") as f:
+                head = f.read(1 << 16)
+            buffer = io.BytesIO(head)
+            version = np.lib.format.read_magic(buffer)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(buffer)
+        except (OSError, ValueError, EOFError):
+            return
+        if not dtype.hasobject:
+            self._known_header = (head[:buffer.tell()], tuple(shape), dtype, bool(fortran),
+                                  int(np.prod(shape)) * dtype.itemsize)
 
     def read_record(self, serialized: bytes, where: str, channel_axis=None) -> np.ndarray:
         """One serialized ``tf.Example`` with ``image`` (raw little-endian float32) and ``shape``."""
@@ -342,15 +385,14 @@ class Batch:
     """What one step of :func:`stream` gives.
 
     Args:
-        source: index of the source in ``survey.sources``.
-        next_offset: items of that source read once this batch is consumed.
+        next_position: ``(source index, offset)`` to :func:`stream` from to
+            continue after this batch.
         ids: ids of the good images, one per row of ``images``.
         images: float32 [n, H, W, C] raw pixels (a tf.Tensor; n may be 0).
         bad: ``(id, where, problem)`` of the items that could not be used.
     """
 
-    source: int
-    next_offset: int
+    next_position: Tuple[int, int]
     ids: List[str]
     images: object
     bad: List[Tuple[str, str, str]]
@@ -451,7 +493,7 @@ def _batch(index, offsets, ok, images, ids_of, problems):
         bad.append((item_id, where, problem))
     if bad:
         images = tf.boolean_mask(images, ok)
-    return Batch(index, int(offsets[-1]) + 1, ids, images, bad)
+    return Batch((index, int(offsets[-1]) + 1), ids, images, bad)
 
 
 def _shard_batches(index, source, reader, batch_size, start):
@@ -497,7 +539,8 @@ def _shard_batches(index, source, reader, batch_size, start):
             images, ok = decode(offsets, readable)
             yield _batch(index, offsets, ok, tf.constant(images), ids_of, problems)
         problem = f"corrupt or truncated TFRecord at record {broken_at} ({message}): the rest of the shard cannot be read"
-        yield Batch(index, broken_at + 1, [], tf.zeros((0,) + shape), [(ids_of(broken_at), source.path, problem)])
+        # continue with the next source: nothing after the break can be read
+        yield Batch((index + 1, 0), [], tf.zeros((0,) + shape), [(ids_of(broken_at), source.path, problem)])
         if source.count is not None and broken_at + 1 < source.count:
             log.warning("%s: %d record(s) after record %d are lost", source.path, source.count - broken_at - 1,
                         broken_at)

@@ -97,9 +97,36 @@ def test_embeddings_are_the_encoder_features_of_each_row(exported, tmp_path):
         assert emb.shape == (14, 6)
         images = np.stack([reader.read_file(survey / i) for i in ids])
         np.testing.assert_allclose(emb, np.asarray(features(images)), atol=1e-5, err_msg=str(path))
+        full = emb
+    top = scan_survey(version_dir, [survey], tmp_path / "top.csv", embeddings=tmp_path / "top.npy", top=4,
+                      progress=False)
+    assert read_catalogue(top.out)["id"] == ids[:4]
+    np.testing.assert_allclose(np.load(tmp_path / "top.npy"), full[:4], atol=1e-6)
     with pytest.raises(DataError, match="no features output"):
         scan_survey(version_dir / "lens_finder_fp32.tflite", [survey], tmp_path / "t.csv",
                     embeddings=tmp_path / "t.npy")
+
+
+def test_the_reader_checks_every_file_even_when_it_knows_the_header(tmp_path):
+    from kerasssl.data.arrays import read_array
+    from kerasssl.survey import ImageReader
+
+    rng = np.random.default_rng(0)
+    reader = ImageReader((8, 8, 3))
+    first = rng.normal(size=(3, 10, 10)).astype(np.float32)
+    np.save(tmp_path / "a.npy", first)
+    np.save(tmp_path / "b.npy", first + 1)
+    np.testing.assert_array_equal(reader.read_file(tmp_path / "a.npy"), np.moveaxis(first, 0, -1)[1:9, 1:9])
+    np.testing.assert_array_equal(reader.read_file(tmp_path / "b.npy"), np.moveaxis(first + 1, 0, -1)[1:9, 1:9])
+    (tmp_path / "short.npy").write_bytes((tmp_path / "b.npy").read_bytes()[:-8])  # same header, data cut
+    with pytest.raises(DataError, match="truncated"):
+        reader.read_file(tmp_path / "short.npy")
+    other = np.asfortranarray(rng.normal(size=(10, 10, 3)))  # another header: float64, Fortran order
+    np.save(tmp_path / "c.npy", other)
+    np.testing.assert_array_equal(reader.read_file(tmp_path / "c.npy"),
+                                  read_array(tmp_path / "c.npy")[1:9, 1:9])
+    np.save(tmp_path / "d.npy", np.zeros((3, 10, 10), np.int32).astype(">i4"))  # big-endian ints
+    assert reader.read_file(tmp_path / "d.npy").dtype == np.float32
 
 
 def unlabeled_shard(path, arrays):
@@ -296,3 +323,47 @@ def test_resume_refuses_a_work_folder_of_another_survey_and_keeps_an_interrupted
     want = reference(run / "classifier.keras", survey)
     table = read_catalogue(out)
     np.testing.assert_allclose(table["lens_probability"], [want[i][1] for i in table["id"]], atol=1e-6)
+
+
+def test_resume_from_any_point_of_a_survey_of_folders_and_shards_matches_one_scan(exported, tmp_path):
+    from kerasssl.data.tfrecord import write_tfrecords
+    from kerasssl.inference import load_survey_model
+
+    _, run, _ = exported
+    folder = write_hst_folder(tmp_path / "hst", 3, 3, size=SIZE, seed=11)
+    write_tfrecords(folder, tmp_path / "rec", shards=2, progress=False)
+    rng = np.random.default_rng(12)
+    (tmp_path / "broken").mkdir()
+    broken = tmp_path / "broken" / "b.tfrecord"
+    unlabeled_shard(broken, [fake_image(rng, SIZE, True)[..., 0] for _ in range(4)])
+    broken.write_bytes(broken.read_bytes()[:-20])
+    survey = [folder, broken, str(tmp_path / "rec" / "*.tfrecord")]
+    model = load_survey_model(run / "classifier.keras")
+    run_batch = model.run
+    whole = scan_survey(model, survey, tmp_path / "whole.csv", batch_size=2, skip_bad=True, progress=False)
+    want = read_catalogue(whole.out)
+    assert whole.scanned == 15 and [s[0] for s in whole.skipped] == [f"{broken}:3"]
+    # several SURVEY arguments: each id carries its own in front
+    assert sorted(want["id"]) == sorted([f"{folder}/{p.name}" for p in folder.glob("*.npy")]
+                                        + [f"{tmp_path}/rec/data-0000{s}-of-00002.tfrecord:{k}"
+                                           for s in (0, 1) for k in range(3)] + [f"{broken}:{k}" for k in range(3)])
+    # model calls: 3 for the folder; 3 for the broken shard (a whole batch, the records read one by one
+    # after the break, the break itself); 2 for each labelled shard
+    for stop_at in (2, 4, 5, 6, 7, 9):
+        calls = []
+
+        def interrupted(images, **kwargs):
+            calls.append(1)
+            if len(calls) == stop_at:
+                raise KeyboardInterrupt
+            return run_batch(images, **kwargs)
+
+        out = tmp_path / f"r{stop_at}.csv"
+        model.run = interrupted
+        with pytest.raises(KeyboardInterrupt):
+            scan_survey(model, survey, out, batch_size=2, skip_bad=True, progress=False)
+        model.run = run_batch
+        result = scan_survey(model, survey, out, batch_size=2, skip_bad=True, resume=True, progress=False)
+        got = read_catalogue(out)
+        assert got["id"] == want["id"] and result.skipped == whole.skipped, stop_at
+        np.testing.assert_allclose(got["lens_probability"], want["lens_probability"], atol=1e-6)
