@@ -194,7 +194,7 @@ def _stream_into(work, listing, reader, model, batch_size, skip_bad, with_featur
     try:
         for batch in stream(listing, reader, batch_size, start=work.position):
             if batch.bad and not skip_bad:
-                item_id, where, problem = batch.bad[0]
+                _, where, problem = batch.bad[0]
                 raise DataError(where, f"{problem} (--skip-bad skips unreadable files)")
             probabilities, features = model.run(batch.images, probabilities=True, features=with_features)
             pending.add(batch, probabilities, features)
