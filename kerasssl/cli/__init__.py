@@ -36,6 +36,9 @@ COMMANDS = {
     "fit": "fit",
     "export": "export",
     "predict": "predict",
+    "scan": "scan",
+    "index": "index",
+    "similar": "similar",
 }
 
 SHORT_HELP = {
@@ -48,6 +51,9 @@ SHORT_HELP = {
     "fit": "The whole job: split, pretrain, fine-tune, evaluate, export.",
     "export": "Export a classifier as a TF Serving SavedModel (+ TFLite).",
     "predict": "Lens probabilities for files with a .keras/SavedModel/.tflite.",
+    "scan": "Rank a whole survey by lens probability (resumable, CSV/Parquet).",
+    "index": "Embed a survey into a faiss index for similarity search.",
+    "similar": "Nearest neighbours of known lenses in an index.",
 }
 
 
