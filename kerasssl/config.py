@@ -90,6 +90,13 @@ class PretrainConfig:
             global batch. Off by default: tracing an all-reduce per BN layer
             is quadratic in graph size on TF (EfficientNet-B0 on 2 logical
             CPUs did not finish tracing in 15 minutes).
+        unlabeled: unlabeled pools to pretrain on besides the labelled train
+            split (``--unlabeled``): folders of .npy/FITS cutouts at any depth
+            or TFRecord globs (see ``kerasssl.data.pool``); streamed, never loaded whole.
+        shuffle_buffer: records held in each TFRecord pool's shuffle buffer (the
+            memory bound of streaming; folder pools need none).
+        skip_bad: skip unreadable pool files, count them and list them in
+            ``RUN/skipped_files.txt`` (``--skip-bad``); default: one bad file stops the run.
     """
 
     method: str = "simclr"
@@ -109,6 +116,9 @@ class PretrainConfig:
     cpu_devices: Optional[int] = None
     sync_batchnorm: bool = False
     knn_monitor: bool = True
+    unlabeled: list = field(default_factory=list)
+    shuffle_buffer: int = 2048
+    skip_bad: bool = False
 
 
 @dataclass

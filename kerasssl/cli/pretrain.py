@@ -1,17 +1,17 @@
-"""`kerasssl pretrain DATA --run-dir RUN ...`: self-supervised pretraining of an encoder."""
+"""`kerasssl pretrain [DATA] [--unlabeled POOL ...] --run-dir RUN ...`: self-supervised pretraining of an encoder."""
 
 import sys
 from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import data_options, distribution_options
+from kerasssl.cli.options import data_options, distribution_options, pool_options, pool_overrides
 
 PRECISIONS = ["float32", "mixed_float16", "mixed_bfloat16"]
 
 
 @click.command(name="pretrain")
-@click.argument("data", type=click.Path(path_type=Path))  # may be a TFRecord glob
+@click.argument("data", type=click.Path(path_type=Path), required=False)  # may be a TFRecord glob
 @click.option("--run-dir", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (config, split, checkpoints, history, encoder).")
 @click.option("--method", default=None, help="simclr | byol | simsiam | barlow_twins | vicreg (pretrain.method).")
@@ -28,14 +28,19 @@ PRECISIONS = ["float32", "mixed_float16", "mixed_bfloat16"]
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Run config YAML (e.g. a previous RUN/config.yaml); flags override it.")
 @click.option("--seed", type=int, default=None, help="Seed of the split, initialisation and augmentation.")
+@pool_options
 @distribution_options
 @data_options
 def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, precision, steps_per_epoch,
-             resume, config_path, seed, strategy, cpu_devices, sync_batchnorm, allow_pickle, channel_axis):
-    """Pretrain an encoder on DATA's train split with a self-supervised method.
+             resume, config_path, seed, unlabeled, skip_bad, strategy, cpu_devices, sync_batchnorm,
+             allow_pickle, channel_axis):
+    """Pretrain an encoder on DATA's train split (and unlabeled pools) with a self-supervised method.
+
+    With --unlabeled POOL the pools are streamed with DATA's train split (never
+    its val or test images); DATA may then be left out (no split, no kNN probe).
 
     Writes RUN/config.yaml, RUN/split.json, RUN/preprocess.json, RUN/history.json,
-    RUN/checkpoints/, RUN/tensorboard/ and RUN/encoder.keras.
+    RUN/checkpoints/, RUN/tensorboard/ and RUN/encoder.keras (+ RUN/pools.json with pools).
     """
     from kerasssl import distribute
     from kerasssl.config import RunConfig
@@ -50,6 +55,7 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
                                             ("--image-size", image_size), ("--batch-size", batch_size),
                                             ("--precision", precision), ("--steps-per-epoch", steps_per_epoch),
                                             ("--config", config_path), ("--seed", seed),
+                                            ("--unlabeled", unlabeled or None), ("--skip-bad", skip_bad),
                                             ("--channels-first/--channels-last", channel_axis)) if value is not None]
         if changed:
             raise KerassslError(f"with --resume the run's saved config is used; only --epochs may be given "
@@ -68,6 +74,7 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
             "seed": seed,
             "data.seed": seed,
             "data.channel_axis": channel_axis,
+            **pool_overrides(unlabeled, skip_bad),
         })
     # The devices may differ on resume (another machine): flags override the saved run.
     # So may --allow-pickle: it changes which files can be read, not what is read from them.
@@ -76,12 +83,25 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
     # Before any TF op: logical CPUs and collective ops are configured only then.
     distribute.setup(cfg.pretrain.strategy, cfg.pretrain.cpu_devices)
     check_config(cfg)  # bad settings: one line, before anything is written into RUN
-    check_data_path(data)  # unreadable DATA: one line, and RUN is left untouched
+    if data is None and not cfg.pretrain.unlabeled:
+        raise click.UsageError("give DATA, or --unlabeled POOL (pretrain.unlabeled), or both")
+    if data is not None:
+        check_data_path(data)  # unreadable DATA: one line, and RUN is left untouched
     # The command line is recorded only once the run is accepted (a refused one writes nothing);
     # pretrain passes the chief RUN, a worker its private copy.
     history = run_pretrain(cfg, data, run_dir, resume=resume, verbose=1 if sys.stderr.isatty() else 2,
-                           on_accepted=record_invocation)
+                           on_accepted=record_invocation, progress=lambda line: click.echo(line.strip()))
     last = {k: v[-1] for k, v in history.items() if v}
     shown = ", ".join(f"{k} {last[k]:.4g}" for k in ("loss", "embedding_std", "val_knn_auc") if k in last)
     click.echo(f"pretrained {cfg.pretrain.encoder} with {cfg.pretrain.method} for {len(history.get('loss', []))} "
                f"epoch(s): {shown}; encoder -> {run_dir / 'encoder.keras'}")
+    if cfg.pretrain.unlabeled:
+        from kerasssl.poolplan import recorded_pools
+
+        record = recorded_pools(run_dir) or {}
+        guard = record.get("leak_guard", {})
+        guarded = (f"leak guard left out {guard.get('excluded')} equal to val/test images"
+                   if guard.get("compared_with") else "no leak guard (no DATA)")
+        click.echo(f"unlabeled images used: {record.get('unlabeled_images')} (+ {record.get('train_split_images')} "
+                   f"of DATA's train split); {guarded}; skipped {len(record.get('skipped_files', []))} "
+                   f"bad file(s); record -> {run_dir / 'pools.json'}")

@@ -11,6 +11,12 @@ record format (every reader and the writer use it):
 - ``filename``: bytes, the file's path relative to the data folder. Splits hash
   these names, so a split of TFRecord data is the split of the folder.
 
+Shards of an *unlabeled pool* (``convert --unlabeled``) hold the same records
+without ``label`` and ``class_name`` (:data:`UNLABELED_FEATURES`; manifest
+``"labeled": false``). The pool reader (:mod:`kerasssl.data.pool`) and the
+image-only readers (``parse_examples_to_images``, ``make_tfrecord_dataset(labels=False)``)
+take both kinds; ``load_tfrecords`` needs labels and refuses pool shards in one line.
+
 Readers apply the loader's layout rule (``kerasssl.data.load.to_hwc``: 2-D gets
 one channel, channels-first ``(C, H, W)`` is transposed; the band axis of a
 whole set is given, recorded in the manifest by ``convert``, or decided from
@@ -35,6 +41,7 @@ import os
 import re
 import shutil
 import sys
+import types
 import uuid
 from pathlib import Path
 from typing import Optional
@@ -62,14 +69,18 @@ FEATURES = {
 #: leave out label, class_name and filename.
 IMAGE_FEATURES = {name: FEATURES[name] for name in ("image", "shape")}
 
+#: The features of an unlabeled pool's records (``convert --unlabeled``).
+UNLABELED_FEATURES = {name: FEATURES[name] for name in ("image", "shape", "filename")}
+
 def encode_example(array, label, class_name, filename) -> bytes:
     """One image file's array -> a serialized ``tf.Example`` of :data:`FEATURES`.
 
     Args:
         array: the array exactly as read (any layout, NaN kept); stored as
             little-endian float32 with its shape.
-        label: int class index.
-        class_name: the class's name.
+        label: int class index, or None for an unlabeled pool's record
+            (:data:`UNLABELED_FEATURES`: no label, no class_name).
+        class_name: the class's name (ignored without a label).
         filename: the file's path relative to the data folder (POSIX form).
 
     Returns:
@@ -83,10 +94,11 @@ def encode_example(array, label, class_name, filename) -> bytes:
     features = {
         "image": feature(bytes_list=tf.train.BytesList(value=[array.tobytes()])),
         "shape": feature(int64_list=tf.train.Int64List(value=list(array.shape))),
-        "label": feature(int64_list=tf.train.Int64List(value=[int(label)])),
-        "class_name": feature(bytes_list=tf.train.BytesList(value=[str(class_name).encode()])),
         "filename": feature(bytes_list=tf.train.BytesList(value=[str(filename).encode()])),
     }
+    if label is not None:
+        features["label"] = feature(int64_list=tf.train.Int64List(value=[int(label)]))
+        features["class_name"] = feature(bytes_list=tf.train.BytesList(value=[str(class_name).encode()]))
     example = tf.train.Example(features=tf.train.Features(feature=features))
     # deterministic: the feature map in key order, so one array gives the same
     # bytes in every process (otherwise the order follows a per-process hash
@@ -328,7 +340,7 @@ def read_manifest(shards) -> tuple:
 
 def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "none",
                     allow_pickle: bool = False, progress: bool = True,
-                    channel_axis: str = "auto") -> dict:
+                    channel_axis: str = "auto", unlabeled_files=None) -> dict:
     """Convert a data folder to sharded TFRecord files of ``tf.Example`` plus a manifest.
 
     Streams: one source file is in memory at a time. Record ``k`` (in the
@@ -348,6 +360,10 @@ def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "
         channel_axis: "auto", "first" or "last": the band axis of the folder's
             files, decided as ``load_images`` does; recorded in the manifest
             so that readers of the shards use the same.
+        unlabeled_files: ``data_path`` is an unlabeled pool and these are its
+            image files (relative paths, as the pool's listing gives them;
+            ``kerasssl.data.pool.convert_pool`` passes them): records without
+            label / class_name, manifest ``"labeled": false``.
 
     Returns:
         The manifest (also written as ``out_dir/manifest.json``): counts per
@@ -379,8 +395,14 @@ def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(out, "already exists and is not an empty folder; choose a new output folder")
 
-    listing = scan(data_path)
-    root = Path(listing.root)
+    unlabeled = unlabeled_files is not None
+    if unlabeled:
+        root = Path(data_path)
+        listing = types.SimpleNamespace(root=str(root), format="pool", class_names=[],
+                                        entries=[(str(rel), None) for rel in unlabeled_files])
+    else:
+        listing = scan(data_path)
+        root = Path(listing.root)
     if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
         raise DataError(out, f"is inside the data folder {root}; write the shards elsewhere")
     n = len(listing.entries)
@@ -409,10 +431,12 @@ def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "
                 array = read_array(file, allow_pickle=allow_pickle)
                 # Refuse here what the loader would refuse later, naming the source file.
                 check_finite_bands(to_hwc(array, file, layout.axis or "last"), file)
-                record = encode_example(array, label, listing.class_names[label], rel)
+                record = encode_example(array, label, None if label is None else
+                                        listing.class_names[label], rel)
                 writers[k % shards].write(record)
                 records_per_shard[k % shards] += 1
-                counts[label] += 1
+                if label is not None:
+                    counts[label] += 1
                 shapes[tuple(int(d) for d in array.shape)] += 1
         finally:
             for writer in writers:
@@ -420,10 +444,13 @@ def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "
         common = next(iter(shapes)) if len(shapes) == 1 else None
         manifest = {
             "format": "tfrecord",
-            "features": FEATURE_DOCS,
+            "features": {k: v for k, v in FEATURE_DOCS.items()
+                         if not unlabeled or k in UNLABELED_FEATURES},
+            "labeled": not unlabeled,
             "num_records": n,
             "class_names": list(listing.class_names),
-            "counts": {name: counts[i] for i, name in enumerate(listing.class_names)},
+            "counts": ({"unlabeled": n} if unlabeled else
+                       {name: counts[i] for i, name in enumerate(listing.class_names)}),
             "shape": list(common) if common else None,
             "shapes": {"x".join(map(str, s)): c for s, c in sorted(shapes.items())},
             "channel_axis": layout.axis,  # "first" | "last" | None (2-D images)
@@ -466,25 +493,26 @@ def _record_dataset(shards, *, shuffle=False, seed=0, cycle_length=None):
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def _parse_record(path, index, record, channels_first=None):
-    example = tf.io.parse_single_example(record, FEATURES)
-    shape = tf.sparse.to_dense(example["shape"])
+def _parse_record(path, index, record, channels_first=None, features=None):
+    """One record -> dict of its decoded image and the ``features`` parsed (default :data:`FEATURES`)."""
+    example = tf.io.parse_single_example(record, FEATURES if features is None else features)
+    shape = tf.sparse.to_dense(example.pop("shape"))
     return {
         "shard": path,
         "index": index,
+        **example,
         "image": decode_image(example["image"], shape, channels_first),
         "shape": shape,
-        "label": example["label"],
-        "class_name": example["class_name"],
-        "filename": example["filename"],
     }
 
 
-def example_problem(serialized: bytes):
+def example_problem(serialized: bytes, labeled: bool = True):
     """What is wrong with one serialized record, or None if it is a valid Example of FEATURES.
 
     Args:
         serialized: one TFRecord record.
+        labeled: check :data:`FEATURES`; False: only the image features (a pool's
+            record, with or without a label).
 
     Example:
         >>> example_problem(b"garbage")
@@ -496,7 +524,7 @@ def example_problem(serialized: bytes):
     except Exception:  # noqa: BLE001 - protobuf's DecodeError differs across builds
         return "not a tf.Example protocol buffer"
     feature = example.features.feature
-    for name, spec in FEATURES.items():
+    for name, spec in (FEATURES if labeled else IMAGE_FEATURES).items():
         kind = "bytes_list" if spec.dtype == tf.string else "int64_list"
         if name not in feature:
             return f"missing feature {name!r}"
@@ -512,6 +540,24 @@ def example_problem(serialized: bytes):
     if size != 4 * int(np.prod(shape)):
         return f"image has {size} bytes but shape {shape} needs {4 * int(np.prod(shape))}"
     return None
+
+
+def decode_record_array(serialized: bytes, where) -> np.ndarray:
+    """One serialized record -> its stored array (float32, stored shape), in NumPy.
+
+    The pool's content pass reads records this way, so each image gets the
+    labelled data's per-file rules (``kerasssl.data.arrays.to_hwc``). Records
+    with or without a label are read alike.
+
+    Raises:
+        DataError: naming ``where`` (e.g. ``"shard: record 3"``) and what is wrong.
+    """
+    problem = example_problem(serialized, labeled=False)
+    if problem:
+        raise DataError(where, problem)
+    feature = tf.train.Example.FromString(serialized).features.feature
+    shape = tuple(int(d) for d in feature["shape"].int64_list.value)
+    return np.frombuffer(feature["image"].bytes_list.value[0], "<f4").reshape(shape)
 
 
 def check_shards(shards, manifest=None) -> None:
@@ -634,6 +680,9 @@ def load_tfrecords(pattern, *, image_size: Optional[int] = None,
         raise KerassslError(f"image size must be a positive integer, got {image_size!r}")
     shards = find_shards(pattern)
     manifest, manifest_path = read_manifest(shards)
+    if manifest is not None and manifest.get("labeled") is False:
+        raise DataError(pattern, "holds an unlabeled pool (records without labels, written by "
+                                 "`convert --unlabeled`); use it with --unlabeled, or `inspect --unlabeled`")
     layout = _shard_layout(channel_axis, manifest, pattern)
     expected = _expected_counts(manifest)
     known = [expected.get(os.path.basename(s)) for s in shards]
@@ -809,7 +858,9 @@ def make_tfrecord_dataset(pattern, batch_size: int, *, image_size: Optional[int]
         records = records.repeat()
 
     def decode(path, index, record):
-        example = _parse_record(path, index, record, channels_first)
+        # Images only: the image features, so an unlabeled pool's shards stream too.
+        example = _parse_record(path, index, record, channels_first,
+                                features=None if labels else IMAGE_FEATURES)
         image = center_crop(example["image"], height, width)
         image = tf.ensure_shape(image, [height, width, channels])
         return (image, example["label"]) if labels else image
