@@ -79,7 +79,8 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
 
     t = time.perf_counter()
     if mode == "supervised":
-        say("[2/5] pretrain: skipped (supervised baseline from random weights)")
+        say("[2/5] pretrain: skipped (supervised baseline from random weights)"
+            + ("; the unlabeled pools are not used" if cfg.pretrain.unlabeled else ""))
     else:
         from kerasssl.pretrain import pretrain
 

@@ -253,3 +253,58 @@ def test_fit_with_a_pool_holding_test_images_never_pretrains_on_them(tmp_path, c
     record = json.loads((run / "pools.json").read_text())
     assert record["normalization_sample"]["pool_images"] == 24
     assert record["train_split_images"] == len(split.train)
+
+
+@pytest.mark.parametrize("pretrain, message", [
+    ({"unlabeled": 5}, "pretrain.unlabeled must be a list"),
+    ({"unlabeled": ["a", "a"]}, "names a pool twice"),
+    ({"shuffle_buffer": 0}, "pretrain.shuffle_buffer must be a positive integer"),
+    ({"skip_bad": "yes"}, "pretrain.skip_bad must be true or false"),
+])
+def test_pool_config_values_are_checked(pretrain, message):
+    from kerasssl.errors import KerassslError
+    from kerasssl.pretrain import check_config
+
+    cfg = RunConfig.from_dict({"pretrain": {"encoder": "tiny", **pretrain}})
+    with pytest.raises(KerassslError, match=message):
+        check_config(cfg)
+
+
+def test_pool_from_the_config_file_and_no_data_nor_pool_is_a_usage_error(tmp_path, capsys):
+    code, _, err = _run(["pretrain", "--run-dir", tmp_path / "run", "--encoder", "tiny"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "give DATA, or --unlabeled POOL" in err
+    pool = write_pool(tmp_path / "pool", 3, nested=False)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"pretrain": {"unlabeled": [str(pool / "missing")]}}))
+    code, _, err = _run(["pretrain", "--run-dir", tmp_path / "run", "--config", config, "--encoder", "tiny"],
+                        capsys)
+    assert code == 2 and err.count("\n") == 1 and "missing: no such file or folder" in err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("variant", ["first-f4", "last-i2", "plane-f8", "big-endian", "mixed-dtypes"])
+def test_the_stream_yields_exactly_the_fingerprinted_images(tmp_path, variant):
+    # Uniform .npy pools are decoded in TF ops, others by the NumPy reader: both must give
+    # the content pass's images (band axis, crop offset, dtype cast) bit for bit.
+    rng = np.random.default_rng(3)
+    root = tmp_path / "pool"
+    root.mkdir()
+    for i in range(6):
+        image = fake_image(rng, 19, lens=i % 2 == 0, channels=1 if variant == "plane-f8" else 3)
+        if variant == "first-f4":
+            stored = np.moveaxis(image, -1, 0)
+        elif variant == "last-i2":
+            stored = (image * 100).astype(np.int16)
+        elif variant == "plane-f8":
+            stored = image[..., 0].astype(np.float64) / 3
+        elif variant == "big-endian":
+            stored = np.moveaxis(image, -1, 0).astype(">f4")
+        else:
+            stored = image.astype(np.float64 if i == 4 else np.float32)
+        np.save(root / f"c{i}.npy", stored)
+    scan = scanned(root, image_size=16)
+    assert (scan.raw_layout is None) == (variant == "mixed-dtypes")
+    assert scan.image_shape == (16, 16, 1 if variant == "plane-f8" else 3)
+    ds = make_pretraining_dataset([scan], batch_size=3, seed=1, image_size=16)
+    seen = {bytes(r) for batch in ds.take(4) for r in fingerprints(batch.numpy())}
+    assert seen == {bytes(r) for r in scan.fingerprints}

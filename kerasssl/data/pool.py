@@ -370,6 +370,9 @@ class PoolScan:
         stats: pixel statistics for ``inspect`` (see :func:`describe_pool`).
         sample_images: up to :data:`SAMPLE_IMAGES` images at seeded positions (float32).
         sample_rows: their rows in ``ids``.
+        raw_layout: ``(data offset, dtype str, stored shape)`` shared by every usable
+            file (:func:`npy_data_layout`; shards: ``(None, "<f4", shape)`` when all
+            records have one shape), so the stream decodes in TF ops; None otherwise.
         excluded: rows of ``ids`` the leak guard took out (set by :func:`leak_guard`).
     """
 
@@ -383,6 +386,7 @@ class PoolScan:
     stats: dict
     sample_images: np.ndarray
     sample_rows: np.ndarray
+    raw_layout: Optional[tuple] = None
     excluded: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
@@ -505,6 +509,33 @@ def read_pool_file(path, axis, image_size, allow_pickle=False) -> Tuple[np.ndarr
     return model_image(raw, path, axis, image_size), str(raw.dtype), tuple(raw.shape)
 
 
+#: Stored dtypes the stream can decode in TF ops (``tf.io.decode_raw``), without Python.
+RAW_DTYPES = ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2")
+
+
+def npy_data_layout(path) -> Optional[tuple]:
+    """``(data offset, dtype str, stored shape)`` of a plain ``.npy`` file, None for anything else.
+
+    What the stream needs to read the file in TF ops: the header's length, a
+    dtype ``tf.io.decode_raw`` takes, C order. FITS, object arrays, Fortran
+    order and other dtypes return None (the stream reads those in NumPy).
+    """
+    if not str(path).lower().endswith(".npy"):
+        return None
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            shape, fortran, dtype = read(f)
+            offset = f.tell()
+    except (OSError, ValueError, SyntaxError, EOFError):
+        return None
+    if fortran or dtype.hasobject or dtype.str[1:] not in RAW_DTYPES:
+        return None
+    return offset, dtype.str, tuple(int(d) for d in shape)
+
+
 def scan_pool(layout: PoolLayout, *, image_size=None, allow_pickle=False, skip_bad=False,
               seed=0, workers: Optional[int] = None, progress=None) -> PoolScan:
     """The content pass: read every image once, fingerprint it, check it, count NaN/Inf.
@@ -537,6 +568,7 @@ def scan_pool(layout: PoolLayout, *, image_size=None, allow_pickle=False, skip_b
     fps = np.zeros((len(index), DIGEST_SIZE), np.uint8)
     ok = np.zeros(len(index), bool)
     skipped, sample, sampled_at = list(layout.skipped), [], []
+    raw_layouts = set()
 
     def read(row):
         rel = files.files[int(index[row])]
@@ -544,7 +576,7 @@ def scan_pool(layout: PoolLayout, *, image_size=None, allow_pickle=False, skip_b
             image, dtype, stored = read_pool_file(root / rel, axis, image_size, allow_pickle)
         except DataError as e:
             return row, None, e
-        return row, (image, dtype, stored, fingerprint(image)), None
+        return row, (image, dtype, stored, fingerprint(image), npy_data_layout(root / rel)), None
 
     chunk = 256
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -556,7 +588,7 @@ def scan_pool(layout: PoolLayout, *, image_size=None, allow_pickle=False, skip_b
                         raise error
                     skipped.append((rel, error.problem))
                     continue
-                image, dtype, stored, digest = result
+                image, dtype, stored, digest, raw = result
                 if image.shape != tuple(layout.image_shape):  # replaced since its header was read
                     problem = f"holds a {_shape_text(image.shape)} image but its header said otherwise"
                     if not skip_bad:
@@ -565,6 +597,8 @@ def scan_pool(layout: PoolLayout, *, image_size=None, allow_pickle=False, skip_b
                     continue
                 fps[row] = np.frombuffer(digest, np.uint8)
                 ok[row] = True
+                if len(raw_layouts) < 2:
+                    raw_layouts.add(raw)
                 stats.add(image, rel, dtype, stored)
                 if row in sample_at:
                     sample.append(image)
@@ -579,7 +613,8 @@ def scan_pool(layout: PoolLayout, *, image_size=None, allow_pickle=False, skip_b
                     ids=index[ok].astype(np.int64), fingerprints=fps[ok], skipped=skipped,
                     n_images=int(ok.sum()) + len(skipped), stats=stats.as_dict(),
                     sample_images=_stack(sample, layout.image_shape),
-                    sample_rows=rows_in_ids[np.asarray(sampled_at, np.int64)])
+                    sample_rows=rows_in_ids[np.asarray(sampled_at, np.int64)],
+                    raw_layout=next(iter(raw_layouts)) if len(raw_layouts) == 1 else None)
 
 
 def _stack(images, shape):
@@ -658,7 +693,8 @@ def _scan_shards(layout, *, image_size, skip_bad, seed, progress):
     return PoolScan(files=files, layout=decided, image_shape=tuple(image_shape),
                     ids=np.asarray(ids, np.int64), fingerprints=np.stack(fps), skipped=skipped,
                     n_images=len(ids) + len(skipped), stats=stats.as_dict(),
-                    sample_images=_stack(sample, image_shape), sample_rows=np.asarray(sample_rows, np.int64))
+                    sample_images=_stack(sample, image_shape), sample_rows=np.asarray(sample_rows, np.int64),
+                    raw_layout=(None, "<f4", record_shapes[0]) if len(set(record_shapes)) == 1 else None)
 
 
 # -- the leak guard -----------------------------------------------------------------------------

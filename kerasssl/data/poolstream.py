@@ -5,13 +5,17 @@ Memory is bounded by the shuffle buffer and the prefetch, not by the pools:
 - **folder pools**: a file-list dataset. The order of the usable files is a
   seeded permutation drawn afresh each epoch by
   ``tf.random.experimental.index_shuffle`` (no buffer at all), and files are
-  read in parallel by a ``tf.numpy_function`` running the content pass's
-  reader (:func:`kerasssl.data.pool.read_pool_file`), so the stream yields
-  exactly the images that were fingerprinted and checked;
+  read in parallel. When every file is a plain ``.npy`` with one header length,
+  dtype and shape (a survey pool; :func:`kerasssl.data.pool.npy_data_layout`)
+  they are read and decoded in TF ops (``read_file`` + ``decode_raw``: no
+  Python, no GIL); otherwise by a ``tf.numpy_function`` running the content
+  pass's reader (:func:`kerasssl.data.pool.read_pool_file`). Either way the
+  stream yields exactly the images that were fingerprinted and checked (tested);
 - **shard pools**: shards shuffled each epoch and interleaved (parallel
   reads); records the content pass took out (``--skip-bad``, the leak guard)
   are filtered by id; a shuffle buffer of ``pretrain.shuffle_buffer`` records;
-  parallel decode and centre crop in TF ops (:mod:`kerasssl.data.tfrecord`);
+  parallel decode and centre crop in TF ops, a block of records at a time when
+  all share one stored shape (:mod:`kerasssl.data.tfrecord`);
 - **the train split**: from memory (the labelled set is small), reshuffled each epoch.
 
 The sources are mixed in proportion to their sizes (seeded), batched into full
@@ -94,8 +98,43 @@ def folder_stream(scan: PoolScan, *, image_size=None, allow_pickle=False, seed=0
         image = tf.numpy_function(read, [tf.gather(names, i)], tf.float32, stateful=False)
         return tf.ensure_shape(image, shape)
 
+    if scan.raw_layout is not None:
+        offset, dtype, stored = scan.raw_layout
+
+        def load(i):  # noqa: F811 - the TF-op reader replaces the NumPy one
+            data = tf.io.read_file(tf.gather(names, i))
+            raw = _decode_raw(tf.strings.substr(data, offset, _nbytes(dtype, stored)), dtype, stored)
+            return tf.ensure_shape(_model_image(raw, stored, axis, shape), shape)
+
     order = tf.data.Dataset.counter().flat_map(epoch)
     return order.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+
+_TF_DTYPES = {"f2": tf.float16, "f4": tf.float32, "f8": tf.float64, "i1": tf.int8, "i2": tf.int16,
+              "i4": tf.int32, "i8": tf.int64, "u1": tf.uint8, "u2": tf.uint16}
+
+
+def _nbytes(dtype: str, stored) -> int:
+    return int(np.prod(stored)) * np.dtype(dtype).itemsize
+
+
+def _decode_raw(data, dtype: str, stored, batched=False):
+    """Raw bytes of one stored array (or a batch of them) -> float32 in its stored shape."""
+    flat = tf.io.decode_raw(data, _TF_DTYPES[dtype[1:]], little_endian=dtype[0] != ">")
+    return tf.reshape(tf.cast(flat, tf.float32), ([-1] if batched else []) + list(stored))
+
+
+def _model_image(array, stored, axis, shape):
+    """Stored array(s) (..., *stored) -> (..., H, W, C) as ``pool.model_image`` makes them: bands last, crop."""
+    height, width, _ = shape
+    if len(stored) == 2:
+        array = array[..., None]
+    elif axis == "first":
+        rank = len(array.shape)
+        array = tf.transpose(array, list(range(rank - 3)) + [rank - 2, rank - 1, rank - 3])
+    h, w = array.shape[-3], array.shape[-2]
+    top, left = (h - height) // 2, (w - width) // 2
+    return array[..., top:top + height, left:left + width, :]
 
 
 def shard_stream(scan: PoolScan, *, image_size=None, seed=0,
@@ -124,6 +163,16 @@ def shard_stream(scan: PoolScan, *, image_size=None, seed=0,
             tf.constant(removed, tf.int64), tf.ones(len(removed), tf.int64)), 0)
         records = records.filter(lambda i, r: tf.equal(table.lookup(i), 0))
     records = records.shuffle(int(shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
+    if scan.raw_layout is not None:  # one stored shape: parse and decode a block at a time
+        stored = tuple(scan.raw_layout[2])
+
+        def decode_block(i, block):
+            parsed = tf.io.parse_example(block, IMAGE_FEATURES)
+            raw = _decode_raw(parsed["image"], "<f4", stored, batched=True)
+            return _model_image(raw, stored, scan.layout.axis, (height, width, channels))
+
+        return records.batch(256).map(decode_block, num_parallel_calls=tf.data.AUTOTUNE,
+                                      deterministic=True).unbatch()
 
     def decode(i, record):
         example = tf.io.parse_single_example(record, IMAGE_FEATURES)
