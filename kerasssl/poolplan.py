@@ -30,17 +30,12 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from kerasssl.data.pool import (
-    POOLS_FILE,
-    SKIPPED_FILE,
+from kerasssl.data.pool import _check_expected, check_headers, check_pool_paths, list_pool
+from kerasssl.data.poolscan import (
     LeakGuard,
-    _check_expected,
     PoolScan,
-    check_headers,
-    check_pool_paths,
     check_unchanged,
     leak_guard,
-    list_pool,
     pool_record,
     scan_pool,
     skipped_lines,
@@ -49,6 +44,9 @@ from kerasssl.errors import KerassslError
 from kerasssl.runinfo import write_json_atomic
 
 log = logging.getLogger(__name__)
+
+POOLS_FILE = "pools.json"
+SKIPPED_FILE = "skipped_files.txt"
 
 
 @dataclasses.dataclass

@@ -529,10 +529,21 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
     try:
         model.fit(dataset, epochs=p.epochs, initial_epoch=plan.done, steps_per_epoch=plan.steps_per_epoch,
                   callbacks=callbacks, verbose=verbose, shuffle=False)
-    except Exception as e:  # noqa: BLE001 - a pool file that changed mid-run: its one line, not TF's
-        if stream_errors is not None and stream_errors.error is not None:
+    except Exception as e:  # noqa: BLE001 - a pool file that changed mid-run: one line, not TF's traceback
+        if stream_errors is None:
+            raise
+        if stream_errors.error is not None:
             raise stream_errors.error from None
-        raise e
+        import tensorflow as tf
+
+        if not isinstance(e, tf.errors.OpError):
+            raise
+        from kerasssl.data.tfrecord import _first_line
+
+        last = load_checkpoint_meta(ckpt_dir)
+        kept = f"last good checkpoint: epoch {last['epoch']}" if last else "no checkpoint was written"
+        raise KerassslError(f"{', '.join(p.unlabeled)}: reading the pool failed during pretraining "
+                            f"({_first_line(e)}): did a file change since the run checked it? {kept}") from None
     if guard.failure:
         last = load_checkpoint_meta(ckpt_dir)
         kept = f"last good checkpoint: epoch {last['epoch']}" if last else "no checkpoint was written"

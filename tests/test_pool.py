@@ -13,14 +13,8 @@ import yaml
 from conftest import fake_image, write_class_folders
 from kerasssl.cli import main
 from kerasssl.config import RunConfig
-from kerasssl.data.pool import (
-    check_headers,
-    describe_pool,
-    leak_guard,
-    list_pool,
-    model_image,
-    scan_pool,
-)
+from kerasssl.data.pool import check_headers, list_pool
+from kerasssl.data.poolscan import describe_pool, leak_guard, scan_pool
 from kerasssl.data.poolstream import make_pretraining_dataset
 from kerasssl.errors import DataError
 from kerasssl.fingerprints import TrainingFingerprints, fingerprint, fingerprints

@@ -58,7 +58,8 @@ def inspect(data, as_json, image_size, unlabeled, skip_bad, allow_pickle, channe
 
 def _describe_pool(data, image_size, allow_pickle, channel_axis, skip_bad) -> dict:
     """The pool's listing, header checks and content pass (what pretraining does first), summarised."""
-    from kerasssl.data.pool import check_headers, describe_pool, list_pool, scan_pool
+    from kerasssl.data.pool import check_headers, list_pool
+    from kerasssl.data.poolscan import describe_pool, scan_pool
 
     files, skipped = list_pool(data, skip_bad=skip_bad)
     layout = check_headers(files, image_size=image_size, channel_axis=channel_axis,

@@ -6,7 +6,7 @@ Memory is bounded by the shuffle buffer and the prefetch, not by the pools:
   seeded permutation drawn afresh each epoch by
   ``tf.random.experimental.index_shuffle`` (no buffer at all), and files are
   read in parallel. When every file is a plain ``.npy`` with one header length,
-  dtype and shape (a survey pool; :func:`kerasssl.data.pool.npy_data_layout`)
+  dtype and shape (a survey pool; :func:`kerasssl.data.pool.read_stored`)
   they are read and decoded in TF ops (``read_file`` + ``decode_raw``: no
   Python, no GIL); otherwise by a ``tf.numpy_function`` running the content
   pass's reader (:func:`kerasssl.data.pool.read_pool_file`). Either way the
@@ -37,7 +37,8 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from kerasssl.data.pool import RECORD_BITS, PoolScan, read_pool_file
+from kerasssl.data.pool import RECORD_BITS, read_pool_file
+from kerasssl.data.poolscan import PoolScan
 from kerasssl.errors import DataError, KerassslError
 
 DEFAULT_SHUFFLE_BUFFER = 2048
