@@ -302,3 +302,23 @@ def test_the_stream_yields_exactly_the_fingerprinted_images(tmp_path, variant):
     ds = make_pretraining_dataset([scan], batch_size=3, seed=1, image_size=16)
     seen = {bytes(r) for batch in ds.take(4) for r in fingerprints(batch.numpy())}
     assert seen == {bytes(r) for r in scan.fingerprints}
+
+
+def test_a_pool_file_that_breaks_during_pretraining_stops_it_in_one_line(tmp_path, capsys, monkeypatch):
+    pool = write_pool(tmp_path / "pool", 8, nested=False)
+    import kerasssl.data.poolstream as poolstream
+
+    real = poolstream.make_pretraining_dataset
+
+    def truncate_then_stream(*args, **kwargs):  # after the content pass checked it
+        victim = pool / "cut_5.npy"
+        victim.write_bytes(victim.read_bytes()[:300])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(poolstream, "make_pretraining_dataset", truncate_then_stream)
+    code, _, err = _run(["pretrain", "--unlabeled", pool, "--run-dir", tmp_path / "run", "--encoder", "tiny",
+                         "--epochs", "1", "--batch-size", "4", "--steps-per-epoch", "4"], capsys)
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("kerasssl")]
+    assert len(errors) == 1 and "reading the pool failed during pretraining" in errors[0]
+    assert "Traceback" not in err
