@@ -149,11 +149,11 @@ def step_rate(image_shape, batch: int, steps: int) -> float:
     return steps * batch / times[-1]  # the second epoch: traced and warm
 
 
-def save(results: dict) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    tmp = OUT / (results["file"] + ".tmp")
+def save(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (results["file"] + ".tmp")
     tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(OUT / results["file"])
+    tmp.replace(out / results["file"])
 
 
 def main(argv=None):
@@ -165,8 +165,10 @@ def main(argv=None):
                         help="simulation processes (the output does not depend on it)")
     parser.add_argument("--seed", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="smoke run: 300 and 1500 images, few steps")
-    parser.add_argument("--data-dir", type=Path, default=OUT / "data")
+    parser.add_argument("--out", type=Path, default=OUT, help="results and run directories")
+    parser.add_argument("--data-dir", type=Path, default=None, help="pool cache (default OUT/data)")
     args = parser.parse_args(argv)
+    args.data_dir = args.data_dir or args.out / "data"
     if args.quick:
         args.sizes, args.steps = [300, 1500], 5
 
@@ -179,10 +181,10 @@ def main(argv=None):
 
     print("\n1. peak RSS of `kerasssl pretrain --unlabeled POOL` (own subprocess each)")
     for n, pool in zip(args.sizes, pools):
-        row = peak_rss_of_pretraining(pool, OUT / "runs" / f"rss_{n}", args.steps, args.batch)
+        row = peak_rss_of_pretraining(pool, args.out / "runs" / f"rss_{n}", args.steps, args.batch)
         row["n_images"] = n
         results["rss"].append(row)
-        save(results)
+        save(results, args.out)
         print(f"  {n:>9} images: peak RSS {row['peak_rss_mib']:8.1f} MiB, run {row['seconds']:6.1f} s", flush=True)
     low, high = (min(r["peak_rss_mib"] for r in results["rss"]), max(r["peak_rss_mib"] for r in results["rss"]))
     results["rss_spread"] = round(high / low - 1, 4)
@@ -206,12 +208,13 @@ def main(argv=None):
                            "train_step_images_per_s": round(consumed, 1),
                            "folder_ratio": round(folder_rate / consumed, 2),
                            "tfrecord_ratio": round(shard_rate / consumed, 2)}
-    save(results)
+    save(results, args.out)
     for name, rate in (("folder pool", folder_rate), ("TFRecord pool", shard_rate)):
         ratio = rate / consumed
         print(f"  {name:13}: {rate:9.0f} images/s = {ratio:5.1f}x the step's {consumed:.0f} images/s "
               f"(goal >= 10x: {'met' if ratio >= 10 else 'NOT met'})")
-    print(f"\nresults -> {OUT / results['file']}")
+    print(f"\nresults -> {args.out / results['file']}")
+    return results
 
 
 if __name__ == "__main__":

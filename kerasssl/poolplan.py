@@ -32,6 +32,8 @@ import numpy as np
 
 from kerasssl.data.pool import _check_expected, check_headers, check_pool_paths, list_pool
 from kerasssl.data.poolscan import (
+    HINT_SAMPLE_IMAGES,
+    SAMPLE_IMAGES,
     LeakGuard,
     PoolScan,
     check_unchanged,
@@ -182,8 +184,10 @@ def plan_pools(cfg, run_dir, *, image_set=None, split=None, resume=False,
         say(f"      reading unlabeled pool {layout.files.path} ({len(layout.files.files)} "
             f"{'shard' if layout.files.kind == 'tfrecord' else 'file'}(s), "
             f"{layout.files.bytes / 2 ** 20:.1f} MiB): fingerprints and checks")
+        # `dataset` statistics need a sample; otherwise a small one serves the NaN-loss hint.
         scan = scan_pool(layout, image_size=d.image_size, allow_pickle=d.allow_pickle,
-                         skip_bad=skip_bad, seed=int(cfg.seed) + k)
+                         skip_bad=skip_bad, seed=int(cfg.seed) + k,
+                         sample_size=SAMPLE_IMAGES if d.normalization == "dataset" else HINT_SAMPLE_IMAGES)
         if expected is not None:
             _check_expected(layout.files.root, scan.image_shape, expected)
         expected = expected or tuple(scan.image_shape)

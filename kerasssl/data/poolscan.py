@@ -54,9 +54,11 @@ from kerasssl.fingerprints import DIGEST_SIZE, fingerprint
 
 log = logging.getLogger(__name__)
 
-#: Images kept from the content pass for ``dataset`` normalisation statistics (and the NaN hint).
+#: Images kept from the content pass for ``dataset`` normalisation statistics ...
 SAMPLE_IMAGES = 4096
 SAMPLE_BYTES = 256 * 2 ** 20
+#: ... and, for any other normalisation, only for the NaN-loss hint.
+HINT_SAMPLE_IMAGES = 256
 
 
 @dataclasses.dataclass
@@ -179,15 +181,16 @@ class _Stats:
                 "stored_shapes": sorted(list(s) for s in self.stored_shapes)}
 
 
-def sample_rows(n: int, image_shape, seed: int) -> np.ndarray:
+def sample_rows(n: int, image_shape, seed: int, limit: int = SAMPLE_IMAGES) -> np.ndarray:
     """Sorted, seeded positions of the images kept as the pool's sample (bounded in count and bytes)."""
     per_image = 4 * int(np.prod(image_shape))
-    k = int(min(n, SAMPLE_IMAGES, max(SAMPLE_BYTES // max(per_image, 1), 1)))
+    k = int(min(n, limit, max(SAMPLE_BYTES // max(per_image, 1), 1)))
     return np.sort(np.random.default_rng(seed).choice(n, size=k, replace=False)) if k else np.zeros(0, int)
 
 
 def scan_pool(layout: PoolLayout, *, image_size=None, allow_pickle=False, skip_bad=False,
-              seed=0, workers: Optional[int] = None, progress=None) -> PoolScan:
+              seed=0, sample_size: int = SAMPLE_IMAGES, workers: Optional[int] = None,
+              progress=None) -> PoolScan:
     """The content pass: read every image once, fingerprint it, check it, count NaN/Inf.
 
     Folders are read by a thread pool (file reads and hashing release the
@@ -198,6 +201,7 @@ def scan_pool(layout: PoolLayout, *, image_size=None, allow_pickle=False, skip_b
         layout: from :func:`check_headers`.
         image_size / allow_pickle / skip_bad: as for :func:`check_headers`.
         seed: picks the sample's positions.
+        sample_size: images kept (also bounded by :data:`SAMPLE_BYTES`).
         workers: reader threads (default: one per CPU, at most 8).
         progress: optional callable taking the number of images read so far.
 
@@ -209,10 +213,10 @@ def scan_pool(layout: PoolLayout, *, image_size=None, allow_pickle=False, skip_b
     """
     if layout.files.kind == "tfrecord":
         return _scan_shards(layout, image_size=image_size, skip_bad=skip_bad, seed=seed,
-                            progress=progress)
+                            sample_size=sample_size, progress=progress)
     files, root = layout.files, Path(layout.files.root)
     index = layout.index
-    sample_at = set(sample_rows(len(index), layout.image_shape, seed).tolist())
+    sample_at = set(sample_rows(len(index), layout.image_shape, seed, sample_size).tolist())
     workers = workers or min(8, os.cpu_count() or 1)  # more threads than cores only contend for the GIL
     axis, stats = layout.layout.axis, _Stats()
     fps = np.zeros((len(index), DIGEST_SIZE), np.uint8)
@@ -272,7 +276,7 @@ def _stack(images, shape):
     return np.stack(images) if images else np.zeros((0,) + tuple(shape), np.float32)
 
 
-def _scan_shards(layout, *, image_size, skip_bad, seed, progress):
+def _scan_shards(layout, *, image_size, skip_bad, seed, sample_size, progress):
     """The content pass over TFRecord shards (sequential per shard; names the bad record)."""
     import tensorflow as tf
 
@@ -315,7 +319,7 @@ def _scan_shards(layout, *, image_size, skip_bad, seed, progress):
             stats.add(image, f"{shard} record {index}", "float32", array.shape)
             seen += 1
             # Reservoir sample: the count is unknown until the end.
-            if len(sample) < SAMPLE_IMAGES and 4 * image.size * (len(sample) + 1) <= SAMPLE_BYTES:
+            if len(sample) < sample_size and 4 * image.size * (len(sample) + 1) <= SAMPLE_BYTES:
                 sample.append(image)
                 sample_rows.append(seen - 1)
             else:
