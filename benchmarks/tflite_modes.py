@@ -210,6 +210,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     # Keras's note on the input's dict-vs-tensor structure (harmless here, as in the CLI)
     warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match")
+    from kerasssl import models as models_lib
     from kerasssl import tflite as tflite_lib
     from kerasssl.data.load import load_images
     from kerasssl.data.samples import SampleData
@@ -252,7 +253,7 @@ def main(argv=None):
     paths = {mode: path for mode, (path, *_) in files.items()}
     paths["int8-all"] = whole
     for name, path in paths.items():
-        runner = tflite_lib.TFLiteRunner(path)
+        runner = models_lib.TFLiteRunner(path)
         val_probs = runner.predict(samples.val_images)
         row = {
             "file": str(path),

@@ -158,6 +158,13 @@ class PretrainConfig:
             CPUs did not finish tracing in 15 minutes).
         knn_monitor: a k-NN probe ROC-AUC on the validation split after each
             epoch (``val_knn_auc`` in the history), when both have two classes.
+        unlabeled: unlabeled pools to pretrain on besides the labelled train
+            split (``--unlabeled``): folders of .npy/FITS cutouts at any depth
+            or TFRecord globs (see ``kerasssl.data.pool``); streamed, never loaded whole.
+        shuffle_buffer: records held in each TFRecord pool's shuffle buffer (the
+            memory bound of streaming; folder pools need none).
+        skip_bad: skip unreadable pool files, count them and list them in
+            ``RUN/skipped_files.txt`` (``--skip-bad``); default: one bad file stops the run.
     """
 
     method: str = "simclr"
@@ -177,6 +184,9 @@ class PretrainConfig:
     cpu_devices: Optional[int] = None
     sync_batchnorm: bool = False
     knn_monitor: bool = True
+    unlabeled: list = field(default_factory=list)
+    shuffle_buffer: int = 2048
+    skip_bad: bool = False
 
     def __post_init__(self):
         self.validate()
@@ -209,6 +219,14 @@ class PretrainConfig:
             _check_positive_int("pretrain.cpu_devices", self.cpu_devices)
         _check_bool("pretrain.sync_batchnorm", self.sync_batchnorm)
         _check_bool("pretrain.knn_monitor", self.knn_monitor)
+        unlabeled = [self.unlabeled] if isinstance(self.unlabeled, str) else self.unlabeled
+        if not isinstance(unlabeled, (list, tuple)) or not all(isinstance(p, str) and p for p in unlabeled):
+            raise KerassslError(f"pretrain.unlabeled must be a list of folders or TFRecord globs, "
+                                f"got {self.unlabeled!r}")
+        if len(set(unlabeled)) != len(unlabeled):
+            raise KerassslError(f"pretrain.unlabeled names a pool twice: {list(unlabeled)}")
+        _check_positive_int("pretrain.shuffle_buffer", self.shuffle_buffer)
+        _check_bool("pretrain.skip_bad", self.skip_bad)
 
 
 @dataclass

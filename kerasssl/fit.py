@@ -7,7 +7,10 @@ inspected or re-run on its own with the step-by-step commands:
 - ``RUN/config.yaml`` (the full config, replayable with ``--config``),
   ``RUN/split.json`` (file names per split);
 - ``RUN/encoder.keras`` + ``RUN/preprocess.json`` (pretraining; skipped for
-  ``finetune.mode: supervised``, which trains from random weights);
+  ``finetune.mode: supervised``, which trains from random weights), and with
+  unlabeled pools (``pretrain.unlabeled``) ``RUN/pools.json``: pretraining
+  streams the pools with the train split, the leak guard leaves out pool images
+  equal to a val/test image, and ``report.json`` says how many of each were used;
 - ``RUN/classifier.keras`` + ``RUN/finetune.json`` (fine-tuning);
 - ``RUN/report.json`` + ``RUN/roc.png`` (evaluation on ``evaluate.split``);
 - ``RUN/saved_models/<name>/<version>/`` when ``export.enabled``.
@@ -65,7 +68,7 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
 
     t = time.perf_counter()
     say(f"[1/5] split: reading {data_path}")
-    state, image_set, split, plan = check_fit(cfg, data_path, run_dir)
+    state, image_set, split, plan = check_fit(cfg, data_path, run_dir, progress=say)
     # Accepted: from here on the job writes.
     if on_accepted is not None:
         on_accepted(run_dir)
@@ -78,7 +81,8 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
 
     t = time.perf_counter()
     if mode == "supervised":
-        say("[2/5] pretrain: skipped (supervised baseline from random weights)")
+        say("[2/5] pretrain: skipped (supervised baseline from random weights)"
+            + ("; the unlabeled pools are not used" if cfg.pretrain.unlabeled else ""))
     else:
         from kerasssl.pretrain import pretrain
 
@@ -86,7 +90,9 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
             say(f"[2/5] pretrain: reusing {run.encoder} (same data and pretrain config)")
         else:
             say(f"[2/5] pretrain: {cfg.pretrain.method} on {cfg.pretrain.encoder}, "
-                f"{cfg.pretrain.epochs} epochs" + (" (resuming)" if state == "resume" else ""))
+                f"{cfg.pretrain.epochs} epochs" + (" (resuming)" if state == "resume" else "")
+                + (f", on {plan.pools.n_unlabeled} unlabeled pool + {len(plan.train_idx)} train-split images"
+                   if plan is not None and plan.pools is not None else ""))
             pretrain(cfg, data_path, run_dir, resume=state == "resume", verbose=2 if progress else 0,
                      image_set=image_set, plan=plan)
     seconds["pretrain"] = time.perf_counter() - t
@@ -102,6 +108,8 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
     report_path, plot_path = run.report, run.roc_plot
     report = evaluate_run(record["model"], data_path, run_dir, split=cfg.evaluate.split,
                           report_path=report_path, plot_path=plot_path, cfg=cfg, image_set=image_set)
+    if mode != "supervised" and cfg.pretrain.unlabeled:
+        report = _add_pool_usage(report, report_path, run_dir)
     seconds["evaluate"] = time.perf_counter() - t
 
     paths = {"run_dir": str(run_dir), "report": str(report_path), "plot": str(plot_path),
@@ -119,7 +127,30 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
     return {"report": report, "paths": paths, "seconds": seconds}
 
 
-def check_fit(cfg, data_path, run_dir):
+def _add_pool_usage(report, report_path, run_dir) -> dict:
+    """Say in RUN/report.json what pretraining took from the pools (from RUN/pools.json)."""
+    from kerasssl.poolplan import recorded_pools
+    from kerasssl.rundir import RunDir, write_json_atomic
+
+    record = recorded_pools(run_dir)
+    if record is None:
+        return report
+    guard = record.get("leak_guard", {})
+    report = dict(report)
+    report["pretraining_data"] = {
+        "unlabeled_images": record.get("unlabeled_images"),
+        "train_split_images": record.get("train_split_images"),
+        "pools": [p["path"] for p in record.get("pools", [])],
+        "leak_guard_excluded": guard.get("excluded"),
+        "leak_guard_reference_images": guard.get("reference_images"),
+        "skipped_files": len(record.get("skipped_files", [])),
+        "record": str(RunDir(run_dir).pools),
+    }
+    write_json_atomic(report_path, report)
+    return report
+
+
+def check_fit(cfg, data_path, run_dir, progress=None):
     """Every check :func:`fit` makes before it writes anything; writes nothing.
 
     0. the data-parallel engine is set up (before any TensorFlow op, so an API
@@ -129,6 +160,9 @@ def check_fit(cfg, data_path, run_dir):
     pretraining is reused, resumed or refused (:func:`_pretraining_state`), and
     its split must fit the data; 4. what the stages need: the pretraining plan
     (checkpoint, batch size) and an encoder that takes the images.
+
+    Args:
+        progress: called with one-line messages about the pools' checks.
 
     Returns:
         ``(state, image_set, split, plan)``: the pretraining state ("new",
@@ -164,7 +198,13 @@ def check_fit(cfg, data_path, run_dir):
     split = check_split(run_dir, image_set, cfg.data, labels_fraction=ft.labels_fraction)
     plan = None
     if state in ("new", "resume"):
-        plan = plan_pretraining(cfg, data_path, run_dir, resume=state == "resume", image_set=image_set, dist=dist)
+        plan = plan_pretraining(cfg, data_path, run_dir, resume=state == "resume", image_set=image_set, dist=dist,
+                                progress=progress)
+    elif state == "done" and cfg.pretrain.unlabeled:
+        from kerasssl.poolplan import check_pools_unchanged
+
+        # Reusing the encoder: its pools must be the ones it was trained on.
+        check_pools_unchanged(cfg.pretrain.unlabeled, run_dir, skip_bad=cfg.pretrain.skip_bad)
     if state != "done":
         _check_encoder_takes(cfg.pretrain.encoder, image_set.image_shape)
     return state, image_set, split, plan
@@ -240,6 +280,12 @@ def summary_lines(summary: dict) -> list:
     ]
     if "saved_model" in p:
         lines.append(f"SavedModel: {p['saved_model']}")
+    used = r.get("pretraining_data")
+    if used:
+        lines.insert(3, f"pretrained on {used['unlabeled_images']} unlabeled pool images + "
+                        f"{used['train_split_images']} train-split images; the leak guard left out "
+                        f"{used['leak_guard_excluded']} pool image(s) equal to val/test images"
+                        + (f"; {used['skipped_files']} bad file(s) skipped" if used["skipped_files"] else ""))
     total = sum(summary.get("seconds", {}).values())
     if total:
         lines.append(f"took {total:.0f} s (" + ", ".join(

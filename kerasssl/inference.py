@@ -155,14 +155,15 @@ def _traced(fn, image_shape):
 
 def _keras(path):
     from kerasssl.classifier import LensClassifier, classifier_parts, image_shape_of, looks_like_encoder
-    from kerasssl.export import class_names_for, find_run_dir
+    from kerasssl.export import class_names_for
+    from kerasssl.rundir import RunDir
 
     model = load_model(path)
     if looks_like_encoder(model):
-        return _encoder(path, model, image_shape_of(model), find_run_dir(path))
+        return _encoder(path, model, image_shape_of(model), RunDir.of_file(path))
     parts = classifier_parts(model)
     shape = parts.image_shape
-    names = class_names_for(model, find_run_dir(path))
+    names = class_names_for(model, RunDir.of_file(path))
     features = parts.features
     probabilities = _traced(lambda x: model(x, training=False), shape)
     both = None
@@ -191,7 +192,9 @@ def _encoder(path, encoder, shape, run_dir):
         check_classifier(encoder, path)
     except DataError as e:  # names the classifier to use instead, as `predict` does
         missing["probabilities"] = e.problem
-    candidates = [Path(path).parent / "preprocess.json"] + ([Path(run_dir) / "preprocess.json"] if run_dir else [])
+    from kerasssl.rundir import RunDir
+
+    candidates = [RunDir(Path(path).parent).preprocess] + ([RunDir(run_dir).preprocess] if run_dir else [])
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         missing["features"] = ("is an encoder without the run's preprocess.json beside it (the model "

@@ -9,7 +9,7 @@ kerasssl wrote loads.
 - :func:`load_model`: a ``.keras`` file -> ``keras.Model`` (uncompiled).
 - :func:`load_saved_model`: a SavedModel version dir, or ``BASE/NAME`` (its
   highest version) -> ``(version_dir, tf.saved_model.load(...))``.
-- :func:`load_tflite`: a ``.tflite`` file -> :class:`kerasssl.tflite.TFLiteRunner`.
+- :func:`load_tflite`: a ``.tflite`` file -> :class:`TFLiteRunner`.
 - :func:`model_kind`: which of the three a path is.
 
 Example:
@@ -22,7 +22,9 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from kerasssl.errors import DataError, first_line
+import numpy as np
+
+from kerasssl.errors import DataError, KerassslError, first_line
 
 KERAS_SUFFIX = ".keras"
 TFLITE_SUFFIX = ".tflite"
@@ -112,10 +114,69 @@ def load_saved_model(path):
 
 
 def load_tflite(path):
-    """A :class:`kerasssl.tflite.TFLiteRunner` for a ``.tflite`` file."""
-    from kerasssl.tflite import TFLiteRunner
-
+    """A :class:`TFLiteRunner` for a ``.tflite`` file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "model file not found")
     return TFLiteRunner(path)
+
+
+class TFLiteRunner:
+    """Run a classifier ``.tflite`` with ai_edge_litert, any batch size.
+
+    Args:
+        path: the ``.tflite`` file (or ``model_content`` bytes instead).
+
+    Example:
+        >>> TFLiteRunner("lens_finder_fp32.tflite").predict(np.zeros((3, 32, 32, 1), "float32")).shape
+        (3, 2)
+    """
+
+    def __init__(self, path=None, model_content=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = str(path) if path is not None else None
+        try:
+            if model_content is not None:
+                self._interpreter = Interpreter(model_content=model_content)
+            else:
+                self._interpreter = Interpreter(model_path=self.path)
+        except Exception as e:  # noqa: BLE001 - a bad file is the user's to fix
+            raise DataError(self.path or "<tflite>", f"not a usable TFLite model ({first_line(e)})") from None
+        inputs = self._interpreter.get_input_details()
+        outputs = self._interpreter.get_output_details()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise DataError(self.path or "<tflite>", "expected one input and one output tensor")
+        self._input = inputs[0]
+        self._output = outputs[0]
+        self.image_shape = tuple(int(d) for d in self._input["shape"][1:])
+        self.batch_resizable = int(self._input["shape_signature"][0]) == -1
+        self._batch = None
+
+    def predict(self, images, batch_size=64):
+        """Probabilities (N, K) for raw images (N, H, W, C)."""
+        images = np.asarray(images, dtype=np.float32)
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise KerassslError(f"images {list(images.shape[1:])} do not fit the TFLite input {list(self.image_shape)}")
+        if not self.batch_resizable:
+            batch_size = int(self._input["shape"][0])
+        out = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            out.append(self._run(chunk))
+        return np.concatenate(out, axis=0)
+
+    def _run(self, chunk):
+        n = len(chunk)
+        if self.batch_resizable and n != self._batch:
+            self._interpreter.resize_tensor_input(self._input["index"], [n, *self.image_shape])
+            self._interpreter.allocate_tensors()
+            self._batch = n
+        elif self._batch is None:
+            self._interpreter.allocate_tensors()
+            self._batch = int(self._input["shape"][0])
+        if n != self._batch:  # fixed batch: pad, then drop the padding
+            chunk = np.concatenate([chunk, np.zeros((self._batch - n, *self.image_shape), np.float32)])
+        self._interpreter.set_tensor(self._input["index"], chunk)
+        self._interpreter.invoke()
+        return np.array(self._interpreter.get_tensor(self._output["index"]))[:n]

@@ -5,6 +5,10 @@
 - ``config.yaml``: the full resolved :class:`kerasssl.config.RunConfig`;
 - ``split.json`` (via :mod:`kerasssl.data.split`): pretraining sees the
   TRAIN split's images only; validation feeds the kNN probe; test is never read;
+- with unlabeled pools (``pretrain.unlabeled``, ``--unlabeled``; DATA then
+  optional): ``pools.json`` (+ ``skipped_files.txt``, see :mod:`kerasssl.poolplan`).
+  The pools are streamed with the train split (:mod:`kerasssl.data.poolstream`),
+  never loaded whole; pool images equal to a val/test image are left out (leak guard);
 - ``preprocess.json``: the in-model NaN repair + normalisation;
 - ``checkpoints/``: one atomic checkpoint per good epoch, the last two kept
   (see :class:`kerasssl.callbacks.EpochCheckpoint`);
@@ -224,13 +228,14 @@ def _probe_callback(cfg, image_set, split, train_idx, val_idx):
                     seed=cfg.seed)
 
 
-def save_encoder(model, cfg, input_shape, path, train_images=None):
+def save_encoder(model, cfg, input_shape, path, train_images=None, pool_fingerprints=None):
     """Save the backbone alone under the float32 policy (``RUN/encoder.keras``), atomically.
 
     With ``train_images`` (the images pretraining saw), their content
     fingerprints go inside the file (:mod:`kerasssl.fingerprints`): every
     classifier fine-tuned from this encoder carries them, so ``evaluate``
-    refuses them in any run.
+    refuses them in any run. ``pool_fingerprints`` (uint8 (N, 16)) are those of
+    the unlabeled pool images it saw, stored with them (16 bytes per image).
     """
     import keras
 
@@ -244,7 +249,10 @@ def save_encoder(model, cfg, input_shape, path, train_images=None):
         encoder.set_weights(model.encoder.get_weights())
     finally:
         keras.mixed_precision.set_dtype_policy(policy)
-    trained_on = None if train_images is None else TrainingFingerprints({"pretrain": fingerprints(train_images)})
+    rows = [fingerprints(train_images)] if train_images is not None and len(train_images) else []
+    if pool_fingerprints is not None:
+        rows.append(np.asarray(pool_fingerprints, np.uint8))
+    trained_on = TrainingFingerprints({"pretrain": np.concatenate(rows)}) if rows else None
     save_keras_atomic(encoder, path, finish=None if trained_on is None
                       else lambda tmp: trained_on.write(tmp, role="encoder"))
     return encoder
@@ -265,6 +273,8 @@ class PretrainingPlan:
             (killed after the last checkpoint): only the encoder and history are left to write.
         batch_size / steps_per_epoch: as the run will use them.
         dist: the :class:`kerasssl.distribute.Distribution` it runs under.
+        pools: the unlabeled pools (:class:`kerasssl.poolplan.PoolPlan`), or None.
+        input_shape: (H, W, C) of the images pretraining takes.
     """
 
     run_dir: RunDir
@@ -278,19 +288,26 @@ class PretrainingPlan:
     batch_size: int
     steps_per_epoch: int
     dist: object = None
+    pools: Optional[object] = None
+    input_shape: Optional[tuple] = None
 
 
-def plan_pretraining(cfg: RunConfig, data_path, run_dir, *, resume=False, image_set=None, dist=None):
+def plan_pretraining(cfg: RunConfig, data_path, run_dir, *, resume=False, image_set=None, dist=None,
+                     progress=None):
     """Every check :func:`pretrain` makes before it writes anything; writes nothing.
 
     Config values, the run directory (another pretraining there, or nothing to
     resume), the checkpoint (the newest readable one), DATA (every pixel is read)
-    and the split. ``kerasssl fit`` calls it before its own first write too.
+    and the split, and the unlabeled pools (:func:`kerasssl.poolplan.plan_pools`:
+    listings, headers, the content pass, the leak guard; on resume, a changed
+    pool is refused). ``kerasssl fit`` calls it before its own first write too.
 
     Args:
-        cfg / data_path / run_dir / resume: as for :func:`pretrain`.
+        cfg / data_path / run_dir / resume: as for :func:`pretrain` (``data_path``
+            may be None when ``cfg.pretrain.unlabeled`` names pools).
         image_set: DATA already loaded (saves reading it again).
         dist: the :func:`setup_distribution` result (default: set up here, before DATA is read).
+        progress: called with one-line messages about the pools (default: logged).
 
     Returns:
         A :class:`PretrainingPlan`.
@@ -325,32 +342,49 @@ def plan_pretraining(cfg: RunConfig, data_path, run_dir, *, resume=False, image_
     elif has_checkpoint(ckpt_dir) or has_encoder:
         raise KerassslError(f"{run_dir}: already holds a pretraining run; use --resume or a new --run-dir")
 
-    if image_set is None:
-        check_data_path(data_path)
-        image_set = load_images(data_path, **cfg.data.read_options())
-    split = check_split(run_dir, image_set, cfg.data)
-    train_idx = split.indices(image_set, "train")
-    val_idx = split.indices(image_set, "val")
-    if len(train_idx) < 2:
-        raise KerassslError(f"{data_path}: the train split has {len(train_idx)} image(s); need at least 2")
+    if data_path is None and image_set is None:
+        if not p.unlabeled:
+            raise KerassslError("nothing to pretrain on: give DATA or --unlabeled POOL (pretrain.unlabeled)")
+        split, train_idx, val_idx = None, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    else:
+        if image_set is None:
+            check_data_path(data_path)
+            image_set = load_images(data_path, **cfg.data.read_options())
+        split = check_split(run_dir, image_set, cfg.data)
+        train_idx = split.indices(image_set, "train")
+        val_idx = split.indices(image_set, "val")
+        if len(train_idx) < 2 and not p.unlabeled:
+            raise KerassslError(f"{data_path}: the train split has {len(train_idx)} image(s); need at least 2")
+    pools = None
+    if p.unlabeled:
+        from kerasssl.poolplan import plan_pools
+
+        pools = plan_pools(cfg, run_dir, image_set=image_set, split=split, resume=resume, progress=progress)
+    n_images = len(train_idx) + (pools.n_unlabeled if pools is not None else 0)
+    if n_images < 2:
+        raise KerassslError(f"{data_path or ', '.join(p.unlabeled)}: {n_images} image(s) to pretrain on; "
+                            "need at least 2")
+    input_shape = tuple(image_set.image_shape) if image_set is not None else tuple(pools.image_shape)
     batch_size = p.batch_size
-    if batch_size > len(train_idx):
-        log.warning("batch size %d > %d training images: using %d", batch_size, len(train_idx), len(train_idx))
-        batch_size = len(train_idx)
+    if batch_size > n_images:
+        log.warning("batch size %d > %d training images: using %d", batch_size, n_images, n_images)
+        batch_size = n_images
     if dist.distribution is not None and batch_size % dist.num_replicas:
         # keras.distribution.DataParallel shards each batch evenly over the devices.
         raise KerassslError(f"--batch-size {batch_size} must be a multiple of the {dist.num_replicas} "
                             "devices of --strategy mirrored under JAX")
-    steps_per_epoch = p.steps_per_epoch or max(len(train_idx) // batch_size, 1)
+    steps_per_epoch = p.steps_per_epoch or max(n_images // batch_size, 1)
     return PretrainingPlan(run_dir=run_dir, image_set=image_set, split=split, train_idx=train_idx,
                            val_idx=val_idx, checkpoint=checkpoint, done=done,
                            finish_only=resume and done == p.epochs, batch_size=batch_size,
-                           steps_per_epoch=steps_per_epoch, dist=dist)
+                           steps_per_epoch=steps_per_epoch, dist=dist, pools=pools, input_shape=input_shape)
 
 
 def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, image_set=None,
-             on_accepted: Optional[Callable[[Path], None]] = None, plan: Optional[PretrainingPlan] = None):
-    """Pretrain ``cfg.pretrain.encoder`` with ``cfg.pretrain.method`` on DATA's train split.
+             on_accepted: Optional[Callable[[Path], None]] = None, plan: Optional[PretrainingPlan] = None,
+             progress: Optional[Callable[[str], None]] = None):
+    """Pretrain ``cfg.pretrain.encoder`` with ``cfg.pretrain.method`` on DATA's train split
+    (and the unlabeled pools of ``cfg.pretrain.unlabeled``, streamed).
 
     Nothing is written until every check passed (:func:`plan_pretraining`, then
     the model is built and the checkpoint restored): a refused run leaves no
@@ -358,7 +392,8 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
 
     Args:
         cfg: the resolved run config (with ``resume``, pass :func:`resume_config`'s).
-        data_path: the data folder or TFRecord shards (anything ``check_data_path`` accepts).
+        data_path: the data folder or TFRecord shards (anything ``check_data_path`` accepts),
+            or None to pretrain on the pools alone (no split, no kNN probe).
         run_dir: the run directory (created).
         resume: continue from ``RUN/checkpoints`` (the newest readable checkpoint);
             a run killed after its last checkpoint only gets its encoder written.
@@ -369,6 +404,7 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
         plan: what :func:`plan_pretraining` returned for these same arguments
             (``fit`` checks before its own writes and passes it on, so each check
             and warning happens once); default: plan here.
+        progress: called with one-line messages about the pools' checks (default: logged).
 
     Returns:
         The history dict (per-epoch lists), as written to ``RUN/history.json``.
@@ -396,19 +432,22 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
     from kerasssl.layers.preprocess import load_or_create_preprocess
 
     if plan is None:  # sets up data parallelism (tf.distribute / keras.distribution) before any TF op
-        plan = plan_pretraining(cfg, data_path, run_dir, resume=resume, image_set=image_set)
+        plan = plan_pretraining(cfg, data_path, run_dir, resume=resume, image_set=image_set, progress=progress)
     else:
         check_components(cfg)
-    run_dir, image_set, dist = plan.run_dir, plan.image_set, plan.dist or setup_distribution(cfg)
+    run_dir, image_set, pools = plan.run_dir, plan.image_set, plan.pools
+    dist = plan.dist or setup_distribution(cfg)
     ckpt_dir = run_dir.checkpoints
     p = cfg.pretrain
-    train_images = image_set.images[plan.train_idx]
-    input_shape = tuple(train_images.shape[1:])
+    train_images = image_set.images[plan.train_idx] if image_set is not None else None
+    input_shape = tuple(plan.input_shape)
+    # What the statistics (and the NaN hint) look at: the train split, plus the pools' seeded sample.
+    seen = _stats_images(train_images, pools, input_shape)
 
     keras.utils.set_random_seed(cfg.seed)
     # float32: the views augment normalised pixels in full precision; the encoder
     # casts to the compute dtype itself. A new one is saved once the run is accepted.
-    preprocess, new_preprocess = load_or_create_preprocess(run_dir.preprocess, cfg.data, train_images,
+    preprocess, new_preprocess = load_or_create_preprocess(run_dir.preprocess, cfg.data, seen,
                                                            reuse=resume, dtype="float32")
     with dist.scope():  # variables mirrored / sharded; Keras then splits each global batch
         model = build_pretraining_model(cfg, input_shape, preprocess, steps_per_epoch=plan.steps_per_epoch)
@@ -424,28 +463,40 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
     if on_accepted is not None:
         on_accepted(run_dir.path)
     run_dir.path.mkdir(parents=True, exist_ok=True)
-    split = load_or_create_split(run_dir, image_set, cfg.data)
+    split = load_or_create_split(run_dir, image_set, cfg.data) if image_set is not None else None
     run_dir.save_config(cfg)
     if new_preprocess:
         preprocess.preprocess_to_json(run_dir.preprocess)
+    if pools is not None:
+        pools.write(run_dir.path, _normalization_sample(cfg, train_images, pools))
     if plan.finish_only:
         log.info("%s: all %d epochs are checkpointed; writing the encoder", run_dir, plan.done)
-        return _finish(model, cfg, input_shape, run_dir, history, dist, train_images)
+        return _finish(model, cfg, input_shape, run_dir, history, dist, train_images, pools)
     if plan.done:
         log.info("resuming %s after epoch %d", run_dir, plan.done)
 
     # Full batches only (BatchNorm and the contrastive losses dislike a tiny
     # last batch); repeat so steps_per_epoch may exceed one pass. The shuffle
     # seed moves with the epoch so a resumed run sees fresh orders.
-    dataset = make_dataset(train_images, batch_size=plan.batch_size, shuffle=True,
-                           seed=cfg.seed + 1000 * plan.done, repeat=True, drop_remainder=True)
+    stream_errors = None
+    if pools is not None:
+        from kerasssl.data.poolstream import StreamErrors, make_pretraining_dataset
+
+        stream_errors = StreamErrors()
+        dataset = make_pretraining_dataset(
+            pools.scans, train_images, batch_size=plan.batch_size, seed=cfg.seed + 1000 * plan.done,
+            image_size=cfg.data.image_size, allow_pickle=cfg.data.allow_pickle,
+            shuffle_buffer=p.shuffle_buffer, errors=stream_errors)
+    else:
+        dataset = make_dataset(train_images, batch_size=plan.batch_size, shuffle=True,
+                               seed=cfg.seed + 1000 * plan.done, repeat=True, drop_remainder=True)
 
     def write_history(epoch, hist):
         write_json_atomic(run_dir.history, hist)
 
     guard = NonFiniteLossGuard()
     callbacks = [LearningRateLogger()]
-    probe = _probe_callback(cfg, image_set, split, plan.train_idx, plan.val_idx)
+    probe = _probe_callback(cfg, image_set, split, plan.train_idx, plan.val_idx) if image_set is not None else None
     if probe is not None:
         callbacks.append(probe)
     callbacks += [
@@ -453,19 +504,54 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
         EpochCheckpoint(ckpt_dir, history=history, on_saved=write_history),
         ScalarEventWriter(run_dir.tensorboard),
     ]
-    model.fit(dataset, epochs=p.epochs, initial_epoch=plan.done, steps_per_epoch=plan.steps_per_epoch,
-              callbacks=callbacks, verbose=verbose, shuffle=False)
+    try:
+        model.fit(dataset, epochs=p.epochs, initial_epoch=plan.done, steps_per_epoch=plan.steps_per_epoch,
+                  callbacks=callbacks, verbose=verbose, shuffle=False)
+    except Exception as e:  # noqa: BLE001 - a pool file that changed mid-run: one line, not TF's traceback
+        if stream_errors is None:
+            raise
+        if stream_errors.error is not None:
+            raise stream_errors.error from None
+        import tensorflow as tf
+
+        if not isinstance(e, tf.errors.OpError):
+            raise
+        from kerasssl.errors import first_line
+
+        last = load_checkpoint_meta(ckpt_dir)
+        kept = f"last good checkpoint: epoch {last['epoch']}" if last else "no checkpoint was written"
+        raise KerassslError(f"{', '.join(p.unlabeled)}: reading the pool failed during pretraining "
+                            f"({first_line(e)}): did a file change since the run checked it? {kept}") from None
     if guard.failure:
         last = load_checkpoint_meta(ckpt_dir)
         kept = f"last good checkpoint: epoch {last['epoch']}" if last else "no checkpoint was written"
-        hint = nonfinite_hint(train_images, cfg.data.normalization)
+        hint = nonfinite_hint(seen, cfg.data.normalization)
         raise KerassslError(f"pretraining stopped: {guard.failure}; {kept}; {hint}")
-    return _finish(model, cfg, input_shape, run_dir, history, dist, train_images)
+    return _finish(model, cfg, input_shape, run_dir, history, dist, train_images, pools)
 
 
-def _finish(model, cfg, input_shape, run_dir, history, dist, train_images):
+def _stats_images(train_images, pools, input_shape):
+    """The train split and, with pools, their seeded sample (what ``dataset`` statistics see)."""
+    parts = [x for x in (train_images, pools.sample() if pools is not None else None)
+             if x is not None and len(x)]
+    return np.concatenate(parts) if parts else np.zeros((0,) + tuple(input_shape), np.float32)
+
+
+def _normalization_sample(cfg, train_images, pools):
+    """How ``dataset`` statistics were drawn (for ``RUN/pools.json``), or None for other normalisations."""
+    if cfg.data.normalization != "dataset":
+        return None
+    return {"train_split_images": 0 if train_images is None else int(len(train_images)),
+            "pool_images": int(sum(len(s.sample) for s in pools.scans)),
+            "leak_guard": "images the leak guard left out are not in the sample",
+            "seed": pools.seed, "how": "seeded positions in each pool (seed + pool index), "
+                                       "at most 4096 images or 256 MiB per pool"}
+
+
+def _finish(model, cfg, input_shape, run_dir, history, dist, train_images, pools=None):
     """The end of every run: RUN/encoder.keras (with what trained it) and the final RUN/history.json."""
-    save_encoder(model, cfg, input_shape, run_dir.encoder, train_images=train_images)
+    save_encoder(model, cfg, input_shape, run_dir.encoder, train_images=train_images,
+                 pool_fingerprints=pools.fingerprints() if pools is not None else None)
     write_json_atomic(run_dir.history, history)
     dist.cleanup()
     return history

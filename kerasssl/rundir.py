@@ -60,15 +60,17 @@ FINETUNE = "finetune.json"
 REPORT = "report.json"
 ROC_PLOT = "roc.png"
 SAVED_MODELS = "saved_models"
+POOLS = "pools.json"
+SKIPPED_FILES = "skipped_files.txt"
 
 # Any of these makes a folder a run directory (export reads a run's records through them).
 MARKERS = (CONFIG, SPLIT, RECORD, PREPROCESS)
 # What each command writes into RUN/ (the run's record lists it; --output / --report may move some).
 WRITES = {
-    "pretrain": (CONFIG, SPLIT, PREPROCESS, CHECKPOINTS, HISTORY, TENSORBOARD, ENCODER),
+    "pretrain": (CONFIG, SPLIT, PREPROCESS, CHECKPOINTS, HISTORY, TENSORBOARD, ENCODER, POOLS),
     "finetune": (CONFIG, SPLIT, PREPROCESS, CLASSIFIER, FINETUNE),
     "evaluate": (REPORT, ROC_PLOT),
-    "fit": (CONFIG, SPLIT, PREPROCESS, CHECKPOINTS, HISTORY, TENSORBOARD, ENCODER, CLASSIFIER, FINETUNE,
+    "fit": (CONFIG, SPLIT, PREPROCESS, CHECKPOINTS, HISTORY, TENSORBOARD, ENCODER, POOLS, CLASSIFIER, FINETUNE,
             REPORT, ROC_PLOT, SAVED_MODELS),
 }
 # Where a run recorded its class names, most specific first.
@@ -158,6 +160,16 @@ class RunDir:
     @property
     def saved_models(self) -> Path:
         return self.path / SAVED_MODELS
+
+    @property
+    def pools(self) -> Path:
+        """The unlabeled pools pretraining streamed (kerasssl.poolplan)."""
+        return self.path / POOLS
+
+    @property
+    def skipped_files(self) -> Path:
+        """Pool files ``--skip-bad`` left out, one per line."""
+        return self.path / SKIPPED_FILES
 
     # -- state ---------------------------------------------------------------
     def is_run(self) -> bool:

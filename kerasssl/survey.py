@@ -363,7 +363,7 @@ class ImageReader:
 
     def fit(self, array, where, channel_axis=None) -> np.ndarray:
         from kerasssl.data.arrays import check_finite_bands, to_hwc
-        from kerasssl.data.clean import center_crop
+        from kerasssl.data.imageset import center_crop
 
         image = to_hwc(array, where, channel_axis or self.channel_axis)
         height, width, channels = self.image_shape

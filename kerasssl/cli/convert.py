@@ -16,8 +16,12 @@ from kerasssl.cli.options import data_options
               show_default=True, help="Compress the shards (files end in .tfrecord.gz).")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Progress bar on stderr.")
+@click.option("--unlabeled", is_flag=True, default=False,
+              help="DATA is an unlabeled pool: every .npy/FITS file at any depth, folder names "
+                   "meaning nothing; the records get no label or class_name (manifest "
+                   "\"labeled\": false). Use OUT with pretrain/fit --unlabeled.")
 @data_options
-def convert(data, out, to, shards, compression, progress, allow_pickle, channel_axis):
+def convert(data, out, to, shards, compression, progress, unlabeled, allow_pickle, channel_axis):
     """Convert the data folder DATA to TFRecord files of tf.Example in the new folder OUT.
 
     Each record holds one file: `image` (the array exactly as stored, NaN kept,
@@ -28,11 +32,16 @@ def convert(data, out, to, shards, compression, progress, allow_pickle, channel_
     The band axis (decided from all files, or --channels-first/--channels-last)
     is recorded in OUT/manifest.json, so readers of OUT use the same.
     """
-    from kerasssl.data.tfrecord import write_tfrecords
+    options = dict(shards=shards, compression=compression, allow_pickle=bool(allow_pickle),
+                   progress=progress, channel_axis=channel_axis or "auto")
+    if unlabeled:
+        from kerasssl.data.pool import convert_pool
 
-    manifest = write_tfrecords(data, out, shards=shards, compression=compression,
-                               allow_pickle=bool(allow_pickle), progress=progress,
-                               channel_axis=channel_axis or "auto")
+        manifest = convert_pool(data, out, **options)
+    else:
+        from kerasssl.data.tfrecord import write_tfrecords
+
+        manifest = write_tfrecords(data, out, **options)
     counts = ", ".join(f"{name} {n}" for name, n in manifest["counts"].items())
     click.echo(f"wrote {manifest['num_records']} records ({counts}) in {manifest['shards']} "
                f"{to} shard(s) to {out}")

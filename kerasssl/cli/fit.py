@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import command_line, data_options, distribution_options
+from kerasssl.cli.options import command_line, data_options, distribution_options, pool_options, pool_overrides
 from kerasssl.config import FINETUNE_MODES, PRECISIONS
 
 
@@ -27,12 +27,17 @@ from kerasssl.config import FINETUNE_MODES, PRECISIONS
               help="Fine-tune mode (supervised skips pretraining).")
 @click.option("--seed", type=int, default=None, help="Seed of the split, pretraining and fine-tuning.")
 @click.option("--no-export", is_flag=True, default=False, help="Skip the SavedModel export.")
+@pool_options
 @distribution_options
 @data_options
 def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, image_size, batch_size,
-        precision, labels_fraction, mode, seed, no_export, strategy, cpu_devices, sync_batchnorm,
-        allow_pickle, channel_axis):
+        precision, labels_fraction, mode, seed, no_export, unlabeled, skip_bad, strategy, cpu_devices,
+        sync_batchnorm, allow_pickle, channel_axis):
     """The whole job on DATA: split, pretrain, fine-tune, evaluate (and export).
+
+    With --unlabeled POOL, pretraining streams the pools with DATA's train split
+    (pool images equal to a val/test image are left out); fine-tuning and
+    evaluation use DATA only.
 
     Writes RUN/config.yaml, RUN/split.json, RUN/classifier.keras, RUN/report.json
     and RUN/roc.png, and prints the test ROC-AUC with its 95% CI.
@@ -62,6 +67,7 @@ def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, im
         "pretrain.sync_batchnorm": sync_batchnorm,
         "data.allow_pickle": allow_pickle,
         "data.channel_axis": channel_axis,
+        **pool_overrides(unlabeled, skip_bad),
     })
     # fit() checks everything (and sets up the devices) before its first write; the command
     # is recorded only once the job is accepted (a refused one writes nothing).

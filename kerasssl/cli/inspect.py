@@ -15,8 +15,14 @@ from kerasssl.cli.options import data_options
 @click.option("--image-size", type=click.IntRange(min=1), default=None, metavar="S",
               help="Centre-crop every image to S x S (needed when files differ in size; "
                    "smaller images are refused, never padded).")
+@click.option("--unlabeled", is_flag=True, default=False,
+              help="DATA is an unlabeled pool (a folder of .npy/FITS files at any depth, or "
+                   "TFRecord shards with or without labels): read it as pretraining would, "
+                   "streaming, and report one 'unlabeled' row.")
+@click.option("--skip-bad", "skip_bad", is_flag=True, default=False,
+              help="With --unlabeled: count and list bad files instead of stopping at the first.")
 @data_options
-def inspect(data, as_json, image_size, allow_pickle, channel_axis):
+def inspect(data, as_json, image_size, unlabeled, skip_bad, allow_pickle, channel_axis):
     """Describe DATA: detected format, class counts, image shape, value range, NaN/Inf.
 
     DATA is a flat folder of .npy/.fits images (files named nl_* are
@@ -36,18 +42,34 @@ def inspect(data, as_json, image_size, allow_pickle, channel_axis):
       kerasssl inspect data/sim --allow-pickle --image-size 64
       kerasssl inspect data/cubes --channels-first
     """
-    from kerasssl.data.clean import describe
-    from kerasssl.data.load import load_images
+    if unlabeled:
+        summary = _describe_pool(data, image_size, bool(allow_pickle), channel_axis or "auto", skip_bad)
+    else:
+        from kerasssl.data.clean import describe
+        from kerasssl.data.load import load_images
 
-    summary = describe(load_images(data, image_size=image_size, allow_pickle=bool(allow_pickle),
-                                   channel_axis=channel_axis or "auto"))
+        summary = describe(load_images(data, image_size=image_size, allow_pickle=bool(allow_pickle),
+                                       channel_axis=channel_axis or "auto"))
     if as_json:
         click.echo(json.dumps(summary))
     else:
         click.echo(format_summary(summary))
 
 
+def _describe_pool(data, image_size, allow_pickle, channel_axis, skip_bad) -> dict:
+    """The pool's listing, header checks and content pass (what pretraining does first), summarised."""
+    from kerasssl.data.pool import check_headers, list_pool
+    from kerasssl.data.poolscan import describe_pool, scan_pool
+
+    files, skipped = list_pool(data, skip_bad=skip_bad)
+    layout = check_headers(files, image_size=image_size, channel_axis=channel_axis,
+                           allow_pickle=allow_pickle, skip_bad=skip_bad, skipped=skipped)
+    return describe_pool([scan_pool(layout, image_size=image_size, allow_pickle=allow_pickle,
+                                    skip_bad=skip_bad)])
+
+
 _LAYOUTS = {
+    "pool": "unlabeled pool",
     "hst": "flat folder, nl_* = non-lens",
     "folders": "one sub-folder per class",
     "fits": "FITS files",
@@ -92,6 +114,15 @@ def format_summary(s: dict) -> str:
         cells = [str(row[0]).ljust(widths[0])] + [str(v).rjust(widths[i])
                                                   for i, v in enumerate(row) if i]
         lines.append("  ".join(cells))
+    if s.get("format") == "pool":
+        lines.insert(2, f"pool     {', '.join(s.get('pool_kinds', []))}, {s.get('bytes', 0) / 2 ** 20:.1f} MiB"
+                        + (f", listing fingerprint {s['pools'][0]['listing_fingerprint']}"
+                           if len(s.get("pools", [])) == 1 else ""))
+        skipped = s.get("skipped", [])
+        if skipped:
+            lines.append("")
+            lines.append(f"skipped {len(skipped)} bad file(s): " + "; ".join(
+                f"{k['file']}: {k['problem']}" for k in skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
     bad = s.get("nonfinite_files", [])
     if bad:
         more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""

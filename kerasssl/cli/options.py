@@ -51,3 +51,25 @@ def distribution_options(command):
         help="Data-parallel pretraining (pretrain.strategy): mirrored = local GPUs (or --cpu-devices; "
              "JAX: DataParallel), multiworker = MultiWorkerMirroredStrategy from TF_CONFIG.")(command)
     return command
+
+
+def pool_options(command):
+    """--unlabeled POOL (repeatable) / --skip-bad on pretrain and fit (pretrain.unlabeled, pretrain.skip_bad)."""
+    command = click.option(
+        "--skip-bad", "skip_bad", is_flag=True, default=None,
+        help="Skip unreadable pool files instead of stopping: they are counted and listed in "
+             "RUN/skipped_files.txt (pretrain.skip_bad). Default: one bad file stops the run, "
+             "before the first step.")(command)
+    command = click.option(
+        "--unlabeled", "unlabeled", multiple=True, metavar="POOL",
+        help="An unlabeled pool to pretrain on besides DATA's train split (repeatable; "
+             "pretrain.unlabeled): a folder of .npy/FITS cutouts at any depth (folder names mean "
+             "nothing) or a TFRecord glob in quotes. Streamed, never loaded whole; pool images equal "
+             "to a val/test image of DATA are left out (leak guard, recorded in RUN/pools.json).")(command)
+    return command
+
+
+def pool_overrides(unlabeled, skip_bad) -> dict:
+    """Config overrides of --unlabeled / --skip-bad (flags given replace the config's list)."""
+    return {"pretrain.unlabeled": [str(p) for p in unlabeled] if unlabeled else None,
+            "pretrain.skip_bad": skip_bad}

@@ -1,16 +1,16 @@
-"""`kerasssl pretrain DATA --run-dir RUN ...`: self-supervised pretraining of an encoder."""
+"""`kerasssl pretrain [DATA] [--unlabeled POOL ...] --run-dir RUN ...`: self-supervised pretraining of an encoder."""
 
 import sys
 from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import command_line, data_options, distribution_options
+from kerasssl.cli.options import command_line, data_options, distribution_options, pool_options, pool_overrides
 from kerasssl.config import PRECISIONS
 
 
 @click.command(name="pretrain")
-@click.argument("data", type=click.Path(path_type=Path))  # may be a TFRecord glob
+@click.argument("data", type=click.Path(path_type=Path), required=False)  # may be a TFRecord glob
 @click.option("--run-dir", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (config, split, checkpoints, history, encoder).")
 @click.option("--method", default=None, help="simclr | byol | simsiam | barlow_twins | vicreg (pretrain.method).")
@@ -27,14 +27,19 @@ from kerasssl.config import PRECISIONS
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Run config YAML (e.g. a previous RUN/config.yaml); flags override it.")
 @click.option("--seed", type=int, default=None, help="Seed of the split, initialisation and augmentation.")
+@pool_options
 @distribution_options
 @data_options
 def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, precision, steps_per_epoch,
-             resume, config_path, seed, strategy, cpu_devices, sync_batchnorm, allow_pickle, channel_axis):
-    """Pretrain an encoder on DATA's train split with a self-supervised method.
+             resume, config_path, seed, unlabeled, skip_bad, strategy, cpu_devices, sync_batchnorm,
+             allow_pickle, channel_axis):
+    """Pretrain an encoder on DATA's train split (and unlabeled pools) with a self-supervised method.
+
+    With --unlabeled POOL the pools are streamed with DATA's train split (never
+    its val or test images); DATA may then be left out (no split, no kNN probe).
 
     Writes RUN/config.yaml, RUN/split.json, RUN/preprocess.json, RUN/history.json,
-    RUN/checkpoints/, RUN/tensorboard/ and RUN/encoder.keras.
+    RUN/checkpoints/, RUN/tensorboard/ and RUN/encoder.keras (+ RUN/pools.json with pools).
     """
     from kerasssl.config import RunConfig
     from kerasssl.pretrain import pretrain as run_pretrain
@@ -45,7 +50,8 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
         cfg = resume_config(run_dir, epochs, given={
             "--method": method, "--encoder": encoder, "--image-size": image_size, "--batch-size": batch_size,
             "--precision": precision, "--steps-per-epoch": steps_per_epoch, "--config": config_path,
-            "--seed": seed, "--channels-first/--channels-last": channel_axis})
+            "--seed": seed, "--unlabeled": unlabeled or None, "--skip-bad": skip_bad,
+            "--channels-first/--channels-last": channel_axis})
     else:
         cfg = RunConfig.load(config_path) if config_path else RunConfig()
         cfg = cfg.with_overrides({
@@ -59,17 +65,33 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
             "seed": seed,
             "data.seed": seed,
             "data.channel_axis": channel_axis,
+            **pool_overrides(unlabeled, skip_bad),
         })
     # The devices may differ on resume (another machine): flags override the saved run.
     # So may --allow-pickle: it changes which files can be read, not what is read from them.
     cfg = cfg.with_overrides({"pretrain.strategy": strategy, "pretrain.cpu_devices": cpu_devices,
                               "pretrain.sync_batchnorm": sync_batchnorm, "data.allow_pickle": allow_pickle})
+    if data is None and not cfg.pretrain.unlabeled:
+        raise click.UsageError("give DATA, or --unlabeled POOL (pretrain.unlabeled), or both")
     # pretrain() checks everything (and sets up the devices) before its first write; the command
     # is recorded only once the run is accepted, in the chief's RUN (a worker's private copy).
     history = run_pretrain(cfg, data, run_dir, resume=resume, verbose=1 if sys.stderr.isatty() else 2,
-                           on_accepted=recorder("pretrain", reads={"data": data, "config": config_path},
-                                                config=cfg, argv=command_line()))
+                           on_accepted=recorder("pretrain", reads={"data": data, "config": config_path,
+                                                                   "unlabeled": cfg.pretrain.unlabeled or None},
+                                                config=cfg, argv=command_line()),
+                           progress=lambda line: click.echo(line.strip()))
+    run = RunDir(run_dir)
     last = {k: v[-1] for k, v in history.items() if v}
     shown = ", ".join(f"{k} {last[k]:.4g}" for k in ("loss", "embedding_std", "val_knn_auc") if k in last)
     click.echo(f"pretrained {cfg.pretrain.encoder} with {cfg.pretrain.method} for {len(history.get('loss', []))} "
-               f"epoch(s): {shown}; encoder -> {RunDir(run_dir).encoder}")
+               f"epoch(s): {shown}; encoder -> {run.encoder}")
+    if cfg.pretrain.unlabeled:
+        from kerasssl.poolplan import recorded_pools
+
+        record = recorded_pools(run_dir) or {}
+        guard = record.get("leak_guard", {})
+        guarded = (f"leak guard left out {guard.get('excluded')} equal to val/test images"
+                   if guard.get("compared_with") else "no leak guard (no DATA)")
+        click.echo(f"unlabeled images used: {record.get('unlabeled_images')} (+ {record.get('train_split_images')} "
+                   f"of DATA's train split); {guarded}; skipped {len(record.get('skipped_files', []))} "
+                   f"bad file(s); record -> {run.pools}")

@@ -237,14 +237,14 @@ def stored_shape(path, allow_pickle: bool = False) -> Tuple[int, ...]:
             array = _read_npy(path, allow_pickle, size)  # refused here without allow_pickle
             header = (tuple(array.shape), array.dtype)
         shape, dtype = header
-        _check_numeric(dtype, shape, path)
+        check_numeric(dtype, shape, path)
     if math.prod(shape) == 0:
         raise DataError(path, f"empty array of shape {tuple(shape)}")
     _check_rank(shape, path)
     return tuple(int(d) for d in shape)
 
 
-def _check_numeric(dtype, shape, path) -> None:
+def check_numeric(dtype, shape, path) -> None:
     if not (np.issubdtype(dtype, np.number) or dtype == bool):
         raise DataError(path, f"holds {dtype} data, not numbers")
     if np.issubdtype(dtype, np.complexfloating):
@@ -265,7 +265,7 @@ def _check_rank(shape, path) -> None:
 def as_float32(array, path: Path) -> np.ndarray:
     """A stored array as native float32; non-numeric data is a DataError naming ``path``."""
     array = np.asarray(array)
-    _check_numeric(array.dtype, array.shape, path)
+    check_numeric(array.dtype, array.shape, path)
     # astype also converts big-endian FITS data to native order.
     return array.astype(np.float32, copy=False)
 

@@ -31,7 +31,9 @@ from kerasssl.data.tfrecord.records import (
     FEATURE_DOCS,
     FEATURES,
     IMAGE_FEATURES,
+    UNLABELED_FEATURES,
     decode_image,
+    decode_record_array,
     encode_example,
     example_problem,
     parse_examples_to_images,
@@ -48,8 +50,8 @@ from kerasssl.data.tfrecord.stream import make_tfrecord_dataset
 from kerasssl.data.tfrecord.writer import write_tfrecords
 
 __all__ = [
-    "COMPRESSIONS", "FEATURES", "FEATURE_DOCS", "IMAGE_FEATURES", "MANIFEST_NAME",
-    "check_shards", "decode_image", "encode_example", "example_problem", "find_shards",
+    "COMPRESSIONS", "FEATURES", "FEATURE_DOCS", "IMAGE_FEATURES", "MANIFEST_NAME", "UNLABELED_FEATURES",
+    "check_shards", "decode_image", "decode_record_array", "encode_example", "example_problem", "find_shards",
     "load_tfrecords", "make_tfrecord_dataset", "parse_examples_to_images", "read_manifest",
     "shard_name", "write_tfrecords",
 ]

@@ -65,6 +65,9 @@ def load_tfrecords(pattern, *, image_size: Optional[int] = None,
     check_image_size(image_size)
     shards = find_shards(pattern)
     manifest, manifest_path = read_manifest(shards)
+    if manifest is not None and manifest.get("labeled") is False:
+        raise DataError(pattern, "holds an unlabeled pool (records without labels, written by "
+                                 "`convert --unlabeled`); use it with --unlabeled, or `inspect --unlabeled`")
     layout = shard_layout(channel_axis, manifest, pattern)
     expected = expected_counts(manifest)
     known = [expected.get(os.path.basename(s)) for s in shards]

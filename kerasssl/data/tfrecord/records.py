@@ -28,6 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasssl.data.imageset import center_crop_tensor
+from kerasssl.errors import DataError
 
 #: The ``tf.Example`` features of one record, as ``tf.io.parse_example`` specs.
 #: ``shape`` is variable length because files may be 2-D or 3-D.
@@ -42,6 +43,9 @@ FEATURES = {
 #: The features a model needs to predict: clients of the serving signature may
 #: leave out label, class_name and filename.
 IMAGE_FEATURES = {name: FEATURES[name] for name in ("image", "shape")}
+
+#: The features of an unlabeled pool's records (``convert --unlabeled``): no label, no class_name.
+UNLABELED_FEATURES = {name: FEATURES[name] for name in ("image", "shape", "filename")}
 
 #: Human description of each feature, written into the manifest.
 FEATURE_DOCS = {
@@ -60,8 +64,9 @@ def encode_example(array, label, class_name, filename) -> bytes:
     Args:
         array: the array exactly as read (any layout, NaN kept); stored as
             little-endian float32 with its shape.
-        label: int class index.
-        class_name: the class's name.
+        label: int class index, or None for an unlabeled pool's record
+            (:data:`UNLABELED_FEATURES`: no label, no class_name).
+        class_name: the class's name (ignored without a label).
         filename: the file's path relative to the data folder (POSIX form).
 
     Returns:
@@ -75,10 +80,11 @@ def encode_example(array, label, class_name, filename) -> bytes:
     features = {
         "image": feature(bytes_list=tf.train.BytesList(value=[array.tobytes()])),
         "shape": feature(int64_list=tf.train.Int64List(value=list(array.shape))),
-        "label": feature(int64_list=tf.train.Int64List(value=[int(label)])),
-        "class_name": feature(bytes_list=tf.train.BytesList(value=[str(class_name).encode()])),
         "filename": feature(bytes_list=tf.train.BytesList(value=[str(filename).encode()])),
     }
+    if label is not None:
+        features["label"] = feature(int64_list=tf.train.Int64List(value=[int(label)]))
+        features["class_name"] = feature(bytes_list=tf.train.BytesList(value=[str(class_name).encode()]))
     example = tf.train.Example(features=tf.train.Features(feature=features))
     # deterministic: the feature map in key order, so one array gives the same
     # bytes in every process (otherwise the order follows a per-process hash
@@ -141,26 +147,22 @@ def decode_image(image_bytes, shape, channels_first=None):
     return tf.ensure_shape(image, [None, None, None])
 
 
-def parse_record(record, channels_first=None) -> dict:
+def parse_record(record, channels_first=None, features=None) -> dict:
     """One serialized record -> its features, the image decoded by :func:`decode_image` (pure TF).
 
     Args:
         record: scalar string tensor, one serialized ``tf.Example`` of :data:`FEATURES`.
         channels_first: as for :func:`decode_image`.
+        features: the features to parse (default :data:`FEATURES`; :data:`IMAGE_FEATURES`
+            reads a labelled or an unlabeled pool's record alike).
 
     Returns:
         dict of tensors: ``image`` (H, W, C) float32, ``shape`` (the stored
-        shape), ``label``, ``class_name``, ``filename``.
+        shape) and the other parsed features (``label``, ``class_name``, ``filename``).
     """
-    example = tf.io.parse_single_example(record, FEATURES)
-    shape = tf.sparse.to_dense(example["shape"])
-    return {
-        "image": decode_image(example["image"], shape, channels_first),
-        "shape": shape,
-        "label": example["label"],
-        "class_name": example["class_name"],
-        "filename": example["filename"],
-    }
+    example = tf.io.parse_single_example(record, FEATURES if features is None else features)
+    shape = tf.sparse.to_dense(example.pop("shape"))
+    return {**example, "image": decode_image(example["image"], shape, channels_first), "shape": shape}
 
 
 def parse_examples_to_images(serialized, image_shape):
@@ -209,11 +211,13 @@ def parse_examples_to_images(serialized, image_shape):
         fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
 
 
-def example_problem(serialized: bytes):
+def example_problem(serialized: bytes, labeled: bool = True):
     """What is wrong with one serialized record, or None if it is a valid Example of FEATURES.
 
     Args:
         serialized: one TFRecord record.
+        labeled: check :data:`FEATURES`; False: only the image features (a pool's
+            record, with or without a label).
 
     Example:
         >>> example_problem(b"garbage")
@@ -225,7 +229,7 @@ def example_problem(serialized: bytes):
     except Exception:  # noqa: BLE001 - protobuf's DecodeError differs across builds
         return "not a tf.Example protocol buffer"
     feature = example.features.feature
-    for name, spec in FEATURES.items():
+    for name, spec in (FEATURES if labeled else IMAGE_FEATURES).items():
         kind = "bytes_list" if spec.dtype == tf.string else "int64_list"
         if name not in feature:
             return f"missing feature {name!r}"
@@ -241,3 +245,21 @@ def example_problem(serialized: bytes):
     if size != 4 * int(np.prod(shape)):
         return f"image has {size} bytes but shape {shape} needs {4 * int(np.prod(shape))}"
     return None
+
+
+def decode_record_array(serialized: bytes, where) -> np.ndarray:
+    """One serialized record -> its stored array (float32, stored shape), in NumPy.
+
+    The pool's content pass reads records this way, so each image gets the
+    labelled data's per-file rules (``kerasssl.data.arrays.to_hwc``). Records
+    with or without a label are read alike.
+
+    Raises:
+        DataError: naming ``where`` (e.g. ``"shard: record 3"``) and what is wrong.
+    """
+    problem = example_problem(serialized, labeled=False)
+    if problem:
+        raise DataError(where, problem)
+    feature = tf.train.Example.FromString(serialized).features.feature
+    shape = tuple(int(d) for d in feature["shape"].int64_list.value)
+    return np.frombuffer(feature["image"].bytes_list.value[0], "<f4").reshape(shape)

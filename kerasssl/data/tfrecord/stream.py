@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from kerasssl.data.arrays import channel_layout, hwc_shape
 from kerasssl.data.imageset import center_crop_tensor
-from kerasssl.data.tfrecord.records import FEATURES, example_problem, parse_record
+from kerasssl.data.tfrecord.records import FEATURES, IMAGE_FEATURES, example_problem, parse_record
 from kerasssl.data.tfrecord.shards import (compression_of, find_shards, manifest_shapes,
                                            read_manifest, record_dataset, shard_layout)
 from kerasssl.errors import DataError, KerassslError
@@ -74,7 +74,8 @@ def make_tfrecord_dataset(pattern, batch_size: int, *, image_size: Optional[int]
         records = records.repeat()
 
     def decode(_shard, _index, record):
-        example = parse_record(record, channels_first)
+        # Images only: the image features, so an unlabeled pool's shards stream too.
+        example = parse_record(record, channels_first, features=None if labels else IMAGE_FEATURES)
         image = center_crop_tensor(example["image"], height, width)
         image = tf.ensure_shape(image, [height, width, channels])
         return (image, example["label"]) if labels else image

@@ -25,8 +25,8 @@ from tqdm import tqdm
 
 from kerasssl import __version__
 from kerasssl.data.arrays import channel_layout, check_finite_bands, read_array, stored_shape, to_hwc
-from kerasssl.data.folders import scan
-from kerasssl.data.tfrecord.records import FEATURE_DOCS, encode_example
+from kerasssl.data.folders import Listing, scan
+from kerasssl.data.tfrecord.records import FEATURE_DOCS, UNLABELED_FEATURES, encode_example
 from kerasssl.data.tfrecord.shards import COMPRESSIONS, MANIFEST_NAME, shard_name
 from kerasssl.errors import DataError, KerassslError
 from kerasssl.rundir import write_json_atomic
@@ -36,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "none",
                     allow_pickle: bool = False, progress: bool = True,
-                    channel_axis: str = "auto") -> dict:
+                    channel_axis: str = "auto", unlabeled_files=None) -> dict:
     """Convert a data folder to sharded TFRecord files of ``tf.Example`` plus a manifest.
 
     Streams: one source file is in memory at a time. Record ``k`` (in the
@@ -56,6 +56,10 @@ def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "
         channel_axis: "auto", "first" or "last": the band axis of the folder's
             files, decided as ``load_images`` does; recorded in the manifest
             so that readers of the shards use the same.
+        unlabeled_files: ``data_path`` is an unlabeled pool and these are its
+            image files (relative paths, as the pool's listing gives them;
+            ``kerasssl.data.pool.convert_pool`` passes them): records without
+            label / class_name, manifest ``"labeled": false``.
 
     Returns:
         The manifest (also written as ``out_dir/manifest.json``): counts per
@@ -83,8 +87,14 @@ def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(out, "already exists and is not an empty folder; choose a new output folder")
 
-    listing = scan(data_path)
-    root = Path(listing.root)
+    unlabeled = unlabeled_files is not None
+    if unlabeled:
+        root = Path(data_path)
+        listing = Listing(format="pool", class_names=[], root=str(root),
+                          entries=[(str(rel), None) for rel in unlabeled_files])
+    else:
+        listing = scan(data_path)
+        root = Path(listing.root)
     if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents:
         raise DataError(out, f"is inside the data folder {root}; write the shards elsewhere")
     n = len(listing.entries)
@@ -113,10 +123,11 @@ def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "
                 array = read_array(file, allow_pickle=allow_pickle)
                 # Refuse here what the loader would refuse later, naming the source file.
                 check_finite_bands(to_hwc(array, file, layout.axis or "last"), file)
-                record = encode_example(array, label, listing.class_names[label], rel)
+                record = encode_example(array, label, None if label is None else listing.class_names[label], rel)
                 writers[k % shards].write(record)
                 records_per_shard[k % shards] += 1
-                counts[label] += 1
+                if label is not None:
+                    counts[label] += 1
                 shapes[tuple(int(d) for d in array.shape)] += 1
         finally:
             for writer in writers:
@@ -124,10 +135,12 @@ def write_tfrecords(data_path, out_dir, *, shards: int = 1, compression: str = "
         common = next(iter(shapes)) if len(shapes) == 1 else None
         manifest = {
             "format": "tfrecord",
-            "features": FEATURE_DOCS,
+            "features": {k: v for k, v in FEATURE_DOCS.items() if not unlabeled or k in UNLABELED_FEATURES},
+            "labeled": not unlabeled,
             "num_records": n,
             "class_names": list(listing.class_names),
-            "counts": {name: counts[i] for i, name in enumerate(listing.class_names)},
+            "counts": ({"unlabeled": n} if unlabeled else
+                       {name: counts[i] for i, name in enumerate(listing.class_names)}),
             "shape": list(common) if common else None,
             "shapes": {"x".join(map(str, s)): c for s, c in sorted(shapes.items())},
             "channel_axis": layout.axis,  # "first" | "last" | None (2-D images)
