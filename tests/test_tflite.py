@@ -10,7 +10,7 @@ from sklearn.metrics import roc_auc_score
 from kerasssl import tflite as tflite_lib
 from kerasssl.data.samples import SampleData
 from kerasssl.errors import KerassslError
-from kerasssl.tflite import TFLiteRunner
+from kerasssl.models import TFLiteRunner
 from test_export import SIZE, raw_images, shared_export
 
 
