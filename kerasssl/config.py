@@ -75,9 +75,9 @@ class PretrainConfig:
     """Self-supervised pretraining.
 
     Args:
-        method: registry name in ``kerasssl.methods`` (simclr, byol, simsiam,
-            barlow_twins, vicreg).
-        encoder: name for ``kerasssl.encoders.build_encoder``.
+        method: a name of ``kerasssl.methods.available()`` (the registry;
+            ``kerasssl pretrain --help`` lists them).
+        encoder: a name of ``kerasssl.encoders.available()``.
         encoder_weights: optional path to a weights file for the encoder.
         method_options: keyword arguments of the method class (temperature,
             projection sizes, EMA decay, loss weights, ...).

@@ -502,8 +502,12 @@ def record_finetune(run_dir, record) -> None:
     write_json_atomic(path, {"latest": name, "models": records})
 
 
-def _augmentation(seed):
-    """Light fine-tuning augmentation from the views module ("finetune" preset)."""
-    from kerasssl.layers.views import build_view_pipeline, view_config
+#: Light, lossless augmentation for supervised fine-tuning: the 8 symmetries of the square.
+FINETUNE_VIEW = {"dihedral": True}
 
-    return build_view_pipeline(view_config("finetune"), seed=seed)
+
+def _augmentation(seed):
+    """The fine-tuning augmentation pipeline (:data:`FINETUNE_VIEW`)."""
+    from kerasssl.layers.views import build_view_pipeline
+
+    return build_view_pipeline(FINETUNE_VIEW, seed=seed)

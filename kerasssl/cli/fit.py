@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import data_options, distribution_options
+from kerasssl.cli.options import data_options, distribution_options, encoder_option, method_option
 
 
 @click.command(name="fit")
@@ -15,8 +15,8 @@ from kerasssl.cli.options import data_options, distribution_options
               default=None, help="Run config YAML (see examples/).")
 @click.option("--epochs", type=int, default=None, help="Pretraining epochs (pretrain.epochs).")
 @click.option("--finetune-epochs", type=int, default=None, help="Fine-tuning epochs (finetune.epochs).")
-@click.option("--method", default=None, help="SSL method: simclr, byol, simsiam, barlow_twins, vicreg.")
-@click.option("--encoder", default=None, help="Encoder: efficientnetb0..b7, efficientnetv2*, resnet50, tiny.")
+@method_option("Self-supervised method (pretrain.method).")
+@encoder_option("Backbone (pretrain.encoder); the applications need at least 32 px, `tiny` is for tests.")
 @click.option("--image-size", type=int, default=None, help="Centre-crop images to this size (data.image_size).")
 @click.option("--batch-size", type=int, default=None, help="Pretraining batch size (pretrain.batch_size).")
 @click.option("--precision", type=click.Choice(["float32", "mixed_float16", "mixed_bfloat16"]), default=None,
