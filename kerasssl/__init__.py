@@ -34,7 +34,7 @@ KERAS_OBJECT_MODULES = (
     "kerasssl.schedules",
     "kerasssl.methods",
     "kerasssl.classifier",
-    "kerasssl.finetune",  # ScaledAdamW, in compiled checkpoints
+    "kerasssl.optimizers",  # ScaledAdamW, in compiled checkpoints
 )
 
 

@@ -34,6 +34,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from kerasssl import metrics
 from kerasssl.errors import KerassslError
 from kerasssl.models import check_keras_archive
 from kerasssl.runinfo import write_json_atomic
@@ -60,114 +61,7 @@ def predict_probabilities(model, images, batch_size: int = 256) -> np.ndarray:
     return probs
 
 
-# -- metrics -------------------------------------------------------------------
-def roc_auc(labels, probs) -> float:
-    """ROC-AUC: binary on column 1, macro one-vs-rest for more than two classes."""
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.asarray(labels)
-    probs = np.asarray(probs)
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(labels, probs[:, 1]))
-    # Macro one-vs-rest: the mean of the per-class binary AUCs (as scikit-learn's
-    # multi_class="ovr", without its check that rows sum to 1 in float64).
-    return float(np.mean([roc_auc_score(labels == k, probs[:, k]) for k in range(probs.shape[1])]))
-
-
-def pr_auc(labels, probs) -> float:
-    """Average precision of the positive class (macro one-vs-rest for multi-class)."""
-    from sklearn.metrics import average_precision_score
-
-    labels = np.asarray(labels)
-    probs = np.asarray(probs)
-    if probs.shape[1] == 2:
-        return float(average_precision_score(labels == 1, probs[:, 1]))
-    onehot = np.eye(probs.shape[1])[labels]
-    return float(average_precision_score(onehot, probs, average="macro"))
-
-
-def _fast_auc(labels, probs) -> float:
-    """:func:`roc_auc` by ranks (Mann-Whitney U, ties counted half), for the bootstrap.
-
-    Same value as scikit-learn's (macro one-vs-rest is the mean of the
-    per-class binary AUCs), without its per-call validation overhead
-    (~30 ms a call on a busy 2-core machine: 1000 resamples took half a minute).
-    """
-    from scipy.stats import rankdata
-
-    if probs.shape[1] == 2:
-        columns = [(labels == 1, probs[:, 1])]
-    else:
-        columns = [(labels == k, probs[:, k]) for k in range(probs.shape[1])]
-    aucs = []
-    for positive, score in columns:
-        n_pos = int(positive.sum())
-        n_neg = len(positive) - n_pos
-        ranks = rankdata(score)
-        aucs.append((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-    return float(np.mean(aucs))
-
-
-def bootstrap_auc_ci(labels, probs, n_resamples: int = 1000, seed: int = 0,
-                     level: float = 0.95) -> list:
-    """Percentile bootstrap confidence interval of :func:`roc_auc`.
-
-    Test examples are resampled with replacement; resamples that miss a class
-    (AUC undefined) are redrawn, not dropped, so every interval is built from
-    ``n_resamples`` values.
-
-    Args:
-        labels: int array (N,).
-        probs: probabilities (N, K).
-        n_resamples: number of bootstrap resamples.
-        seed: seed of the resampling.
-        level: coverage of the interval.
-
-    Returns:
-        ``[low, high]``.
-    """
-    labels = np.asarray(labels)
-    probs = np.asarray(probs)
-    n_classes = probs.shape[1]
-    present = np.unique(labels)
-    if len(present) < 2:
-        raise KerassslError("ROC-AUC needs both classes in the evaluated split")
-    rng = np.random.default_rng(seed)
-    values = []
-    n = len(labels)
-    max_draws = 20 * n_resamples
-    draws = 0
-    while len(values) < n_resamples and draws < max_draws:
-        draws += 1
-        idx = rng.integers(0, n, size=n)
-        sample = labels[idx]
-        if len(np.unique(sample)) < (2 if n_classes == 2 else n_classes):
-            continue
-        values.append(_fast_auc(sample, probs[idx]))
-    if not values:
-        raise KerassslError("bootstrap failed: too few examples of a class in the split")
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(values, [alpha, 1.0 - alpha])
-    return [float(low), float(high)]
-
-
-def youden_threshold(labels, scores) -> float:
-    """Threshold on the positive-class score that maximises TPR - FPR (Youden's J)."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thresholds = roc_curve(np.asarray(labels) == 1, np.asarray(scores))
-    best = int(np.argmax(tpr - fpr))
-    # roc_curve's first threshold is +inf (predict nothing positive).
-    return float(min(thresholds[best], 1.0))
-
-
-def confusion(labels, predictions, n_classes: int) -> list:
-    """Confusion matrix as nested lists: rows = true class, columns = predicted."""
-    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
-    return matrix.tolist()
-
-
+# -- the report ----------------------------------------------------------------
 def metrics_report(labels, probs, class_names: Sequence[str], *, val_labels=None,
                    val_probs=None, bootstrap: int = 1000, seed: int = 0) -> dict:
     """All metrics for one split as a JSON-ready dict.
@@ -197,54 +91,44 @@ def metrics_report(labels, probs, class_names: Sequence[str], *, val_labels=None
         "n_test": int(len(labels)),
         "class_names": list(class_names),
         "class_counts": {name: int(c) for name, c in zip(class_names, counts)},
-        "roc_auc": roc_auc(labels, probs),
-        "roc_auc_ci": bootstrap_auc_ci(labels, probs, bootstrap, seed),
+        "roc_auc": metrics.roc_auc(labels, probs),
+        "roc_auc_ci": metrics.bootstrap_auc_ci(labels, probs, bootstrap, seed),
         "roc_auc_ci_method": f"percentile bootstrap, {bootstrap} resamples, seed {seed}, 95%",
-        "pr_auc": pr_auc(labels, probs),
+        "pr_auc": metrics.pr_auc(labels, probs),
     }
     if n_classes == 2:
         scores = probs[:, 1]
         at_half = (scores >= 0.5).astype(np.int64)
         if val_labels is not None and len(np.unique(val_labels)) == 2:
-            threshold = youden_threshold(val_labels, np.asarray(val_probs)[:, 1])
+            threshold = metrics.youden_threshold(val_labels, np.asarray(val_probs)[:, 1])
             source = "val"
         else:
-            threshold = youden_threshold(labels, scores)
+            threshold = metrics.youden_threshold(labels, scores)
             source = "evaluated split (optimistic: no validation split given)"
         at_youden = (scores >= threshold).astype(np.int64)
         report.update(
             positive_class=class_names[1],
             accuracy=float(np.mean(at_half == labels)),
             accuracy_threshold=0.5,
-            confusion_matrix=confusion(labels, at_half, 2),
+            confusion_matrix=metrics.confusion(labels, at_half, 2),
             youden={
                 "threshold": threshold,
                 "chosen_on": source,
                 "accuracy": float(np.mean(at_youden == labels)),
-                "confusion_matrix": confusion(labels, at_youden, 2),
+                "confusion_matrix": metrics.confusion(labels, at_youden, 2),
             },
         )
     else:
         predictions = np.argmax(probs, axis=1)
         report.update(
             roc_auc_average="macro one-vs-rest",
-            roc_auc_per_class=_per_class_auc(labels, probs, class_names),
+            roc_auc_per_class=metrics.per_class_auc(labels, probs, class_names),
             accuracy=float(np.mean(predictions == labels)),
             accuracy_threshold="argmax",
-            confusion_matrix=confusion(labels, predictions, n_classes),
+            confusion_matrix=metrics.confusion(labels, predictions, n_classes),
         )
     report["confusion_matrix_axes"] = "rows: true class, columns: predicted class"
     return report
-
-
-def _per_class_auc(labels, probs, class_names):
-    from sklearn.metrics import roc_auc_score
-
-    out = {}
-    for k, name in enumerate(class_names):
-        positives = labels == k
-        out[name] = float(roc_auc_score(positives, probs[:, k])) if 0 < positives.sum() < len(labels) else None
-    return out
 
 
 # -- plot ----------------------------------------------------------------------
@@ -347,10 +231,10 @@ def evaluate_classifier(model, images, labels, class_names, *, val_images=None,
     baseline_curve = None
     if baseline is not None:
         b_probs = predict_probabilities(baseline, images, batch_size)
-        b_auc = roc_auc(labels, b_probs)
-        b_ci = bootstrap_auc_ci(labels, b_probs, bootstrap, seed)
+        b_auc = metrics.roc_auc(labels, b_probs)
+        b_ci = metrics.bootstrap_auc_ci(labels, b_probs, bootstrap, seed)
         report["baseline"] = {"roc_auc": b_auc, "roc_auc_ci": b_ci,
-                              "pr_auc": pr_auc(labels, b_probs)}
+                              "pr_auc": metrics.pr_auc(labels, b_probs)}
         baseline_curve = {"labels": labels, "probs": b_probs, "auc": b_auc, "ci": b_ci,
                           "name": "baseline"}
     if plot_path is not None:

@@ -1,13 +1,12 @@
 """kerasssl.metrics: hand-computed cases, brute-force definitions, agreement with
-evaluate's and scikit-learn's numbers, not-estimable cases, completeness and its PNG."""
+scikit-learn's numbers, not-estimable cases, completeness and its PNG."""
 
 import json
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score, roc_curve
 
-from kerasssl import evaluate as ev
 from kerasssl import metrics as m
 from kerasssl.errors import DataError, KerassslError
 
@@ -30,22 +29,110 @@ def brute_tpr_within_fp(labels, scores, max_fp):
     return best
 
 
-# -- agreement with evaluate.py (exact) and scikit-learn -------------------------
+def mann_whitney_auc(labels, scores):
+    """Reference ROC-AUC: P(score_pos > score_neg) + 0.5 P(tie), by brute force."""
+    pos = scores[labels == 1]
+    neg = scores[labels == 0]
+    diff = pos[:, None] - neg[None, :]
+    return float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
+
+
+def binary_probs(scores):
+    return np.stack([1.0 - scores, scores], axis=1)
+
+
+@pytest.fixture
+def scored():
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.ones(60, int), np.zeros(40, int)]
+    scores = 1 / (1 + np.exp(-(labels * 1.5 + rng.normal(0, 1, 100))))
+    scores[:5] = scores[60:65]  # ties across classes
+    return labels, scores
+
+
+# -- the AUCs, Youden, confusion: against scikit-learn and brute force ------------
 @pytest.mark.parametrize("n_classes", [2, 3])
-def test_auc_functions_agree_exactly_with_evaluate(n_classes):
+def test_auc_functions_agree_with_scikit_learn(n_classes):
     rng = np.random.default_rng(n_classes)
     labels = rng.integers(0, n_classes, 300)
     probs = rng.dirichlet(np.ones(n_classes), 300)
     probs[:, -1] = np.round(probs[:, -1], 2)  # ties
-    assert m.roc_auc(labels, probs) == ev.roc_auc(labels, probs)
-    assert m.pr_auc(labels, probs) == ev.pr_auc(labels, probs)
-    assert m.fast_auc(labels, probs) == ev._fast_auc(labels, probs)
-    assert m.bootstrap_auc_ci(labels, probs, 200, seed=3) == ev.bootstrap_auc_ci(labels, probs, 200, seed=3)
-    assert m.per_class_auc(labels, probs, list("abc")[:n_classes]) == \
-        ev._per_class_auc(labels, probs, list("abc")[:n_classes])
-    assert m.confusion(labels, probs.argmax(1), n_classes) == ev.confusion(labels, probs.argmax(1), n_classes)
+    onehot = np.eye(n_classes)[labels]
     if n_classes == 2:
-        assert m.youden_threshold(labels, probs[:, 1]) == ev.youden_threshold(labels, probs[:, 1])
+        assert m.roc_auc(labels, probs) == roc_auc_score(labels, probs[:, 1])
+        assert m.pr_auc(labels, probs) == average_precision_score(labels == 1, probs[:, 1])
+    else:  # macro one-vs-rest, per class
+        assert m.roc_auc(labels, probs) == np.mean([roc_auc_score(onehot[:, k], probs[:, k]) for k in range(3)])
+        assert m.pr_auc(labels, probs) == average_precision_score(onehot, probs, average="macro")
+    assert m.fast_auc(labels, probs) == pytest.approx(m.roc_auc(labels, probs), abs=1e-12)
+    ci = m.bootstrap_auc_ci(labels, probs, 200, seed=3)
+    assert ci == m.bootstrap_auc_ci(labels, probs, 200, seed=3) != m.bootstrap_auc_ci(labels, probs, 200, seed=4)
+    assert m.per_class_auc(labels, probs, list("abc")[:n_classes]) == \
+        {name: roc_auc_score(onehot[:, k], probs[:, k]) for k, name in enumerate("abc"[:n_classes])}
+    predictions = probs.argmax(1)
+    assert m.confusion(labels, predictions, n_classes) == \
+        confusion_matrix(labels, predictions, labels=range(n_classes)).tolist()
+
+
+def test_binary_auc_matches_mann_whitney(scored):
+    labels, scores = scored
+    assert m.roc_auc(labels, binary_probs(scores)) == pytest.approx(mann_whitney_auc(labels, scores))
+
+
+def test_multiclass_auc_is_macro_one_vs_rest():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 90)
+    logits = rng.normal(0, 1, (90, 3)) + 1.2 * np.eye(3)[labels]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    ref = np.mean([mann_whitney_auc((labels == k).astype(int), probs[:, k]) for k in range(3)])
+    assert m.roc_auc(labels, probs) == pytest.approx(ref)
+
+
+def test_pr_auc_matches_average_precision_definition(scored):
+    labels, scores = scored
+    # AP = sum over positives (ranked by score) of precision at that rank / n_pos (no ties here).
+    rng = np.random.default_rng(0)
+    scores = scores + rng.uniform(0, 1e-9, scores.shape)
+    order = np.argsort(-scores)
+    hits = labels[order] == 1
+    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    ref = precision_at[hits].sum() / hits.sum()
+    assert m.pr_auc(labels, binary_probs(scores)) == pytest.approx(ref)
+
+
+def test_bootstrap_ci_brackets_auc_and_is_seeded(scored):
+    labels, scores = scored
+    probs = binary_probs(scores)
+    auc = m.roc_auc(labels, probs)
+    low, high = m.bootstrap_auc_ci(labels, probs, n_resamples=300, seed=4)
+    assert low < auc < high
+    assert m.bootstrap_auc_ci(labels, probs, 300, seed=4) == [low, high]
+    # Width scales like 1/sqrt(n): four copies of the data give about half the width.
+    low4, high4 = m.bootstrap_auc_ci(np.tile(labels, 4), np.tile(probs, (4, 1)), 300, seed=4)
+    assert 0.3 < (high4 - low4) / (high - low) < 0.7
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_fast_bootstrap_auc_equals_roc_auc(n_classes):
+    rng = np.random.default_rng(n_classes)
+    labels = rng.integers(0, n_classes, 50)
+    probs = rng.dirichlet(np.ones(n_classes), 50).round(2)  # rounding makes ties
+    assert m.fast_auc(labels, probs) == pytest.approx(m.roc_auc(labels, probs))
+
+
+def test_bootstrap_refuses_a_single_class():
+    with pytest.raises(KerassslError):
+        m.bootstrap_auc_ci(np.ones(10, int), binary_probs(np.linspace(0, 1, 10)), 10)
+
+
+def test_youden_threshold_maximises_tpr_minus_fpr(scored):
+    labels, scores = scored
+    t = m.youden_threshold(labels, scores)
+    pred = scores >= t
+    j = pred[labels == 1].mean() - pred[labels == 0].mean()
+    for other in np.unique(scores):
+        p = scores >= other
+        assert j >= p[labels == 1].mean() - p[labels == 0].mean() - 1e-12
 
 
 def test_roc_auc_takes_binary_scores_and_matches_sklearn_ovr():
@@ -60,18 +147,17 @@ def test_roc_auc_takes_binary_scores_and_matches_sklearn_ovr():
 
 
 def test_roc_auc_present_classes_is_the_knn_probe_rule():
-    from kerasssl.callbacks import probe_auc
-
     rng = np.random.default_rng(6)
     probs = rng.dirichlet(np.ones(3), 50)
     labels = rng.integers(0, 2, 50)  # class 2 absent
-    assert m.roc_auc(labels, probs, classes="present") == probe_auc(probs, labels)
+    # The kNN probe's rule: macro one-vs-rest over the classes present only.
+    present = np.mean([roc_auc_score(labels == c, probs[:, c]) for c in (0, 1)])
+    assert m.roc_auc(labels, probs, classes="present") == present
     assert np.isnan(m.roc_auc(np.zeros(50, int), probs, classes="present"))
-    assert np.isnan(probe_auc(probs, np.zeros(50, int)))
     binary = probs[:, :2] / probs[:, :2].sum(1, keepdims=True)
-    assert m.roc_auc(labels, binary, classes="present") == probe_auc(binary, labels)
+    assert m.roc_auc(labels, binary, classes="present") == roc_auc_score(labels, binary[:, 1])
     with pytest.warns(UserWarning):  # evaluate's rule: every class, so undefined here
-        assert np.isnan(m.roc_auc(labels, probs)) and np.isnan(ev.roc_auc(labels, probs))
+        assert np.isnan(m.roc_auc(labels, probs))
 
 
 def test_bootstrap_auc_ci_needs_both_classes():
