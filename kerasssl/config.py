@@ -146,11 +146,14 @@ class EvaluateConfig:
         bootstrap: bootstrap resamples for the ROC-AUC confidence interval.
         allow_overlap: evaluate even if files were used in training (the
             report then says so).
+        prevalence: lenses per survey image (0.001: 1 in 1,000) at which the
+            report states the precision of the top of a survey.
     """
 
     split: str = "test"
     bootstrap: int = 1000
     allow_overlap: bool = False
+    prevalence: float = 0.001
 
 
 @dataclass

@@ -9,6 +9,15 @@ The Youden threshold (max TPR - FPR) is chosen on the validation split when
 it is given, and applied to the test split; otherwise it is chosen on the test
 split itself, which is optimistic, and the report says which it was.
 
+Binary sets also get the numbers lens finders read (:mod:`kerasssl.metrics`):
+TPR at FPR 1e-2 and 1e-3, TPR0, TPR10 (bootstrap CIs, or "not estimable" with
+the reason) and the precision of the top of a survey at a stated prevalence
+(``evaluate.prevalence``, ``--prevalence``). When the data folder holds the
+simulator's ``metadata.csv``, completeness per bin of Einstein radius, radius /
+PSF and arc S/N at the Youden and FPR 1e-2 thresholds (both chosen on val;
+:mod:`kerasssl.completeness`) goes into the report and ``completeness.png``
+beside the ROC plot.
+
 Honesty guard: an image that trained the model is refused unless
 ``allow_overlap`` is set, and then the report says so. Two sources, joined:
 
@@ -35,7 +44,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from kerasssl import metrics
-from kerasssl.errors import KerassslError
+from kerasssl.errors import DataError, KerassslError
 from kerasssl.models import check_keras_archive
 from kerasssl.runinfo import write_json_atomic
 
@@ -43,6 +52,8 @@ log = logging.getLogger(__name__)
 
 # Splits a user may evaluate on; "all" is every file in DATA.
 SPLIT_NAMES = ("test", "val", "train", "labeled", "unlabeled", "all")
+# The completeness PNG, written beside the ROC plot.
+COMPLETENESS_PLOT = "completeness.png"
 
 
 # -- predictions -------------------------------------------------------------
@@ -63,7 +74,9 @@ def predict_probabilities(model, images, batch_size: int = 256) -> np.ndarray:
 
 # -- the report ----------------------------------------------------------------
 def metrics_report(labels, probs, class_names: Sequence[str], *, val_labels=None,
-                   val_probs=None, bootstrap: int = 1000, seed: int = 0) -> dict:
+                   val_probs=None, bootstrap: int = 1000, seed: int = 0,
+                   prevalence: float = metrics.DEFAULT_PREVALENCE, metadata=None,
+                   metadata_source: Optional[str] = None) -> dict:
     """All metrics for one split as a JSON-ready dict.
 
     Args:
@@ -71,10 +84,23 @@ def metrics_report(labels, probs, class_names: Sequence[str], *, val_labels=None
         probs: predicted probabilities (N, K).
         class_names: names by label index.
         val_labels / val_probs: the validation split, used to choose the
-            Youden threshold (binary only). Without them it is chosen on the
-            evaluated split and the report says so.
-        bootstrap: resamples for the ROC-AUC confidence interval.
+            Youden threshold and completeness's thresholds (binary only).
+            Without them they are chosen on the evaluated split and the
+            report says so.
+        bootstrap: resamples for the ROC-AUC confidence interval (and the
+            lens-finder metrics' CIs).
         seed: bootstrap seed.
+        prevalence: lenses per survey image, for ``precision_at_prevalence``.
+        metadata: ``{column: values (N,)}`` of the evaluated images
+            (``completeness.completeness_columns(read_metadata(...))``) for
+            the completeness bins (binary only); None: no completeness.
+        metadata_source: where ``metadata`` came from (recorded).
+
+    Returns:
+        For binary sets, besides the AUCs: ``tpr_at_fpr`` (``"1e-2"``,
+        ``"1e-3"``), ``tpr0``, ``tpr10``, ``precision_at_prevalence`` (see
+        :func:`kerasssl.metrics.lens_finder_report`), ``lens_finder`` (counts,
+        CI method) and, with metadata, ``completeness``.
     """
     labels = np.asarray(labels, np.int64)
     probs = np.asarray(probs, np.float64)
@@ -106,6 +132,20 @@ def metrics_report(labels, probs, class_names: Sequence[str], *, val_labels=None
             threshold = metrics.youden_threshold(labels, scores)
             source = "evaluated split (optimistic: no validation split given)"
         at_youden = (scores >= threshold).astype(np.int64)
+        lens_finder = metrics.lens_finder_report(labels, scores, prevalence=prevalence,
+                                                 bootstrap=bootstrap, seed=seed)
+        report.update({key: lens_finder.pop(key) for key in
+                       ("tpr_at_fpr", "tpr0", "tpr10", "precision_at_prevalence")})
+        report["lens_finder"] = lens_finder
+        if metadata is not None:
+            from kerasssl import completeness
+
+            on_val = source == "val"
+            thresholds = completeness.operating_thresholds(
+                val_labels if on_val else labels, np.asarray(val_probs)[:, 1] if on_val else scores,
+                chosen_on="val" if on_val else source)
+            report["completeness"] = completeness.completeness_report(labels, scores, metadata, thresholds,
+                                                                      source=metadata_source)
         report.update(
             positive_class=class_names[1],
             accuracy=float(np.mean(at_half == labels)),
@@ -120,6 +160,8 @@ def metrics_report(labels, probs, class_names: Sequence[str], *, val_labels=None
         )
     else:
         predictions = np.argmax(probs, axis=1)
+        report["lens_finder"] = {"estimable": False, "reason": "lens-finder metrics and completeness need "
+                                 "a binary set (lens vs non-lens)"}
         report.update(
             roc_auc_average="macro one-vs-rest",
             roc_auc_per_class=metrics.per_class_auc(labels, probs, class_names),
@@ -198,8 +240,10 @@ def plot_roc(path, labels, probs, class_names: Sequence[str], *, auc: float, ci,
 def evaluate_classifier(model, images, labels, class_names, *, val_images=None,
                         val_labels=None, bootstrap: int = 1000, seed: int = 0,
                         baseline=None, plot_path=None, batch_size: int = 256,
-                        title: Optional[str] = None) -> dict:
-    """Evaluate a classifier on arrays; optionally write the ROC plot.
+                        title: Optional[str] = None, prevalence: float = metrics.DEFAULT_PREVALENCE,
+                        metadata=None, metadata_source: Optional[str] = None,
+                        completeness_plot_path=None) -> dict:
+    """Evaluate a classifier on arrays; optionally write the ROC and completeness plots.
 
     Args:
         model: Keras classifier, raw pixels in, probabilities out.
@@ -212,6 +256,9 @@ def evaluate_classifier(model, images, labels, class_names, *, val_images=None,
         plot_path: where to write the ROC PNG (skipped when None).
         batch_size: prediction batch size.
         title: plot title.
+        prevalence / metadata / metadata_source: see :func:`metrics_report`.
+        completeness_plot_path: where to write the completeness PNG when the
+            report has completeness bins (skipped when None).
 
     Returns:
         The report dict (see :func:`metrics_report`).
@@ -227,7 +274,8 @@ def evaluate_classifier(model, images, labels, class_names, *, val_images=None,
     else:
         val_labels = None
     report = metrics_report(labels, probs, class_names, val_labels=val_labels,
-                            val_probs=val_probs, bootstrap=bootstrap, seed=seed)
+                            val_probs=val_probs, bootstrap=bootstrap, seed=seed, prevalence=prevalence,
+                            metadata=metadata, metadata_source=metadata_source)
     baseline_curve = None
     if baseline is not None:
         b_probs = predict_probabilities(baseline, images, batch_size)
@@ -235,11 +283,26 @@ def evaluate_classifier(model, images, labels, class_names, *, val_images=None,
         b_ci = metrics.bootstrap_auc_ci(labels, b_probs, bootstrap, seed)
         report["baseline"] = {"roc_auc": b_auc, "roc_auc_ci": b_ci,
                               "pr_auc": metrics.pr_auc(labels, b_probs)}
+        if len(class_names) == 2:
+            b_lens = metrics.lens_finder_report(labels, b_probs[:, 1], prevalence=prevalence,
+                                                bootstrap=bootstrap, seed=seed)
+            report["baseline"].update({key: b_lens[key] for key in
+                                       ("tpr_at_fpr", "tpr0", "tpr10", "precision_at_prevalence")})
         baseline_curve = {"labels": labels, "probs": b_probs, "auc": b_auc, "ci": b_ci,
                           "name": "baseline"}
     if plot_path is not None:
         plot_roc(plot_path, labels, probs, class_names, auc=report["roc_auc"],
                  ci=report["roc_auc_ci"], baseline=baseline_curve, title=title)
+    binned = report.get("completeness") or {}
+    if completeness_plot_path is not None and binned.get("columns"):
+        from kerasssl.completeness import plot_curves
+        from kerasssl.plots import plot_completeness
+
+        curves = plot_curves(binned)
+        if curves:
+            plot_completeness(completeness_plot_path, curves, columns=binned["columns"],
+                              title=None if title is None else title.replace("ROC", "Completeness", 1))
+            binned["plot"] = str(completeness_plot_path)
     return report
 
 
@@ -328,7 +391,8 @@ def _read_json(path):
 # -- the `kerasssl evaluate` job -----------------------------------------------
 def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_path=None,
                  plot_path=None, cfg=None, allow_overlap: Optional[bool] = None,
-                 baseline_path=None, bootstrap: Optional[int] = None, image_set=None) -> dict:
+                 baseline_path=None, bootstrap: Optional[int] = None, image_set=None,
+                 prevalence: Optional[float] = None, completeness_plot_path=None) -> dict:
     """Evaluate a saved classifier on one split of DATA recorded in RUN/split.json.
 
     Args:
@@ -344,6 +408,11 @@ def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_
         baseline_path: optional second classifier drawn as the baseline.
         bootstrap: resamples for the CI; default ``cfg.evaluate.bootstrap``.
         image_set: the data already loaded from ``data_path`` (saves re-reading it).
+        prevalence: lenses per survey image for ``precision_at_prevalence``;
+            default ``cfg.evaluate.prevalence``.
+        completeness_plot_path: the completeness PNG, written when DATA holds
+            the simulator's ``metadata.csv``; default ``completeness.png``
+            beside ``plot_path``.
 
     Returns:
         The report dict, also written to ``report_path``.
@@ -356,6 +425,7 @@ def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_
     if allow_overlap is None:
         allow_overlap = cfg.evaluate.allow_overlap
     bootstrap = cfg.evaluate.bootstrap if bootstrap is None else bootstrap
+    prevalence = metrics.check_prevalence(cfg.evaluate.prevalence if prevalence is None else prevalence)
     if split not in SPLIT_NAMES:
         raise KerassslError(f"unknown split {split!r}; choose from {', '.join(SPLIT_NAMES)}")
     split_path = run_dir / "split.json"
@@ -408,14 +478,20 @@ def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_
         if expected is not None and expected != tuple(image_set.image_shape):
             raise KerassslError(f"{path}: the model takes images {expected}, the data gives "
                                 f"{tuple(image_set.image_shape)} (data.image_size of the run?)")
+    metadata, metadata_source, skipped = _completeness_metadata(data_path, eval_files, len(image_set.class_names))
+    if completeness_plot_path is None and plot_path is not None:
+        completeness_plot_path = Path(plot_path).with_name(COMPLETENESS_PLOT)
     # Mode and labels of this classifier, as recorded when it was fine-tuned.
     finetune_record = finetune_records(run_dir).get(model_path.name, {})
     report = evaluate_classifier(
         model, image_set.images[idx], image_set.labels[idx], image_set.class_names,
         val_images=val_images, val_labels=val_labels, bootstrap=bootstrap,
         seed=cfg.seed, baseline=baseline, plot_path=plot_path,
-        title=_plot_title(finetune_record, split),
+        title=_plot_title(finetune_record, split), prevalence=prevalence,
+        metadata=metadata, metadata_source=metadata_source, completeness_plot_path=completeness_plot_path,
     )
+    if skipped is not None:
+        report["completeness"] = skipped
     report.update(
         split=split,
         model=str(model_path),
@@ -440,6 +516,26 @@ def evaluate_run(model_path, data_path, run_dir, *, split: str = "test", report_
     if report_path is not None:
         write_json_atomic(report_path, report)
     return report
+
+
+def _completeness_metadata(data_path, files, n_classes):
+    """``(metadata of files, its source, None)``, or ``(None, None, why skipped or None)``.
+
+    metadata.csv is optional: a folder without one gets no completeness, and
+    one that is not the simulator's (no ``filename`` column, other files) is
+    skipped with a warning and the reason in the report, not refused: the
+    classifier's evaluation does not depend on it.
+    """
+    from kerasssl.completeness import completeness_columns, metadata_path, read_metadata
+
+    path = metadata_path(data_path)
+    if path is None or n_classes != 2:
+        return None, None, None
+    try:
+        return completeness_columns(read_metadata(path, files)), str(path), None
+    except DataError as e:
+        log.warning("no completeness: %s", e)
+        return None, None, {"metadata": str(path), "skipped": str(e)}
 
 
 def _plot_title(record, split):

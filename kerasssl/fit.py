@@ -9,7 +9,8 @@ inspected or re-run on its own with the step-by-step commands:
 - ``RUN/encoder.keras`` + ``RUN/preprocess.json`` (pretraining; skipped for
   ``finetune.mode: supervised``, which trains from random weights);
 - ``RUN/classifier.keras`` + ``RUN/finetune.json`` (fine-tuning);
-- ``RUN/report.json`` + ``RUN/roc.png`` (evaluation on ``evaluate.split``);
+- ``RUN/report.json`` + ``RUN/roc.png`` (evaluation on ``evaluate.split``;
+  ``RUN/completeness.png`` too when DATA holds the simulator's ``metadata.csv``);
 - ``RUN/saved_models/<name>/<version>/`` when ``export.enabled``.
 
 Example:
@@ -105,6 +106,8 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
     paths = {"run_dir": str(run_dir), "report": str(report_path), "plot": str(plot_path),
              "model": record["model"], "split": str(run_dir / "split.json"),
              "config": str(run_dir / "config.yaml")}
+    if (report.get("completeness") or {}).get("plot"):
+        paths["completeness_plot"] = report["completeness"]["plot"]
     t = time.perf_counter()
     if cfg.export.enabled:
         say("[5/5] export: SavedModel (TF Serving layout)"
@@ -239,6 +242,12 @@ def summary_lines(summary: dict) -> list:
         f"ROC plot: {p['plot']}",
         f"classifier: {p['model']}",
     ]
+    if "tpr_at_fpr" in r:
+        from kerasssl.metrics import lens_finder_summary
+
+        lines.insert(2, lens_finder_summary(r))
+    if "completeness_plot" in p:
+        lines.insert(lines.index(f"ROC plot: {p['plot']}") + 1, f"completeness plot: {p['completeness_plot']}")
     if "saved_model" in p:
         lines.append(f"SavedModel: {p['saved_model']}")
     total = sum(summary.get("seconds", {}).values())

@@ -13,6 +13,7 @@ AXIS_LABELS = {
     "einstein_radius": "Einstein radius (arcsec)",
     "arc_snr": "arc S/N (matched filter, bands in quadrature)",
     "psf_fwhm": "PSF FWHM (arcsec, mean over bands)",
+    "radius_over_psf": "Einstein radius / PSF FWHM",
 }
 LOG_AXES = {"arc_snr"}  # S/N spans decades
 
@@ -55,7 +56,7 @@ def plot_completeness(path, curves: Mapping[str, dict],
                 continue
             x = [(b["low"] * b["high"]) ** 0.5 if log else (b["low"] + b["high"]) / 2 for b in bins]
             y = [b["tpr"] for b in bins]
-            yerr = [[b["tpr"] - b["ci"][0] for b in bins], [b["ci"][1] - b["tpr"] for b in bins]]
+            yerr = [[max(b["tpr"] - b["ci"][0], 0.0) for b in bins], [max(b["ci"][1] - b["tpr"], 0.0) for b in bins]]
             xerr = [[c - b["low"] for c, b in zip(x, bins)], [b["high"] - c for c, b in zip(x, bins)]]
             ax.errorbar(x, y, yerr=yerr, xerr=xerr, marker="o", ms=4, capsize=2, color=f"C{i}",
                         label=f"{label} (score >= {curve['threshold']:.3g})")

@@ -59,6 +59,9 @@ def check_evaluate_config(evaluate_cfg) -> None:
     if not _positive_int(evaluate_cfg.bootstrap) or evaluate_cfg.bootstrap < 10:
         raise KerassslError(f"evaluate.bootstrap must be an integer of at least 10 resamples, "
                             f"got {evaluate_cfg.bootstrap!r}")
+    from kerasssl.metrics import check_prevalence
+
+    check_prevalence(evaluate_cfg.prevalence)
 
 
 def check_export_config(export_cfg) -> None:

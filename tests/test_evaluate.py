@@ -151,3 +151,40 @@ def test_a_model_without_fingerprints_is_guarded_by_file_names_only_and_says_so(
         found, carried = ev.fingerprint_overlap([path], images, ["a", "b", "c"])
     assert found == {} and carried == {str(path): None}
     assert "carries no training fingerprints" in caplog.text
+
+
+def test_binary_report_has_lens_finder_metrics_and_completeness_at_val_thresholds(scored):
+    from kerasssl import metrics as m
+    from kerasssl.completeness import operating_thresholds
+
+    labels, scores = scored
+    rng = np.random.default_rng(7)
+    val_labels = np.r_[np.ones(30, int), np.zeros(30, int)]
+    val_scores = np.clip(0.3 * val_labels + rng.uniform(0, 0.7, 60), 0, 1)
+    meta = {"einstein_radius": np.where(labels == 1, np.linspace(0.5, 2.0, 100), np.nan)}
+    report = ev.metrics_report(labels, binary_probs(scores), ["nonlens", "lens"], val_labels=val_labels,
+                               val_probs=binary_probs(val_scores), bootstrap=50, prevalence=0.01,
+                               metadata=meta, metadata_source="meta.csv")
+    lens = m.lens_finder_report(labels, scores, prevalence=0.01, bootstrap=50, seed=0)
+    for key in ("tpr_at_fpr", "tpr0", "tpr10", "precision_at_prevalence"):
+        assert report[key] == lens[key], key
+    assert report["lens_finder"]["n_negatives"] == 40 and report["lens_finder"]["ci_method"] == lens["ci_method"]
+    binned = report["completeness"]
+    assert binned["at"]["youden"]["threshold"] == operating_thresholds(val_labels, val_scores)["youden"]["threshold"]
+    assert binned["at"]["youden"]["threshold"] == report["youden"]["threshold"]  # the one the report states
+    assert binned["metadata"] == "meta.csv" and binned["columns"] == ["einstein_radius"]
+    assert sum(b["n"] for b in binned["at"]["youden"]["columns"]["einstein_radius"]["bins"]) == 60
+    json.dumps(report, allow_nan=False)
+    # No val split: chosen on the evaluated split, and the report says so.
+    no_val = ev.metrics_report(labels, binary_probs(scores), ["nonlens", "lens"], bootstrap=20, metadata=meta)
+    assert no_val["completeness"]["at"]["youden"]["chosen_on"].startswith("evaluated split (optimistic")
+    assert "completeness" not in ev.metrics_report(labels, binary_probs(scores), ["nonlens", "lens"], bootstrap=20)
+
+
+def test_multiclass_report_says_lens_finder_metrics_need_a_binary_set():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 60)
+    report = ev.metrics_report(labels, rng.dirichlet(np.ones(3), 60), ["a", "b", "c"], bootstrap=20,
+                               metadata={"einstein_radius": np.ones(60)})
+    assert report["lens_finder"]["estimable"] is False and "binary" in report["lens_finder"]["reason"]
+    assert "tpr0" not in report and "completeness" not in report

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import data_options, distribution_options, encoder_option, method_option
+from kerasssl.cli.options import data_options, distribution_options, encoder_option, method_option, prevalence_option
 
 
 @click.command(name="fit")
@@ -26,15 +26,18 @@ from kerasssl.cli.options import data_options, distribution_options, encoder_opt
               help="Fine-tune mode (supervised skips pretraining).")
 @click.option("--seed", type=int, default=None, help="Seed of the split, pretraining and fine-tuning.")
 @click.option("--no-export", is_flag=True, default=False, help="Skip the SavedModel export.")
+@prevalence_option
 @distribution_options
 @data_options
 def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, image_size, batch_size,
-        precision, labels_fraction, mode, seed, no_export, strategy, cpu_devices, sync_batchnorm,
+        precision, labels_fraction, mode, seed, no_export, prevalence, strategy, cpu_devices, sync_batchnorm,
         allow_pickle, channel_axis):
     """The whole job on DATA: split, pretrain, fine-tune, evaluate (and export).
 
     Writes RUN/config.yaml, RUN/split.json, RUN/classifier.keras, RUN/report.json
-    and RUN/roc.png, and prints the test ROC-AUC with its 95% CI.
+    and RUN/roc.png (and RUN/completeness.png when DATA holds the simulator's
+    metadata.csv), and prints the test ROC-AUC with its 95% CI and the TPR at
+    FPR 1e-2 / 1e-3, TPR0 and TPR10.
     """
     from kerasssl.config import RunConfig
     from kerasssl.fit import fit as run_fit
@@ -57,6 +60,7 @@ def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, im
         "data.seed": seed,
         "finetune.seed": seed,
         "export.enabled": False if no_export else None,
+        "evaluate.prevalence": prevalence,
         "pretrain.strategy": strategy,
         "pretrain.cpu_devices": cpu_devices,
         "pretrain.sync_batchnorm": sync_batchnorm,

@@ -129,3 +129,11 @@ def distribution_options(command):
         help="Data-parallel pretraining (pretrain.strategy): mirrored = local GPUs (or --cpu-devices; "
              "JAX: DataParallel), multiworker = MultiWorkerMirroredStrategy from TF_CONFIG.")(command)
     return command
+
+
+def prevalence_option(command):
+    """--prevalence P (evaluate.prevalence): lenses per survey image for the report's precision."""
+    return click.option(
+        "--prevalence", type=float, default=None,
+        help="Lenses per survey image (evaluate.prevalence; 0.001 = 1 in 1,000): the report gives the "
+             "precision of the top of a survey at this prevalence.  [default: config, 0.001]")(command)
