@@ -80,7 +80,8 @@ def view_pair(views):
     """
     if isinstance(views, str):
         if views not in PRESETS:
-            raise KerassslError(f"unknown view preset {views!r}; known: {', '.join(PRESETS)}")
+            raise KerassslError(f"unknown view preset {views!r}; known: {', '.join(PRESETS)} "
+                                "(a method's own views: kerasssl.methods.get(name).default_views)")
         return PRESETS[views]
     if isinstance(views, dict):
         return (views, views)
