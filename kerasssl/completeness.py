@@ -241,13 +241,19 @@ def completeness_report(labels, scores, metadata: Mapping[str, np.ndarray], thre
     return out
 
 
+def curve_label(name: str, entry: dict) -> str:
+    """The legend label of one operating point: "Youden (chosen on val)", "FPR 1e-2 (chosen on val)"."""
+    label = "Youden" if name == "youden" else name.replace("fpr_", "FPR ").replace("_", " ")
+    return f"{label} (chosen on {entry['chosen_on']})"
+
+
 def plot_curves(report: dict) -> dict:
     """``{legend label: completeness result}`` of a :func:`completeness_report`, for the plot."""
-    labels = {"youden": "Youden"}
-    curves = {}
-    for name, entry in report["at"].items():
-        if entry.get("threshold") is None or "columns" not in entry:
-            continue
-        label = labels.get(name, name.replace("fpr_", "FPR ").replace("_", " "))
-        curves[f"{label} (chosen on {entry['chosen_on']})"] = entry
-    return curves
+    return {curve_label(name, entry): entry for name, entry in report["at"].items()
+            if entry.get("threshold") is not None and "columns" in entry}
+
+
+def missing_curves(report: dict) -> list:
+    """One line per operating point without a threshold: its label and why (for the plot's note)."""
+    return [f"no {curve_label(name, entry)} curve: {entry['reason']}" for name, entry in report["at"].items()
+            if entry.get("threshold") is None and entry.get("reason")]

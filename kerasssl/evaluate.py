@@ -295,13 +295,14 @@ def evaluate_classifier(model, images, labels, class_names, *, val_images=None,
                  ci=report["roc_auc_ci"], baseline=baseline_curve, title=title)
     binned = report.get("completeness") or {}
     if completeness_plot_path is not None and binned.get("columns"):
-        from kerasssl.completeness import plot_curves
+        from kerasssl.completeness import missing_curves, plot_curves
         from kerasssl.plots import plot_completeness
 
         curves = plot_curves(binned)
         if curves:
             plot_completeness(completeness_plot_path, curves, columns=binned["columns"],
-                              title=None if title is None else title.replace("ROC", "Completeness", 1))
+                              title=None if title is None else title.replace("ROC", "Completeness", 1),
+                              note="; ".join(missing_curves(binned)) or None)
             binned["plot"] = str(completeness_plot_path)
     return report
 

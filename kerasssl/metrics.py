@@ -509,12 +509,11 @@ def lens_finder_summary(report: dict) -> str:
 
     Example:
         >>> lens_finder_summary(report)
-        'TPR at FPR 1e-2 0.62 (95% CI 0.48-0.75), at FPR 1e-3 not estimable (needs at least 1000 negatives ...), ...'
+        'TPR at FPR 1e-2 0.620 (95% CI 0.480-0.750), at FPR 1e-3 not estimable (needs at least 1000 negatives ...); TPR0 ...'
     """
     def shown(metric):
         if not metric.get("estimable"):
-            reason = metric.get("reason") or "no value"
-            return f"not estimable ({reason.split(';')[0]})"
+            return f"not estimable ({(metric.get('reason') or 'no value').replace('; ', ', ')})"
         ci = metric.get("ci")
         return f"{metric['value']:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
 

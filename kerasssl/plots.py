@@ -20,7 +20,7 @@ LOG_AXES = {"arc_snr"}  # S/N spans decades
 
 def plot_completeness(path, curves: Mapping[str, dict],
                       columns: Sequence[str] = ("einstein_radius", "arc_snr"),
-                      title: Optional[str] = None) -> Path:
+                      title: Optional[str] = None, note: Optional[str] = None) -> Path:
     """Write a PNG of TPR per bin, one panel per metadata column, one line per threshold.
 
     Args:
@@ -29,6 +29,7 @@ def plot_completeness(path, curves: Mapping[str, dict],
             the Youden threshold chosen on val and the FPR 1e-2 threshold.
         columns: the binned columns to draw, one panel each (absent ones are skipped).
         title: figure title.
+        note: a second, smaller title line (e.g. why a threshold has no curve).
 
     Returns:
         The path written.
@@ -67,7 +68,8 @@ def plot_completeness(path, curves: Mapping[str, dict],
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=7)
-    fig.suptitle(title or "Completeness of the lens finder (bars: bin width, Wilson interval)", fontsize=10)
+    title = title or "Completeness of the lens finder (bars: bin width, Wilson interval)"
+    fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -141,7 +141,9 @@ def test_completeness_report_reads_each_threshold_and_plots(tmp_path):
     json.dumps(rep, allow_nan=False)
     curves = comp.plot_curves(rep)
     assert list(curves) == ["Youden (chosen on val)"]
-    path = plot_completeness(tmp_path / "completeness.png", curves, columns=rep["columns"])
+    assert comp.missing_curves(rep) == ["no FPR 1e-2 (chosen on val) curve: too few"]
+    path = plot_completeness(tmp_path / "completeness.png", curves, columns=rep["columns"],
+                             note="; ".join(comp.missing_curves(rep)))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
