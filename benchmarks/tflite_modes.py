@@ -2,7 +2,7 @@
 
 Each mode is written by ``kerasssl.export.export_saved_model(..., tflite=MODE)``
 (the path ``kerasssl export --tflite MODE`` takes), so the val ROC-AUC change
-is the one its parity report gives (``kerasssl.evaluate.roc_auc``, val split
+is the one its parity report gives (``kerasssl.metrics.roc_auc``, val split
 of the run). For comparison the table has one more row, ``int8-all``: the
 whole graph quantized by the stock converter (Preprocess included), as
 kerasssl did before the int8 export became selective, from the same SavedModel
@@ -215,7 +215,7 @@ def main(argv=None):
     from kerasssl.data.load import load_images
     from kerasssl.data.samples import SampleData
     from kerasssl.data.split import Split
-    from kerasssl.evaluate import roc_auc
+    from kerasssl.metrics import roc_auc
     from kerasssl.export import find_run_dir, image_shape_of, load_keras_model
     from kerasssl.rundir import versions
 

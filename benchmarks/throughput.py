@@ -130,7 +130,7 @@ def build_variant(variant, args, input_shape, jit_compile):
         preprocess, view1, view2 = Preprocess(), None, None
     elif variant == "b":
         preprocess = Preprocess()
-        view1, view2 = build_view_pair("simclr", seed=args.seed)
+        view1, view2 = build_view_pair(SimCLR.default_views, seed=args.seed, name="simclr")
     else:
         preprocess = Preprocess()
         view1, view2 = stock_view(args.seed), stock_view(args.seed + 10)

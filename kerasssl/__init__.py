@@ -7,7 +7,8 @@ Sub-packages are imported lazily so that `import kerasssl` stays cheap
 - ``kerasssl.simulate``: simulated lens / non-lens data sets and unlabeled pools (lenstronomy).
 - ``kerasssl.layers``: augmentation and preprocessing Keras layers.
 - ``kerasssl.encoders`` / ``kerasssl.heads`` / ``kerasssl.losses``: building blocks.
-- ``kerasssl.methods``: SimCLR, BYOL, SimSiam, Barlow Twins, VICReg (registry).
+- ``kerasssl.methods``: the SSL methods, one file each, registered by name
+  (``kerasssl.methods.available()``).
 - ``kerasssl.classifier``: the lens classifier and its parts.
 - ``kerasssl.models``: load a ``.keras`` file, a SavedModel or a ``.tflite``.
 - ``kerasssl.finetune`` / ``kerasssl.evaluate`` / ``kerasssl.export``.
@@ -33,7 +34,7 @@ KERAS_OBJECT_MODULES = (
     "kerasssl.schedules",
     "kerasssl.methods",
     "kerasssl.classifier",
-    "kerasssl.finetune",  # ScaledAdamW, in compiled checkpoints
+    "kerasssl.optimizers",  # ScaledAdamW, in compiled checkpoints
 )
 
 

@@ -1,4 +1,4 @@
-"""Pretraining monitors and safety nets, as Keras callbacks.
+"""Training monitors and safety nets, as Keras callbacks.
 
 Order matters: the loggers add keys to the epoch's ``logs`` dict, which
 Keras hands to every callback in turn, so put them before the checkpoint
@@ -14,6 +14,9 @@ and TensorBoard callbacks (``kerasssl.pretrain`` does):
 - :class:`EpochCheckpoint`: weights + optimizer state + epoch + RNG state
   + history, written atomically to ``RUN/checkpoints`` after each good epoch.
 
+Fine-tuning: :class:`BestValAUC` (validation ROC-AUC each epoch, the best
+epoch's weights kept, early stopping).
+
 Example:
     >>> guard = NonFiniteLossGuard()
     >>> model.fit(ds, epochs=10, callbacks=[LearningRateLogger(), guard, EpochCheckpoint(run / "checkpoints")])
@@ -28,10 +31,12 @@ import os
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Optional
 
 import keras
 import numpy as np
 
+from kerasssl import metrics
 from kerasssl.errors import KerassslError
 from kerasssl.rundir import read_json, write_text_atomic
 
@@ -111,23 +116,6 @@ def knn_scores(train_features, train_labels, query_features, k=20, temperature=0
     return scores / np.maximum(scores.sum(axis=1, keepdims=True), 1e-300)
 
 
-def probe_auc(scores, labels):
-    """ROC-AUC of class scores: column 1 for two classes, macro one-vs-rest otherwise.
-
-    Returns NaN when the labels hold a single class.
-    """
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.asarray(labels)
-    present = np.unique(labels)
-    if len(present) < 2:
-        return float("nan")
-    if scores.shape[1] == 2:
-        return float(roc_auc_score(labels, scores[:, 1]))
-    aucs = [roc_auc_score(labels == c, scores[:, c]) for c in present]
-    return float(np.mean(aucs))
-
-
 class KNNProbe(keras.callbacks.Callback):
     """kNN probe ROC-AUC on frozen features, logged as ``val_knn_auc`` each epoch.
 
@@ -170,7 +158,62 @@ class KNNProbe(keras.callbacks.Callback):
         f_train = extract_features(encoder, preprocess, self.train_images)
         f_val = extract_features(encoder, preprocess, self.val_images)
         scores = knn_scores(f_train, self.train_labels, f_val, k=self.k, num_classes=self.num_classes)
-        return probe_auc(scores, self.val_labels)
+        # Over the classes present: a small val split may lack one (then NaN with < 2).
+        return metrics.roc_auc(self.val_labels, scores, classes="present")
+
+
+class BestValAUC(keras.callbacks.Callback):
+    """Track validation ROC-AUC each epoch, keep the best weights, stop when it stalls.
+
+    Args:
+        images / labels: the validation split (raw pixels, int labels).
+        patience: epochs without improvement before stopping (None: never stop).
+        batch_size: prediction batch size.
+        every: check every this many epochs (and at the last one): tiny
+            labelled sets have one-step epochs, where a check per epoch would
+            cost more than the training.
+
+    Example:
+        >>> best = BestValAUC(x_val, y_val, patience=5)
+        >>> model.fit(ds, epochs=50, callbacks=[best]); best.best_auc
+    """
+
+    def __init__(self, images, labels, patience: Optional[int] = None, batch_size: int = 256,
+                 every: int = 1):
+        super().__init__()
+        self.every = max(1, int(every))
+        self.images = np.asarray(images, np.float32)
+        self.labels = np.asarray(labels)
+        self.patience = patience
+        self.batch_size = batch_size
+        self.history = []
+        self.epochs_checked = []
+        self.best_auc = -np.inf
+        self.best_epoch = None
+        self._best_weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        last = epoch + 1 == self.params.get("epochs")
+        if (epoch + 1) % self.every and not last:
+            return
+
+        probs = self.model.predict(self.images, batch_size=self.batch_size, verbose=0)
+        probs = np.asarray(probs, np.float64)
+        auc = metrics.roc_auc(self.labels, probs) if np.all(np.isfinite(probs)) else float("nan")
+        self.history.append(auc)
+        self.epochs_checked.append(epoch + 1)
+        if logs is not None:
+            logs["val_roc_auc"] = auc
+        if np.isfinite(auc) and auc > self.best_auc:
+            self.best_auc, self.best_epoch = auc, epoch
+            self._best_weights = self.model.get_weights()
+        elif self.patience is not None and self.best_epoch is not None \
+                and epoch - self.best_epoch >= self.patience:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        if self._best_weights is not None:
+            self.model.set_weights(self._best_weights)
 
 
 # Every option and config key named here exists (a test checks them against the

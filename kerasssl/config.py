@@ -129,9 +129,9 @@ class PretrainConfig:
     module does not).
 
     Args:
-        method: registry name in ``kerasssl.methods`` (simclr, byol, simsiam,
-            barlow_twins, vicreg).
-        encoder: name for ``kerasssl.encoders.build_encoder``.
+        method: a name of ``kerasssl.methods.available()`` (the registry;
+            ``kerasssl pretrain --help`` lists them).
+        encoder: a name of ``kerasssl.encoders.available()``.
         encoder_weights: optional path to a weights file for the encoder.
         epochs: total training epochs (on resume, may only be raised).
         batch_size: images per optimizer step (the global batch under a
@@ -290,11 +290,14 @@ class EvaluateConfig:
             (at least 10).
         allow_overlap: evaluate even if files were used in training (the
             report then says so).
+        prevalence: lenses per survey image (0.001: 1 in 1,000) at which the
+            report states the precision of the top of a survey.
     """
 
     split: str = "test"
     bootstrap: int = 1000
     allow_overlap: bool = False
+    prevalence: float = 0.001
 
     def __post_init__(self):
         self.validate()
@@ -306,6 +309,9 @@ class EvaluateConfig:
             raise KerassslError(f"evaluate.bootstrap (--bootstrap) must be an integer of at least 10 resamples, "
                                 f"got {self.bootstrap!r}")
         _check_bool("evaluate.allow_overlap", self.allow_overlap)
+        if isinstance(self.prevalence, bool) or not (_is_number(self.prevalence) and 0.0 < self.prevalence < 1.0):
+            raise KerassslError(f"evaluate.prevalence (--prevalence) must be a fraction in (0, 1), e.g. 0.001, "
+                                f"got {self.prevalence!r}")
 
 
 @dataclass

@@ -24,6 +24,10 @@ by :class:`kerasssl.layers.Preprocess`:
 The applications need at least 32 pixels a side (five stride-2 stages);
 smaller inputs get a clear error (use ``tiny``).
 
+Every name is an entry of :data:`ENCODERS`; a user's own backbone joins with
+``@register_encoder("name")`` on a function ``input_shape -> keras.Model``
+(then ``--encoder name`` and ``pretrain.encoder: name`` accept it).
+
 Example:
     >>> enc = build_encoder("efficientnetb0", (64, 64, 3))
     >>> enc.output_shape
@@ -32,12 +36,14 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
 import keras
 
 from kerasssl.errors import DataError, KerassslError
+from kerasssl.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +52,26 @@ _V2 = {f"efficientnetv2b{i}": f"EfficientNetV2B{i}" for i in range(4)}
 _V2["efficientnetv2s"] = "EfficientNetV2S"
 _APPLICATION_MIN_SIZE = 32
 
+#: Encoder name -> builder ``fn(input_shape) -> keras.Model`` (H, W, C) -> (D,).
+ENCODERS = Registry("encoder")
+
+
+def register_encoder(name):
+    """Decorator: register a builder ``fn(input_shape) -> keras.Model`` as encoder ``name``.
+
+    Example:
+        >>> @register_encoder("small_cnn")
+        ... def small_cnn(input_shape):
+        ...     inputs = keras.Input(input_shape)
+        ...     return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(
+        ...         keras.layers.Conv2D(32, 3)(inputs)), name="small_cnn")
+    """
+    return ENCODERS.register(name)
+
 
 def available():
-    """Names accepted by :func:`build_encoder`."""
-    return sorted(_V1) + sorted(_V2) + ["resnet50", "tiny"]
+    """Names accepted by :func:`build_encoder`, sorted."""
+    return ENCODERS.names()
 
 
 def build_encoder(name, input_shape, weights=None):
@@ -70,16 +92,11 @@ def build_encoder(name, input_shape, weights=None):
         >>> enc(np.zeros((2, 32, 32, 1))).shape
         (2, 64)
     """
-    key = str(name).lower()
+    builder = ENCODERS.get(name)
     input_shape = tuple(int(s) for s in input_shape)
     if len(input_shape) != 3 or min(input_shape) < 1:
         raise KerassslError(f"encoder input_shape must be (H, W, C), got {input_shape}")
-    if key == "tiny":
-        model = _tiny(input_shape)
-    elif key in _V1 or key in _V2 or key == "resnet50":
-        model = _application(key, input_shape)
-    else:
-        raise KerassslError(f"unknown encoder {name!r}; choose from {', '.join(available())}")
+    model = builder(input_shape)
     if weights:
         load_encoder_weights(model, weights)
     return model
@@ -106,6 +123,15 @@ def _application(key, input_shape):
     return keras.applications.ResNet50(name=key, **common)
 
 
+def _register_applications():
+    for key in (*_V1, *_V2, "resnet50"):
+        register_encoder(key)(functools.partial(_application, key))
+
+
+_register_applications()
+
+
+@register_encoder("tiny")
 def _tiny(input_shape):
     inputs = keras.Input(input_shape, name="image")
     x = inputs

@@ -9,6 +9,15 @@ The Youden threshold (max TPR - FPR) is chosen on the validation split when
 it is given, and applied to the test split; otherwise it is chosen on the test
 split itself, which is optimistic, and the report says which it was.
 
+Binary sets also get the numbers lens finders read (:mod:`kerasssl.metrics`):
+TPR at FPR 1e-2 and 1e-3, TPR0, TPR10 (bootstrap CIs, or "not estimable" with
+the reason) and the precision of the top of a survey at a stated prevalence
+(``evaluate.prevalence``, ``--prevalence``). When the data folder holds the
+simulator's ``metadata.csv``, completeness per bin of Einstein radius, radius /
+PSF and arc S/N at the Youden and FPR 1e-2 thresholds (both chosen on val;
+:mod:`kerasssl.completeness`) goes into the report and ``completeness.png``
+beside the ROC plot.
+
 Honesty guard: an image that trained the model is refused unless
 ``allow_overlap`` is set, and then the report says so. Two sources, joined:
 
@@ -34,9 +43,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from kerasssl.errors import KerassslError
+from kerasssl import metrics
+from kerasssl.errors import DataError, KerassslError
 from kerasssl.models import check_keras_archive
-from kerasssl.rundir import RunDir, replacing, write_json_atomic
+from kerasssl.rundir import COMPLETENESS_PLOT, RunDir, replacing, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -57,116 +67,11 @@ def predict_probabilities(model, images, batch_size: int = 256) -> np.ndarray:
     return probs
 
 
-# -- metrics -------------------------------------------------------------------
-def roc_auc(labels, probs) -> float:
-    """ROC-AUC: binary on column 1, macro one-vs-rest for more than two classes."""
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.asarray(labels)
-    probs = np.asarray(probs)
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(labels, probs[:, 1]))
-    # Macro one-vs-rest: the mean of the per-class binary AUCs (as scikit-learn's
-    # multi_class="ovr", without its check that rows sum to 1 in float64).
-    return float(np.mean([roc_auc_score(labels == k, probs[:, k]) for k in range(probs.shape[1])]))
-
-
-def pr_auc(labels, probs) -> float:
-    """Average precision of the positive class (macro one-vs-rest for multi-class)."""
-    from sklearn.metrics import average_precision_score
-
-    labels = np.asarray(labels)
-    probs = np.asarray(probs)
-    if probs.shape[1] == 2:
-        return float(average_precision_score(labels == 1, probs[:, 1]))
-    onehot = np.eye(probs.shape[1])[labels]
-    return float(average_precision_score(onehot, probs, average="macro"))
-
-
-def _fast_auc(labels, probs) -> float:
-    """:func:`roc_auc` by ranks (Mann-Whitney U, ties counted half), for the bootstrap.
-
-    Same value as scikit-learn's (macro one-vs-rest is the mean of the
-    per-class binary AUCs), without its per-call validation overhead
-    (~30 ms a call on a busy 2-core machine: 1000 resamples took half a minute).
-    """
-    from scipy.stats import rankdata
-
-    if probs.shape[1] == 2:
-        columns = [(labels == 1, probs[:, 1])]
-    else:
-        columns = [(labels == k, probs[:, k]) for k in range(probs.shape[1])]
-    aucs = []
-    for positive, score in columns:
-        n_pos = int(positive.sum())
-        n_neg = len(positive) - n_pos
-        ranks = rankdata(score)
-        aucs.append((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
-    return float(np.mean(aucs))
-
-
-def bootstrap_auc_ci(labels, probs, n_resamples: int = 1000, seed: int = 0,
-                     level: float = 0.95) -> list:
-    """Percentile bootstrap confidence interval of :func:`roc_auc`.
-
-    Test examples are resampled with replacement; resamples that miss a class
-    (AUC undefined) are redrawn, not dropped, so every interval is built from
-    ``n_resamples`` values.
-
-    Args:
-        labels: int array (N,).
-        probs: probabilities (N, K).
-        n_resamples: number of bootstrap resamples.
-        seed: seed of the resampling.
-        level: coverage of the interval.
-
-    Returns:
-        ``[low, high]``.
-    """
-    labels = np.asarray(labels)
-    probs = np.asarray(probs)
-    n_classes = probs.shape[1]
-    present = np.unique(labels)
-    if len(present) < 2:
-        raise KerassslError("ROC-AUC needs both classes in the evaluated split")
-    rng = np.random.default_rng(seed)
-    values = []
-    n = len(labels)
-    max_draws = 20 * n_resamples
-    draws = 0
-    while len(values) < n_resamples and draws < max_draws:
-        draws += 1
-        idx = rng.integers(0, n, size=n)
-        sample = labels[idx]
-        if len(np.unique(sample)) < (2 if n_classes == 2 else n_classes):
-            continue
-        values.append(_fast_auc(sample, probs[idx]))
-    if not values:
-        raise KerassslError("bootstrap failed: too few examples of a class in the split")
-    alpha = (1.0 - level) / 2.0
-    low, high = np.quantile(values, [alpha, 1.0 - alpha])
-    return [float(low), float(high)]
-
-
-def youden_threshold(labels, scores) -> float:
-    """Threshold on the positive-class score that maximises TPR - FPR (Youden's J)."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thresholds = roc_curve(np.asarray(labels) == 1, np.asarray(scores))
-    best = int(np.argmax(tpr - fpr))
-    # roc_curve's first threshold is +inf (predict nothing positive).
-    return float(min(thresholds[best], 1.0))
-
-
-def confusion(labels, predictions, n_classes: int) -> list:
-    """Confusion matrix as nested lists: rows = true class, columns = predicted."""
-    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
-    return matrix.tolist()
-
-
+# -- the report ----------------------------------------------------------------
 def metrics_report(labels, probs, class_names: Sequence[str], *, val_labels=None,
-                   val_probs=None, bootstrap: int = 1000, seed: int = 0) -> dict:
+                   val_probs=None, bootstrap: int = 1000, seed: int = 0,
+                   prevalence: float = metrics.DEFAULT_PREVALENCE, metadata=None,
+                   metadata_source: Optional[str] = None) -> dict:
     """All metrics for one split as a JSON-ready dict.
 
     Args:
@@ -174,10 +79,23 @@ def metrics_report(labels, probs, class_names: Sequence[str], *, val_labels=None
         probs: predicted probabilities (N, K).
         class_names: names by label index.
         val_labels / val_probs: the validation split, used to choose the
-            Youden threshold (binary only). Without them it is chosen on the
-            evaluated split and the report says so.
-        bootstrap: resamples for the ROC-AUC confidence interval.
+            Youden threshold and completeness's thresholds (binary only).
+            Without them they are chosen on the evaluated split and the
+            report says so.
+        bootstrap: resamples for the ROC-AUC confidence interval (and the
+            lens-finder metrics' CIs).
         seed: bootstrap seed.
+        prevalence: lenses per survey image, for ``precision_at_prevalence``.
+        metadata: ``{column: values (N,)}`` of the evaluated images
+            (``completeness.completeness_columns(read_metadata(...))``) for
+            the completeness bins (binary only); None: no completeness.
+        metadata_source: where ``metadata`` came from (recorded).
+
+    Returns:
+        For binary sets, besides the AUCs: ``tpr_at_fpr`` (``"1e-2"``,
+        ``"1e-3"``), ``tpr0``, ``tpr10``, ``precision_at_prevalence`` (see
+        :func:`kerasssl.metrics.lens_finder_report`), ``lens_finder`` (counts,
+        CI method) and, with metadata, ``completeness``.
     """
     labels = np.asarray(labels, np.int64)
     probs = np.asarray(probs, np.float64)
@@ -194,54 +112,60 @@ def metrics_report(labels, probs, class_names: Sequence[str], *, val_labels=None
         "n_test": int(len(labels)),
         "class_names": list(class_names),
         "class_counts": {name: int(c) for name, c in zip(class_names, counts)},
-        "roc_auc": roc_auc(labels, probs),
-        "roc_auc_ci": bootstrap_auc_ci(labels, probs, bootstrap, seed),
+        "roc_auc": metrics.roc_auc(labels, probs),
+        "roc_auc_ci": metrics.bootstrap_auc_ci(labels, probs, bootstrap, seed),
         "roc_auc_ci_method": f"percentile bootstrap, {bootstrap} resamples, seed {seed}, 95%",
-        "pr_auc": pr_auc(labels, probs),
+        "pr_auc": metrics.pr_auc(labels, probs),
     }
     if n_classes == 2:
         scores = probs[:, 1]
         at_half = (scores >= 0.5).astype(np.int64)
         if val_labels is not None and len(np.unique(val_labels)) == 2:
-            threshold = youden_threshold(val_labels, np.asarray(val_probs)[:, 1])
+            threshold = metrics.youden_threshold(val_labels, np.asarray(val_probs)[:, 1])
             source = "val"
         else:
-            threshold = youden_threshold(labels, scores)
+            threshold = metrics.youden_threshold(labels, scores)
             source = "evaluated split (optimistic: no validation split given)"
         at_youden = (scores >= threshold).astype(np.int64)
+        lens_finder = metrics.lens_finder_report(labels, scores, prevalence=prevalence,
+                                                 bootstrap=bootstrap, seed=seed)
+        report.update({key: lens_finder.pop(key) for key in
+                       ("tpr_at_fpr", "tpr0", "tpr10", "precision_at_prevalence")})
+        report["lens_finder"] = lens_finder
+        if metadata is not None:
+            from kerasssl import completeness
+
+            on_val = source == "val"
+            thresholds = completeness.operating_thresholds(
+                val_labels if on_val else labels, np.asarray(val_probs)[:, 1] if on_val else scores,
+                chosen_on="val" if on_val else source)
+            report["completeness"] = completeness.completeness_report(labels, scores, metadata, thresholds,
+                                                                      source=metadata_source)
         report.update(
             positive_class=class_names[1],
             accuracy=float(np.mean(at_half == labels)),
             accuracy_threshold=0.5,
-            confusion_matrix=confusion(labels, at_half, 2),
+            confusion_matrix=metrics.confusion(labels, at_half, 2),
             youden={
                 "threshold": threshold,
                 "chosen_on": source,
                 "accuracy": float(np.mean(at_youden == labels)),
-                "confusion_matrix": confusion(labels, at_youden, 2),
+                "confusion_matrix": metrics.confusion(labels, at_youden, 2),
             },
         )
     else:
         predictions = np.argmax(probs, axis=1)
+        report["lens_finder"] = {"estimable": False, "reason": "lens-finder metrics and completeness need "
+                                 "a binary set (lens vs non-lens)"}
         report.update(
             roc_auc_average="macro one-vs-rest",
-            roc_auc_per_class=_per_class_auc(labels, probs, class_names),
+            roc_auc_per_class=metrics.per_class_auc(labels, probs, class_names),
             accuracy=float(np.mean(predictions == labels)),
             accuracy_threshold="argmax",
-            confusion_matrix=confusion(labels, predictions, n_classes),
+            confusion_matrix=metrics.confusion(labels, predictions, n_classes),
         )
     report["confusion_matrix_axes"] = "rows: true class, columns: predicted class"
     return report
-
-
-def _per_class_auc(labels, probs, class_names):
-    from sklearn.metrics import roc_auc_score
-
-    out = {}
-    for k, name in enumerate(class_names):
-        positives = labels == k
-        out[name] = float(roc_auc_score(positives, probs[:, k])) if 0 < positives.sum() < len(labels) else None
-    return out
 
 
 # -- plot ----------------------------------------------------------------------
@@ -311,8 +235,10 @@ def plot_roc(path, labels, probs, class_names: Sequence[str], *, auc: float, ci,
 def evaluate_classifier(model, images, labels, class_names, *, val_images=None,
                         val_labels=None, bootstrap: int = 1000, seed: int = 0,
                         baseline=None, plot_path=None, batch_size: int = 256,
-                        title: Optional[str] = None) -> dict:
-    """Evaluate a classifier on arrays; optionally write the ROC plot.
+                        title: Optional[str] = None, prevalence: float = metrics.DEFAULT_PREVALENCE,
+                        metadata=None, metadata_source: Optional[str] = None,
+                        completeness_plot_path=None) -> dict:
+    """Evaluate a classifier on arrays; optionally write the ROC and completeness plots.
 
     Args:
         model: Keras classifier, raw pixels in, probabilities out.
@@ -325,6 +251,9 @@ def evaluate_classifier(model, images, labels, class_names, *, val_images=None,
         plot_path: where to write the ROC PNG (skipped when None).
         batch_size: prediction batch size.
         title: plot title.
+        prevalence / metadata / metadata_source: see :func:`metrics_report`.
+        completeness_plot_path: where to write the completeness PNG when the
+            report has completeness bins (skipped when None).
 
     Returns:
         The report dict (see :func:`metrics_report`).
@@ -340,19 +269,36 @@ def evaluate_classifier(model, images, labels, class_names, *, val_images=None,
     else:
         val_labels = None
     report = metrics_report(labels, probs, class_names, val_labels=val_labels,
-                            val_probs=val_probs, bootstrap=bootstrap, seed=seed)
+                            val_probs=val_probs, bootstrap=bootstrap, seed=seed, prevalence=prevalence,
+                            metadata=metadata, metadata_source=metadata_source)
     baseline_curve = None
     if baseline is not None:
         b_probs = predict_probabilities(baseline, images, batch_size)
-        b_auc = roc_auc(labels, b_probs)
-        b_ci = bootstrap_auc_ci(labels, b_probs, bootstrap, seed)
+        b_auc = metrics.roc_auc(labels, b_probs)
+        b_ci = metrics.bootstrap_auc_ci(labels, b_probs, bootstrap, seed)
         report["baseline"] = {"roc_auc": b_auc, "roc_auc_ci": b_ci,
-                              "pr_auc": pr_auc(labels, b_probs)}
+                              "pr_auc": metrics.pr_auc(labels, b_probs)}
+        if len(class_names) == 2:
+            b_lens = metrics.lens_finder_report(labels, b_probs[:, 1], prevalence=prevalence,
+                                                bootstrap=bootstrap, seed=seed)
+            report["baseline"].update({key: b_lens[key] for key in
+                                       ("tpr_at_fpr", "tpr0", "tpr10", "precision_at_prevalence")})
         baseline_curve = {"labels": labels, "probs": b_probs, "auc": b_auc, "ci": b_ci,
                           "name": "baseline"}
     if plot_path is not None:
         plot_roc(plot_path, labels, probs, class_names, auc=report["roc_auc"],
                  ci=report["roc_auc_ci"], baseline=baseline_curve, title=title)
+    binned = report.get("completeness") or {}
+    if completeness_plot_path is not None and binned.get("columns"):
+        from kerasssl.completeness import missing_curves, plot_curves
+        from kerasssl.plots import plot_completeness
+
+        curves = plot_curves(binned)
+        if curves:
+            plot_completeness(completeness_plot_path, curves, columns=binned["columns"],
+                              title=None if title is None else title.replace("ROC", "Completeness", 1),
+                              note="; ".join(missing_curves(binned)) or None)
+            binned["plot"] = str(completeness_plot_path)
     return report
 
 
@@ -424,7 +370,8 @@ def fingerprint_overlap(model_paths, images, files):
 # -- the `kerasssl evaluate` job -----------------------------------------------
 def evaluate_run(model_path, data_path, run_dir, *, split: Optional[str] = None, report_path=None,
                  plot_path=None, cfg=None, allow_overlap: Optional[bool] = None,
-                 baseline_path=None, bootstrap: Optional[int] = None, image_set=None) -> dict:
+                 baseline_path=None, bootstrap: Optional[int] = None, image_set=None,
+                 prevalence: Optional[float] = None, completeness_plot_path=None) -> dict:
     """Evaluate a saved classifier on one split of DATA recorded in RUN/split.json.
 
     Args:
@@ -441,6 +388,11 @@ def evaluate_run(model_path, data_path, run_dir, *, split: Optional[str] = None,
         baseline_path: optional second classifier drawn as the baseline.
         bootstrap: resamples for the CI (at least 10); default ``cfg.evaluate.bootstrap``.
         image_set: the data already loaded from ``data_path`` (saves re-reading it).
+        prevalence: lenses per survey image for ``precision_at_prevalence``;
+            default ``cfg.evaluate.prevalence``.
+        completeness_plot_path: the completeness PNG, written when DATA holds
+            the simulator's ``metadata.csv``; default ``completeness.png``
+            beside ``plot_path``.
 
     Returns:
         The report dict, also written to ``report_path``.
@@ -452,9 +404,10 @@ def evaluate_run(model_path, data_path, run_dir, *, split: Optional[str] = None,
     if cfg is None:
         cfg = RunConfig.from_run(run) or RunConfig()
     cfg.validate()
-    given = {"split": split, "bootstrap": bootstrap, "allow_overlap": allow_overlap}
+    given = {"split": split, "bootstrap": bootstrap, "allow_overlap": allow_overlap, "prevalence": prevalence}
     settings = dataclasses.replace(cfg.evaluate, **{k: v for k, v in given.items() if v is not None})  # checked
     split, bootstrap, allow_overlap = settings.split, settings.bootstrap, settings.allow_overlap
+    prevalence = settings.prevalence
     split_path = run.split
     if not split_path.exists():
         raise KerassslError(f"{split_path}: no split recorded; run `kerasssl finetune` or `fit` first")
@@ -505,14 +458,20 @@ def evaluate_run(model_path, data_path, run_dir, *, split: Optional[str] = None,
         if expected is not None and expected != tuple(image_set.image_shape):
             raise KerassslError(f"{path}: the model takes images {expected}, the data gives "
                                 f"{tuple(image_set.image_shape)} (data.image_size of the run?)")
+    metadata, metadata_source, skipped = _completeness_metadata(data_path, eval_files, len(image_set.class_names))
+    if completeness_plot_path is None and plot_path is not None:
+        completeness_plot_path = Path(plot_path).with_name(COMPLETENESS_PLOT)  # beside the ROC plot
     # Mode and labels of this classifier, as recorded when it was fine-tuned.
     finetune_record = run.finetune_records().get(model_path.name, {})
     report = evaluate_classifier(
         model, image_set.images[idx], image_set.labels[idx], image_set.class_names,
         val_images=val_images, val_labels=val_labels, bootstrap=bootstrap,
         seed=cfg.seed, baseline=baseline, plot_path=plot_path,
-        title=_plot_title(finetune_record, split),
+        title=_plot_title(finetune_record, split), prevalence=prevalence,
+        metadata=metadata, metadata_source=metadata_source, completeness_plot_path=completeness_plot_path,
     )
+    if skipped is not None:
+        report["completeness"] = skipped
     report.update(
         split=split,
         model=str(model_path),
@@ -537,6 +496,26 @@ def evaluate_run(model_path, data_path, run_dir, *, split: Optional[str] = None,
     if report_path is not None:
         write_json_atomic(report_path, report)
     return report
+
+
+def _completeness_metadata(data_path, files, n_classes):
+    """``(metadata of files, its source, None)``, or ``(None, None, why skipped or None)``.
+
+    metadata.csv is optional: a folder without one gets no completeness, and
+    one that is not the simulator's (no ``filename`` column, other files) is
+    skipped with a warning and the reason in the report, not refused: the
+    classifier's evaluation does not depend on it.
+    """
+    from kerasssl.completeness import completeness_columns, metadata_path, read_metadata
+
+    path = metadata_path(data_path)
+    if path is None or n_classes != 2:
+        return None, None, None
+    try:
+        return completeness_columns(read_metadata(path, files)), str(path), None
+    except DataError as e:
+        log.warning("no completeness: %s", e)
+        return None, None, {"metadata": str(path), "skipped": str(e)}
 
 
 def _plot_title(record, split):

@@ -13,7 +13,7 @@ Modes (all three use the same split and the same labelled subset, so they compar
 
 - ``linear``: frozen encoder (BatchNorm in inference mode) + a trained head.
 - ``full``: every encoder weight trains at ``learning_rate * encoder_lr_scale``
-  (per-variable learning-rate multipliers, :class:`ScaledAdamW`); BatchNorm
+  (per-variable learning-rate multipliers, :class:`kerasssl.optimizers.ScaledAdamW`); BatchNorm
   keeps its pretrained statistics (inference mode), as tiny labelled batches
   would otherwise overwrite them with noise.
 - ``supervised``: the same architecture from random weights, everything
@@ -21,7 +21,7 @@ Modes (all three use the same split and the same labelled subset, so they compar
 
 Class imbalance: class weights ``n / (K * n_k)`` over the labelled subset
 ("balanced"), recorded in ``RUN/finetune.json``. The epoch with the best
-validation ROC-AUC is kept (:class:`BestValAUC`).
+validation ROC-AUC is kept (:class:`kerasssl.callbacks.BestValAUC`).
 
 Example:
     >>> from kerasssl.config import RunConfig
@@ -40,70 +40,14 @@ from typing import Callable, Optional
 
 import keras
 import numpy as np
-from keras import ops
 
+from kerasssl.callbacks import BestValAUC
 from kerasssl.classifier import build_classifier, freeze_batch_norm  # noqa: F401 - the classifier's home
 from kerasssl.errors import KerassslError
+from kerasssl.optimizers import ScaledAdamW
 from kerasssl.rundir import RunDir, save_keras_atomic
 
 log = logging.getLogger(__name__)
-
-
-# -- optimizer -------------------------------------------------------------------
-@keras.saving.register_keras_serializable(package="kerasssl")
-class ScaledAdamW(keras.optimizers.Adam):
-    """AdamW whose learning rate is multiplied per variable (e.g. 0.1 for the encoder).
-
-    Keras 3 optimizers have one learning rate; a lower encoder rate for full
-    fine-tuning needs a per-variable factor. Scaling the *gradient* does not
-    work with Adam (its update is invariant to gradient scale), so the factor
-    multiplies the learning rate inside :meth:`update_step`, and the decoupled
-    weight decay of that variable uses the same scaled rate.
-
-    Args:
-        learning_rate: float or ``LearningRateSchedule``.
-        lr_multipliers: one factor per trainable variable, in the order of
-            ``model.trainable_variables`` (the order the optimizer is built
-            with); None means 1 for all.
-        weight_decay: decoupled weight decay for kernels (rank >= 2); biases
-            and normalisation parameters are not decayed.
-        **kwargs: ``keras.optimizers.Adam`` arguments.
-
-    Example:
-        >>> encoder_ids = {id(v) for v in encoder.trainable_variables}
-        >>> mult = [0.1 if id(v) in encoder_ids else 1.0 for v in model.trainable_variables]
-        >>> model.compile(optimizer=ScaledAdamW(1e-3, lr_multipliers=mult), loss=...)
-    """
-
-    def __init__(self, learning_rate=1e-3, lr_multipliers=None, weight_decay=0.0, **kwargs):
-        kwargs.pop("weight_decay", None)
-        super().__init__(learning_rate=learning_rate, weight_decay=None, **kwargs)
-        self.lr_multipliers = None if lr_multipliers is None else [float(m) for m in lr_multipliers]
-        self.decoupled_weight_decay = float(weight_decay or 0.0)
-
-    def build(self, variables):
-        if self.lr_multipliers is not None and len(self.lr_multipliers) != len(variables):
-            raise ValueError(
-                f"ScaledAdamW got {len(self.lr_multipliers)} lr_multipliers for "
-                f"{len(variables)} trainable variables"
-            )
-        super().build(variables)
-
-    def update_step(self, gradient, variable, learning_rate):
-        scale = 1.0
-        if self.lr_multipliers is not None:
-            scale = self.lr_multipliers[self._get_variable_index(variable)]
-        learning_rate = ops.multiply(ops.cast(learning_rate, variable.dtype), scale)
-        if self.decoupled_weight_decay and len(variable.shape) >= 2:
-            self.assign_sub(
-                variable, ops.multiply(variable, ops.multiply(learning_rate, self.decoupled_weight_decay))
-            )
-        super().update_step(gradient, variable, learning_rate)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(lr_multipliers=self.lr_multipliers, weight_decay=self.decoupled_weight_decay)
-        return config
 
 
 # -- model -----------------------------------------------------------------------
@@ -134,62 +78,6 @@ def balanced_class_weights(labels, n_classes: int) -> dict:
             "use a larger --labels-fraction"
         )
     return {k: float(len(labels) / (n_classes * c)) for k, c in enumerate(counts)}
-
-
-class BestValAUC(keras.callbacks.Callback):
-    """Track validation ROC-AUC each epoch, keep the best weights, stop when it stalls.
-
-    Args:
-        images / labels: the validation split (raw pixels, int labels).
-        patience: epochs without improvement before stopping (None: never stop).
-        batch_size: prediction batch size.
-        every: check every this many epochs (and at the last one): tiny
-            labelled sets have one-step epochs, where a check per epoch would
-            cost more than the training.
-
-    Example:
-        >>> best = BestValAUC(x_val, y_val, patience=5)
-        >>> model.fit(ds, epochs=50, callbacks=[best]); best.best_auc
-    """
-
-    def __init__(self, images, labels, patience: Optional[int] = None, batch_size: int = 256,
-                 every: int = 1):
-        super().__init__()
-        self.every = max(1, int(every))
-        self.images = np.asarray(images, np.float32)
-        self.labels = np.asarray(labels)
-        self.patience = patience
-        self.batch_size = batch_size
-        self.history = []
-        self.epochs_checked = []
-        self.best_auc = -np.inf
-        self.best_epoch = None
-        self._best_weights = None
-
-    def on_epoch_end(self, epoch, logs=None):
-        from kerasssl.evaluate import roc_auc
-
-        last = epoch + 1 == self.params.get("epochs")
-        if (epoch + 1) % self.every and not last:
-            return
-
-        probs = self.model.predict(self.images, batch_size=self.batch_size, verbose=0)
-        probs = np.asarray(probs, np.float64)
-        auc = roc_auc(self.labels, probs) if np.all(np.isfinite(probs)) else float("nan")
-        self.history.append(auc)
-        self.epochs_checked.append(epoch + 1)
-        if logs is not None:
-            logs["val_roc_auc"] = auc
-        if np.isfinite(auc) and auc > self.best_auc:
-            self.best_auc, self.best_epoch = auc, epoch
-            self._best_weights = self.model.get_weights()
-        elif self.patience is not None and self.best_epoch is not None \
-                and epoch - self.best_epoch >= self.patience:
-            self.model.stop_training = True
-
-    def on_train_end(self, logs=None):
-        if self._best_weights is not None:
-            self.model.set_weights(self._best_weights)
 
 
 def train_classifier(model, encoder, x_train, y_train, *, x_val=None, y_val=None, mode: str,
@@ -438,8 +326,12 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
     return record
 
 
-def _augmentation(seed):
-    """Light fine-tuning augmentation from the views module ("finetune" preset)."""
-    from kerasssl.layers.views import build_view_pipeline, view_config
+#: Light, lossless augmentation for supervised fine-tuning: the 8 symmetries of the square.
+FINETUNE_VIEW = {"dihedral": True}
 
-    return build_view_pipeline(view_config("finetune"), seed=seed)
+
+def _augmentation(seed):
+    """The fine-tuning augmentation pipeline (:data:`FINETUNE_VIEW`)."""
+    from kerasssl.layers.views import build_view_pipeline
+
+    return build_view_pipeline(FINETUNE_VIEW, seed=seed)

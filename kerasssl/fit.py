@@ -12,7 +12,8 @@ inspected or re-run on its own with the step-by-step commands:
   streams the pools with the train split, the leak guard leaves out pool images
   equal to a val/test image, and ``report.json`` says how many of each were used;
 - ``RUN/classifier.keras`` + ``RUN/finetune.json`` (fine-tuning);
-- ``RUN/report.json`` + ``RUN/roc.png`` (evaluation on ``evaluate.split``);
+- ``RUN/report.json`` + ``RUN/roc.png`` (evaluation on ``evaluate.split``;
+  ``RUN/completeness.png`` too when DATA holds the simulator's ``metadata.csv``);
 - ``RUN/saved_models/<name>/<version>/`` when ``export.enabled``.
 
 Example:
@@ -114,6 +115,8 @@ def fit(cfg, data_path, run_dir, *, progress: Optional[Callable[[str], None]] = 
 
     paths = {"run_dir": str(run_dir), "report": str(report_path), "plot": str(plot_path),
              "model": record["model"], "split": str(run.split), "config": str(run.config)}
+    if (report.get("completeness") or {}).get("plot"):
+        paths["completeness_plot"] = report["completeness"]["plot"]
     t = time.perf_counter()
     if cfg.export.enabled:
         say("[5/5] export: SavedModel (TF Serving layout)"
@@ -278,6 +281,12 @@ def summary_lines(summary: dict) -> list:
         f"ROC plot: {p['plot']}",
         f"classifier: {p['model']}",
     ]
+    if "tpr_at_fpr" in r:
+        from kerasssl.metrics import lens_finder_summary
+
+        lines.insert(2, lens_finder_summary(r))
+    if "completeness_plot" in p:
+        lines.insert(lines.index(f"ROC plot: {p['plot']}") + 1, f"completeness plot: {p['completeness_plot']}")
     if "saved_model" in p:
         lines.append(f"SavedModel: {p['saved_model']}")
     used = r.get("pretraining_data")

@@ -88,22 +88,28 @@ class ProjectionHead(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="kerasssl")
 class PredictionHead(ProjectionHead):
-    """The BYOL/SimSiam predictor: Dense -> BatchNorm -> ReLU -> Dense (a bottleneck MLP).
+    """The BYOL/SimSiam predictor: [Dense -> BatchNorm -> ReLU] x (num_layers - 1) -> Dense.
+
+    A bottleneck MLP (two layers in BYOL, SimSiam and MoCo v3) with no
+    BatchNorm on its output: it predicts the other view's projection.
 
     Args:
         hidden_dim: bottleneck width (SimSiam uses output_dim / 4).
         output_dim: must equal the projection size it predicts.
-        **kwargs: base Layer arguments.
+        num_layers: total Dense layers (>= 1; 2 in the papers).
+        **kwargs: base Layer arguments. ``last_batch_norm`` is refused unless
+            False (what ``get_config`` records): a predictor has none.
 
     Example:
         >>> PredictionHead(hidden_dim=64, output_dim=256)(np.zeros((4, 256))).shape
         (4, 256)
     """
 
-    def __init__(self, hidden_dim=512, output_dim=128, **kwargs):
-        kwargs.pop("num_layers", None)
-        kwargs.pop("last_batch_norm", None)
-        super().__init__(hidden_dim=hidden_dim, output_dim=output_dim, num_layers=2, last_batch_norm=False, **kwargs)
+    def __init__(self, hidden_dim=512, output_dim=128, num_layers=2, **kwargs):
+        if kwargs.pop("last_batch_norm", False):
+            raise ValueError("PredictionHead has no output BatchNorm: last_batch_norm must be False")
+        super().__init__(hidden_dim=hidden_dim, output_dim=output_dim, num_layers=num_layers,
+                         last_batch_norm=False, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="kerasssl")

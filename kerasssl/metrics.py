@@ -10,7 +10,7 @@ Lenses are rare (~1 in 1,000 galaxies), so a lens finder reads the low false-pos
 end of the ROC curve (Metcalf et al. 2019, the Strong Lens Finding Challenge): TPR at
 FPR 1e-2 / 1e-3, TPR0 and TPR10 (:func:`tpr_at_fpr`, :func:`tpr_at_false_positives`),
 the purity of the top of a survey at a stated prevalence (:func:`precision_at_prevalence`),
-and completeness binned by Einstein radius, arc S/N and PSF (:func:`completeness`). A
+and completeness binned by Einstein radius, arc S/N and PSF (:mod:`kerasssl.completeness`). A
 metric the split cannot resolve (too few negatives) is reported as not estimable, with
 the reason, instead of a number.
 
@@ -25,18 +25,16 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import math
-from statistics import NormalDist
-from typing import Mapping, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 
-from kerasssl.errors import DataError, KerassslError
+from kerasssl.errors import KerassslError
 
 FPR_TARGETS = (1e-2, 1e-3)
-# Columns completeness is binned by (see :func:`completeness_columns` for the derived ones).
-COMPLETENESS_COLUMNS = ("einstein_radius", "arc_snr", "psf_fwhm")
+#: Lenses per survey image assumed by ``precision_at_prevalence`` (``evaluate.prevalence``).
+DEFAULT_PREVALENCE = 0.001
 _RELATIVE_EPS = 1e-9  # so that e.g. FPR 0.001 * 1000 negatives allows 1 false positive
 
 
@@ -207,8 +205,8 @@ def confusion(labels, predictions, n_classes: int) -> list:
 
 
 # -- the low-FPR end of the ROC curve --------------------------------------------
-def _binary(labels, scores):
-    """Validated (positive mask, float64 scores) of a binary set."""
+def binary_set(labels, scores):
+    """Validated (positive mask, float64 scores) of a binary set; one-line KerassslError otherwise."""
     labels, scores = np.asarray(labels), np.asarray(scores, np.float64)
     if scores.ndim != 1 or labels.shape != scores.shape:
         raise KerassslError(f"labels {labels.shape} and lens scores {scores.shape}: expected two (N,) arrays")
@@ -408,7 +406,7 @@ def tpr_at_false_positives(labels, scores, max_false_positives: int, *, bootstra
         >>> tpr_at_false_positives([1, 1, 0, 1], [0.9, 0.8, 0.7, 0.6], 0)["value"]
         0.666...
     """
-    curve = _Curve(*_binary(labels, scores))
+    curve = _Curve(*binary_set(labels, scores))
     return _fill_cis(curve, [_tpr_spec(curve, max_false_positives)], bootstrap, seed, level)[0]
 
 
@@ -441,7 +439,7 @@ def tpr_at_fpr(labels, scores, target: float, *, bootstrap: int = 1000, seed: in
     Example:
         >>> tpr_at_fpr(labels, scores, 1e-2)["value"]
     """
-    curve = _Curve(*_binary(labels, scores))
+    curve = _Curve(*binary_set(labels, scores))
     return _fill_cis(curve, [_fpr_spec(curve, target)], bootstrap, seed, level)[0]
 
 
@@ -453,7 +451,7 @@ def _top_fraction(prevalence, top_fraction, top_k, survey_size):
     return prevalence if top_fraction is None else top_fraction
 
 
-def precision_at_prevalence(labels, scores, *, prevalence: float = 0.001,
+def precision_at_prevalence(labels, scores, *, prevalence: float = DEFAULT_PREVALENCE,
                             top_fraction: Optional[float] = None, top_k: Optional[int] = None,
                             survey_size: Optional[int] = None, bootstrap: int = 1000,
                             seed: int = 0, level: float = 0.95) -> dict:
@@ -484,9 +482,43 @@ def precision_at_prevalence(labels, scores, *, prevalence: float = 0.001,
         >>> precision_at_prevalence(labels, scores, prevalence=0.001, top_k=100,
         ...                         survey_size=100_000)["value"]
     """
-    curve = _Curve(*_binary(labels, scores))
+    curve = _Curve(*binary_set(labels, scores))
     spec = _precision_spec(curve, prevalence, _top_fraction(prevalence, top_fraction, top_k, survey_size))
     return _fill_cis(curve, [spec], bootstrap, seed, level)[0]
+
+
+def check_prevalence(value, key: str = "evaluate.prevalence") -> float:
+    """``value`` as a float in (0, 1), else a one-line KerassslError naming the config key.
+
+    Example:
+        >>> check_prevalence(0.001)
+        0.001
+    """
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or not 0.0 < number < 1.0:
+        raise KerassslError(f"{key} (--prevalence) must be a fraction in (0, 1), e.g. 0.001 "
+                            f"(1 lens in 1,000 images), got {value!r}")
+    return number
+
+
+def lens_finder_summary(report: dict) -> str:
+    """One line of a report's lens-finder numbers: TPR at each FPR target, TPR0, TPR10.
+
+    Example:
+        >>> lens_finder_summary(report)
+        'TPR at FPR 1e-2 0.620 (95% CI 0.480-0.750), at FPR 1e-3 not estimable (needs at least 1000 negatives ...); TPR0 ...'
+    """
+    def shown(metric):
+        if not metric.get("estimable"):
+            return f"not estimable ({(metric.get('reason') or 'no value').replace('; ', ', ')})"
+        ci = metric.get("ci")
+        return f"{metric['value']:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+
+    parts = [f"at FPR {key} {shown(metric)}" for key, metric in report["tpr_at_fpr"].items()]
+    return ("TPR " + ", ".join(parts) + f"; TPR0 {shown(report['tpr0'])}, TPR10 {shown(report['tpr10'])}")
 
 
 def fpr_key(target: float) -> str:
@@ -495,7 +527,7 @@ def fpr_key(target: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
-def lens_finder_report(labels, scores, *, prevalence: float = 0.001,
+def lens_finder_report(labels, scores, *, prevalence: float = DEFAULT_PREVALENCE,
                        top_fraction: Optional[float] = None,
                        fpr_targets: Sequence[float] = FPR_TARGETS, bootstrap: int = 1000,
                        seed: int = 0, level: float = 0.95) -> dict:
@@ -516,7 +548,7 @@ def lens_finder_report(labels, scores, *, prevalence: float = 0.001,
         >>> rep = lens_finder_report(y_test, probs[:, 1], prevalence=0.001, bootstrap=1000)
         >>> rep["tpr_at_fpr"]["1e-2"]["value"], rep["tpr10"]["estimable"]
     """
-    curve = _Curve(*_binary(labels, scores))
+    curve = _Curve(*binary_set(labels, scores))
     specs = [_fpr_spec(curve, t) for t in fpr_targets]
     specs += [_tpr_spec(curve, k) for k in (0, 9)]
     specs.append(_precision_spec(curve, prevalence, prevalence if top_fraction is None else top_fraction))
@@ -529,132 +561,3 @@ def lens_finder_report(labels, scores, *, prevalence: float = 0.001,
             "precision_at_prevalence": results[n_fpr + 2],
             "n_positives": curve.n_pos, "n_negatives": curve.n_neg,
             "selection": "score >= threshold", "ci_method": method if bootstrap > 0 else None}
-
-
-# -- completeness: where the model stops seeing lenses ----------------------------
-def read_metadata(path, files: Sequence[str]) -> dict:
-    """Numeric columns of a simulator ``metadata.csv``, aligned with ``files``.
-
-    Args:
-        path: the CSV (a ``filename`` column holding paths relative to the data folder).
-        files: file names in the order wanted (an ImageSet's ``files``).
-
-    Returns:
-        ``{column: float array (len(files),)}``; NaN where a value is blank or a
-        file has no row. Non-numeric columns (e.g. ``class``) are left out.
-
-    Example:
-        >>> meta = read_metadata(data / "metadata.csv", image_set.files)
-    """
-    try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DataError(path, f"cannot read as CSV ({e})") from None
-    if not rows or "filename" not in rows[0]:
-        raise DataError(path, "no 'filename' column (not a kerasssl simulate metadata.csv?)")
-    by_name = {row["filename"]: row for row in rows}
-    if len(by_name) < len(rows):
-        raise DataError(path, "a filename appears in more than one row")
-    matched = [by_name.get(name) for name in files]
-    if files and not any(matched):
-        raise DataError(path, "none of the data's files has a row (metadata of another folder?)")
-    out = {}
-    for column in (c for c in rows[0] if c is not None):  # None: the extra fields of a long row
-        try:  # a column with any non-number (class, confuser) is not numeric
-            out[column] = np.asarray([float(r[column]) if r and r[column] not in ("", None) else math.nan
-                                      for r in matched], np.float64)
-        except ValueError:
-            continue
-    return out
-
-
-def completeness_columns(metadata: Mapping[str, np.ndarray]) -> dict:
-    """The metadata plus the per-band columns summarised over bands.
-
-    ``arc_snr``: the quadrature sum of ``arc_snr_<band>`` (matched-filter S/N of
-    independent bands add so); ``psf_fwhm``: the mean of ``psf_fwhm_<band>``.
-    Columns already present are kept.
-
-    Example:
-        >>> completeness_columns({"arc_snr_g": [3.0], "arc_snr_r": [4.0]})["arc_snr"]
-        array([5.])
-    """
-    out = {k: np.asarray(v, np.float64) for k, v in metadata.items()}
-    for name, combine in (("arc_snr", lambda a: np.sqrt(np.sum(a ** 2, axis=0))),
-                          ("psf_fwhm", lambda a: np.mean(a, axis=0))):
-        bands = [v for k, v in out.items() if k.startswith(name + "_")]
-        if name not in out and bands:
-            out[name] = combine(np.stack(bands))
-    return out
-
-
-def wilson_interval(successes: int, n: int, level: float = 0.95) -> list:
-    """Wilson score interval ``[low, high]`` of a binomial proportion (n > 0).
-
-    Example:
-        >>> wilson_interval(8, 10)   # [0.490..., 0.943...]
-    """
-    z = NormalDist().inv_cdf(0.5 + level / 2.0)
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return [max(0.0, centre - half), min(1.0, centre + half)]
-
-
-def completeness(labels, scores, metadata: Mapping[str, np.ndarray], threshold: float, *,
-                 columns: Sequence[str] = COMPLETENESS_COLUMNS,
-                 bins: Union[int, Mapping[str, Sequence[float]]] = 4, level: float = 0.95) -> dict:
-    """TPR of the positives at a threshold, binned by each metadata column.
-
-    Args:
-        labels / scores: 0/1 labels and lens scores (N,); only positives count.
-        metadata: ``{column: values (N,)}`` aligned with labels (NaN = unknown),
-            e.g. ``completeness_columns(read_metadata(...))``.
-        threshold: a positive is detected when ``score >= threshold``.
-        columns: the columns to bin by; those absent from metadata are skipped.
-        bins: the number of quantile bins of the positives' values, or
-            ``{column: edges}`` (values outside the edges are left out; columns
-            not in it get 4 quantile bins).
-        level: coverage of each bin's Wilson interval.
-
-    Returns:
-        ``{"threshold", "selection", "interval", "columns": {column: {"edges",
-        "n_missing", "n_outside", "bins": [{"low", "high", "n", "detected", "tpr",
-        "ci"}, ...]}}}``; tpr and ci None in an empty bin. Bins are half-open
-        ``[low, high)``, the last one closed.
-
-    Example:
-        >>> c = completeness(y, s, meta, threshold=0.5, bins=4)
-        >>> [b["tpr"] for b in c["columns"]["einstein_radius"]["bins"]]
-    """
-    positive, scores = _binary(labels, scores)
-    detected = scores[positive] >= threshold
-    out = {"threshold": float(threshold), "selection": "score >= threshold",
-           "interval": f"Wilson {100 * level:g}%", "columns": {}}
-    for column in columns:
-        if column not in metadata:
-            continue
-        values = np.asarray(metadata[column], np.float64)[positive]
-        known = np.isfinite(values)
-        given = bins.get(column) if isinstance(bins, Mapping) else None
-        if given is not None:
-            edges = np.asarray(given, np.float64)
-        else:
-            n_bins = 4 if isinstance(bins, Mapping) else int(bins)
-            edges = np.unique(np.quantile(values[known], np.linspace(0, 1, n_bins + 1))) \
-                if known.any() else np.zeros(0)
-        if len(edges) == 1:
-            edges = np.r_[edges, edges]  # one value: one closed bin [v, v]
-        inside = known & (values >= edges[0]) & (values <= edges[-1]) if len(edges) else known & False
-        which = np.clip(np.searchsorted(edges, values, side="right") - 1, 0, max(len(edges) - 2, 0))
-        rows = []
-        for k in range(len(edges) - 1):
-            member = inside & (which == k)
-            n, hits = int(member.sum()), int(detected[member].sum())
-            rows.append({"low": float(edges[k]), "high": float(edges[k + 1]), "n": n, "detected": hits,
-                         "tpr": hits / n if n else None,
-                         "ci": wilson_interval(hits, n, level) if n else None})
-        out["columns"][column] = {"edges": [float(e) for e in edges], "n_missing": int((~known).sum()),
-                                  "n_outside": int((known & ~inside).sum()), "bins": rows}
-    return out

@@ -13,13 +13,14 @@ AXIS_LABELS = {
     "einstein_radius": "Einstein radius (arcsec)",
     "arc_snr": "arc S/N (matched filter, bands in quadrature)",
     "psf_fwhm": "PSF FWHM (arcsec, mean over bands)",
+    "radius_over_psf": "Einstein radius / PSF FWHM",
 }
 LOG_AXES = {"arc_snr"}  # S/N spans decades
 
 
 def plot_completeness(path, curves: Mapping[str, dict],
                       columns: Sequence[str] = ("einstein_radius", "arc_snr"),
-                      title: Optional[str] = None) -> Path:
+                      title: Optional[str] = None, note: Optional[str] = None) -> Path:
     """Write a PNG of TPR per bin, one panel per metadata column, one line per threshold.
 
     Args:
@@ -28,6 +29,7 @@ def plot_completeness(path, curves: Mapping[str, dict],
             the Youden threshold chosen on val and the FPR 1e-2 threshold.
         columns: the binned columns to draw, one panel each (absent ones are skipped).
         title: figure title.
+        note: a second, smaller title line (e.g. why a threshold has no curve).
 
     Returns:
         The path written.
@@ -55,7 +57,7 @@ def plot_completeness(path, curves: Mapping[str, dict],
                 continue
             x = [(b["low"] * b["high"]) ** 0.5 if log else (b["low"] + b["high"]) / 2 for b in bins]
             y = [b["tpr"] for b in bins]
-            yerr = [[b["tpr"] - b["ci"][0] for b in bins], [b["ci"][1] - b["tpr"] for b in bins]]
+            yerr = [[max(b["tpr"] - b["ci"][0], 0.0) for b in bins], [max(b["ci"][1] - b["tpr"], 0.0) for b in bins]]
             xerr = [[c - b["low"] for c, b in zip(x, bins)], [b["high"] - c for c, b in zip(x, bins)]]
             ax.errorbar(x, y, yerr=yerr, xerr=xerr, marker="o", ms=4, capsize=2, color=f"C{i}",
                         label=f"{label} (score >= {curve['threshold']:.3g})")
@@ -66,7 +68,8 @@ def plot_completeness(path, curves: Mapping[str, dict],
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=7)
-    fig.suptitle(title or "Completeness of the lens finder (bars: bin width, Wilson interval)", fontsize=10)
+    title = title or "Completeness of the lens finder (bars: bin width, Wilson interval)"
+    fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -132,7 +132,8 @@ def build_pretraining_model(cfg: RunConfig, input_shape, preprocess, steps_per_e
     method_cls = methods.get(p.method)
     options = method_options(cfg, method_cls, total_steps)
     encoder = build_encoder(p.encoder, input_shape, weights=p.encoder_weights)
-    view1, view2 = build_view_pair(method_cls.method_name, p.augment or None, seed=cfg.seed)
+    view1, view2 = build_view_pair(method_cls.default_views, p.augment or None, seed=cfg.seed,
+                                   name=method_cls.method_name)
     try:
         model = method_cls(encoder, preprocess, view1, view2, **options)
     except (TypeError, ValueError) as e:

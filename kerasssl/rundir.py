@@ -59,6 +59,7 @@ CLASSIFIER = "classifier.keras"
 FINETUNE = "finetune.json"
 REPORT = "report.json"
 ROC_PLOT = "roc.png"
+COMPLETENESS_PLOT = "completeness.png"
 SAVED_MODELS = "saved_models"
 POOLS = "pools.json"
 SKIPPED_FILES = "skipped_files.txt"
@@ -69,9 +70,9 @@ MARKERS = (CONFIG, SPLIT, RECORD, PREPROCESS)
 WRITES = {
     "pretrain": (CONFIG, SPLIT, PREPROCESS, CHECKPOINTS, HISTORY, TENSORBOARD, ENCODER, POOLS),
     "finetune": (CONFIG, SPLIT, PREPROCESS, CLASSIFIER, FINETUNE),
-    "evaluate": (REPORT, ROC_PLOT),
+    "evaluate": (REPORT, ROC_PLOT, COMPLETENESS_PLOT),
     "fit": (CONFIG, SPLIT, PREPROCESS, CHECKPOINTS, HISTORY, TENSORBOARD, ENCODER, POOLS, CLASSIFIER, FINETUNE,
-            REPORT, ROC_PLOT, SAVED_MODELS),
+            REPORT, ROC_PLOT, COMPLETENESS_PLOT, SAVED_MODELS),
 }
 # Where a run recorded its class names, most specific first.
 _CLASS_NAME_SOURCES = (FINETUNE, REPORT, SPLIT)
@@ -156,6 +157,10 @@ class RunDir:
     @property
     def roc_plot(self) -> Path:
         return self.path / ROC_PLOT
+
+    @property
+    def completeness_plot(self) -> Path:
+        return self.path / COMPLETENESS_PLOT
 
     @property
     def saved_models(self) -> Path:

@@ -18,7 +18,7 @@ the convolutions (the encoder) run in int8, with per-channel weight scales;
 logs that 8 bits cannot hold) and everything after the encoder (feature
 normalisation, head, softmax) stay float32. Calibration uses images of the
 run's train split (never val/test), and the report gives the ROC-AUC change
-on the val split, computed by :func:`kerasssl.evaluate.roc_auc` as
+on the val split, computed by :func:`kerasssl.metrics.roc_auc` as
 ``kerasssl evaluate`` computes it. Which images those are is
 :class:`kerasssl.data.samples.SampleData`'s to decide: this module takes its arrays.
 
@@ -392,7 +392,7 @@ def _auc_change(model, runner, samples, class_names):
     """ROC-AUC of Keras vs int8 TFLite on the run's val split, as ``kerasssl evaluate`` computes it."""
     if samples.val_images is None:
         return {"auc": None, "auc_note": "no training run known: AUC change not measured"}
-    from kerasssl.evaluate import roc_auc
+    from kerasssl.metrics import roc_auc
 
     labels = np.asarray(samples.val_labels)
     keras_probs = np.asarray(model.predict(samples.val_images, verbose=0, batch_size=64))
@@ -401,8 +401,8 @@ def _auc_change(model, runner, samples, class_names):
         return {"auc": None, "auc_note": "val split has a single class: AUC undefined"}
     if len(np.unique(labels)) < len(class_names):
         return {"auc": None, "auc_note": "val split lacks some classes: macro AUC undefined"}
-    kind = ("roc_auc (kerasssl.evaluate.roc_auc: positive class label 1, score column 1)"
-            if len(class_names) == 2 else "macro one-vs-rest roc_auc (kerasssl.evaluate.roc_auc)")
+    kind = ("roc_auc (kerasssl.metrics.roc_auc: positive class label 1, score column 1)"
+            if len(class_names) == 2 else "macro one-vs-rest roc_auc (kerasssl.metrics.roc_auc)")
     auc_keras, auc_lite = roc_auc(labels, keras_probs), roc_auc(labels, lite_probs)
     return {
         "auc": {

@@ -107,12 +107,13 @@ def test_embed_signature_gives_the_encoders_own_features_not_the_standardised_on
 def old_style_classifier(encoder_name="tiny", feature_norm=True):
     """A plain functional classifier, as build_classifier made them before LensClassifier."""
     from kerasssl.encoders import build_encoder
+    from kerasssl.finetune import FINETUNE_VIEW
     from kerasssl.layers.views import build_view_pipeline, view_config
 
     keras.utils.set_random_seed(0)
     inputs = keras.Input((SIZE, SIZE, 3), name="image")
     x = Preprocess(normalization="asinh")(inputs)
-    x = build_view_pipeline(view_config("finetune"), seed=0)(x)
+    x = build_view_pipeline(view_config(FINETUNE_VIEW), seed=0)(x)
     encoder = build_encoder("tiny", (SIZE, SIZE, 3))
     if encoder_name != "tiny":
         encoder = keras.Model(encoder.inputs[0], encoder.outputs[0], name=encoder_name)

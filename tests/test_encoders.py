@@ -65,3 +65,22 @@ def test_user_weights_roundtrip_and_mismatch(tmp_path):
             build_encoder("tiny", (16, 16, 1), weights=tmp_path / path)
     with pytest.raises(DataError, match="not found"):
         build_encoder("tiny", (16, 16, 3), weights=tmp_path / "missing.weights.h5")
+
+
+def test_a_registered_encoder_is_built_and_offered_by_the_cli(monkeypatch):
+    from kerasssl import encoders
+    from kerasssl.cli.pretrain import pretrain
+
+    monkeypatch.setattr(encoders.ENCODERS, "_entries", dict(encoders.ENCODERS._entries))
+
+    @encoders.register_encoder("Flat-Pool")
+    def flat_pool(input_shape):
+        inputs = keras.Input(input_shape)
+        return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(inputs), name="flat_pool")
+
+    assert "flat_pool" in available()
+    assert build_encoder("flat-pool", (8, 8, 3)).output_shape == (None, 3)
+    param = next(p for p in pretrain.params if p.name == "encoder")
+    assert param.type.convert("FLAT_POOL", param, None) == "flat_pool"
+    with pytest.raises(KerassslError, match="unknown encoder 'vgg'; choose from efficientnetb0"):
+        param.type.convert("vgg", param, None)

@@ -1,4 +1,4 @@
-"""kerasssl.evaluate: metrics against NumPy references, the ROC plot, the honesty guard."""
+"""kerasssl.evaluate: the report, the ROC plot, the honesty guard (the metrics: test_metrics.py)."""
 
 import json
 
@@ -30,70 +30,17 @@ def scored():
     return labels, scores
 
 
-def test_binary_auc_matches_mann_whitney(scored):
-    labels, scores = scored
-    assert ev.roc_auc(labels, binary_probs(scores)) == pytest.approx(mann_whitney_auc(labels, scores))
-
-
-def test_multiclass_auc_is_macro_one_vs_rest():
+def test_multiclass_report_is_macro_one_vs_rest():
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 3, 90)
     logits = rng.normal(0, 1, (90, 3)) + 1.2 * np.eye(3)[labels]
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     ref = np.mean([mann_whitney_auc((labels == k).astype(int), probs[:, k]) for k in range(3)])
-    assert ev.roc_auc(labels, probs) == pytest.approx(ref)
     report = ev.metrics_report(labels, probs, ["axion", "cdm", "no_sub"], bootstrap=50)
     assert report["roc_auc"] == pytest.approx(ref)
     assert report["accuracy"] == pytest.approx(np.mean(probs.argmax(1) == labels))
     assert sum(map(sum, report["confusion_matrix"])) == 90
     assert report["class_counts"] == {n: int(np.sum(labels == k)) for k, n in enumerate(["axion", "cdm", "no_sub"])}
-
-
-def test_pr_auc_matches_average_precision_definition(scored):
-    labels, scores = scored
-    # AP = sum over positives (ranked by score) of precision at that rank / n_pos (no ties here).
-    rng = np.random.default_rng(0)
-    scores = scores + rng.uniform(0, 1e-9, scores.shape)
-    order = np.argsort(-scores)
-    hits = labels[order] == 1
-    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
-    ref = precision_at[hits].sum() / hits.sum()
-    assert ev.pr_auc(labels, binary_probs(scores)) == pytest.approx(ref)
-
-
-def test_bootstrap_ci_brackets_auc_and_is_seeded(scored):
-    labels, scores = scored
-    probs = binary_probs(scores)
-    auc = ev.roc_auc(labels, probs)
-    low, high = ev.bootstrap_auc_ci(labels, probs, n_resamples=300, seed=4)
-    assert low < auc < high
-    assert ev.bootstrap_auc_ci(labels, probs, 300, seed=4) == [low, high]
-    # Width scales like 1/sqrt(n): four copies of the data give about half the width.
-    low4, high4 = ev.bootstrap_auc_ci(np.tile(labels, 4), np.tile(probs, (4, 1)), 300, seed=4)
-    assert 0.3 < (high4 - low4) / (high - low) < 0.7
-
-
-@pytest.mark.parametrize("n_classes", [2, 3])
-def test_fast_bootstrap_auc_equals_roc_auc(n_classes):
-    rng = np.random.default_rng(n_classes)
-    labels = rng.integers(0, n_classes, 50)
-    probs = rng.dirichlet(np.ones(n_classes), 50).round(2)  # rounding makes ties
-    assert ev._fast_auc(labels, probs) == pytest.approx(ev.roc_auc(labels, probs))
-
-
-def test_bootstrap_refuses_a_single_class():
-    with pytest.raises(KerassslError):
-        ev.bootstrap_auc_ci(np.ones(10, int), binary_probs(np.linspace(0, 1, 10)), 10)
-
-
-def test_youden_threshold_maximises_tpr_minus_fpr(scored):
-    labels, scores = scored
-    t = ev.youden_threshold(labels, scores)
-    pred = scores >= t
-    j = pred[labels == 1].mean() - pred[labels == 0].mean()
-    for other in np.unique(scores):
-        p = scores >= other
-        assert j >= p[labels == 1].mean() - p[labels == 0].mean() - 1e-12
 
 
 def test_binary_report_thresholds_and_confusion(scored):
@@ -225,3 +172,40 @@ def test_a_model_without_fingerprints_is_guarded_by_file_names_only_and_says_so(
         found, carried = ev.fingerprint_overlap([path], images, ["a", "b", "c"])
     assert found == {} and carried == {str(path): None}
     assert "carries no training fingerprints" in caplog.text
+
+
+def test_binary_report_has_lens_finder_metrics_and_completeness_at_val_thresholds(scored):
+    from kerasssl import metrics as m
+    from kerasssl.completeness import operating_thresholds
+
+    labels, scores = scored
+    rng = np.random.default_rng(7)
+    val_labels = np.r_[np.ones(30, int), np.zeros(30, int)]
+    val_scores = np.clip(0.3 * val_labels + rng.uniform(0, 0.7, 60), 0, 1)
+    meta = {"einstein_radius": np.where(labels == 1, np.linspace(0.5, 2.0, 100), np.nan)}
+    report = ev.metrics_report(labels, binary_probs(scores), ["nonlens", "lens"], val_labels=val_labels,
+                               val_probs=binary_probs(val_scores), bootstrap=50, prevalence=0.01,
+                               metadata=meta, metadata_source="meta.csv")
+    lens = m.lens_finder_report(labels, scores, prevalence=0.01, bootstrap=50, seed=0)
+    for key in ("tpr_at_fpr", "tpr0", "tpr10", "precision_at_prevalence"):
+        assert report[key] == lens[key], key
+    assert report["lens_finder"]["n_negatives"] == 40 and report["lens_finder"]["ci_method"] == lens["ci_method"]
+    binned = report["completeness"]
+    assert binned["at"]["youden"]["threshold"] == operating_thresholds(val_labels, val_scores)["youden"]["threshold"]
+    assert binned["at"]["youden"]["threshold"] == report["youden"]["threshold"]  # the one the report states
+    assert binned["metadata"] == "meta.csv" and binned["columns"] == ["einstein_radius"]
+    assert sum(b["n"] for b in binned["at"]["youden"]["columns"]["einstein_radius"]["bins"]) == 60
+    json.dumps(report, allow_nan=False)
+    # No val split: chosen on the evaluated split, and the report says so.
+    no_val = ev.metrics_report(labels, binary_probs(scores), ["nonlens", "lens"], bootstrap=20, metadata=meta)
+    assert no_val["completeness"]["at"]["youden"]["chosen_on"].startswith("evaluated split (optimistic")
+    assert "completeness" not in ev.metrics_report(labels, binary_probs(scores), ["nonlens", "lens"], bootstrap=20)
+
+
+def test_multiclass_report_says_lens_finder_metrics_need_a_binary_set():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 60)
+    report = ev.metrics_report(labels, rng.dirichlet(np.ones(3), 60), ["a", "b", "c"], bootstrap=20,
+                               metadata={"einstein_radius": np.ones(60)})
+    assert report["lens_finder"]["estimable"] is False and "binary" in report["lens_finder"]["reason"]
+    assert "tpr0" not in report and "completeness" not in report

@@ -1,4 +1,5 @@
-"""kerasssl.finetune: per-variable learning rates, frozen/trained parts per mode, the run job."""
+"""kerasssl.finetune: frozen/trained parts per mode, the run job (its optimizer: test_optimizers.py,
+its best-epoch callback: test_callbacks.py)."""
 
 import json
 
@@ -35,27 +36,6 @@ def classifier(mode, augmentation=None):
 
 def weights_of(layers):
     return [np.array(w) for layer in layers for w in layer.weights]
-
-
-def test_scaled_adamw_first_step_matches_numpy_adam():
-    # One Adam step moves each weight by lr * m_hat / (sqrt(v_hat) + eps) = lr * g / (|g| + eps).
-    a = keras.Variable(np.ones((2, 2), np.float32))
-    b = keras.Variable(np.ones((3,), np.float32))
-    grads = [np.full((2, 2), 0.5, np.float32), np.full((3,), -2.0, np.float32)]
-    opt = ft.ScaledAdamW(0.01, lr_multipliers=[0.1, 1.0], weight_decay=0.5, epsilon=1e-7)
-    opt.apply(grads, [a, b])
-    step_a = 0.01 * 0.1 * 0.5 / (0.5 + 1e-7)
-    decay_a = 0.01 * 0.1 * 0.5 * 1.0  # decoupled decay on the kernel (rank 2) only
-    np.testing.assert_allclose(np.array(a), 1.0 - decay_a - step_a, rtol=1e-5)
-    np.testing.assert_allclose(np.array(b), 1.0 + 0.01, rtol=1e-5)  # no decay on rank 1
-    restored = ft.ScaledAdamW.from_config(opt.get_config())
-    assert restored.lr_multipliers == [0.1, 1.0] and restored.decoupled_weight_decay == 0.5
-
-
-def test_scaled_adamw_checks_the_multiplier_count():
-    opt = ft.ScaledAdamW(0.01, lr_multipliers=[1.0])
-    with pytest.raises(ValueError):
-        opt.build([keras.Variable(np.ones(2)), keras.Variable(np.ones(2))])
 
 
 def test_balanced_class_weights():
@@ -126,29 +106,6 @@ def test_feature_statistics_standardise_the_head_input():
     normed = keras.Model(model.inputs, model.get_layer("feature_norm").output).predict(x, verbose=0)
     np.testing.assert_allclose(normed.mean(0), 0.0, atol=1e-3)
     np.testing.assert_allclose(normed.std(0)[var > 1e-5], 1.0, rtol=1e-2)
-
-
-def test_best_val_auc_restores_the_best_epoch_and_checks_every_k():
-    x = np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 2.0]], np.float32)
-    y = np.array([0, 1, 0, 1])
-    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(2, activation="softmax", use_bias=False)])
-    good = [np.eye(2, dtype=np.float32)]
-    bad = [np.eye(2, dtype=np.float32)[::-1].copy()]
-    cb = ft.BestValAUC(x, y, patience=None)
-    cb.set_model(model)
-    cb.set_params({"epochs": 3})
-    for epoch, weights in enumerate([bad, good, bad]):
-        model.set_weights(weights)
-        cb.on_epoch_end(epoch)
-    cb.on_train_end()
-    assert cb.history == [0.0, 1.0, 0.0] and cb.best_epoch == 1
-    np.testing.assert_array_equal(model.get_weights()[0], good[0])
-    sparse = ft.BestValAUC(x, y, every=2)
-    sparse.set_model(model)
-    sparse.set_params({"epochs": 3})
-    for epoch in range(3):
-        sparse.on_epoch_end(epoch)
-    assert sparse.epochs_checked == [2, 3]  # every 2nd epoch and the last
 
 
 def test_unknown_mode_is_a_user_error():

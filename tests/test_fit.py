@@ -117,6 +117,7 @@ def test_multiclass_fit_supervised(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [
     (["--config", "missing.yaml"], "missing.yaml"),
     (["--labels-fraction", "0"], "fraction"),
+    (["--prevalence", "2"], "evaluate.prevalence (--prevalence) must be a fraction in (0, 1)"),
 ])
 def test_fit_bad_input_is_one_line_exit_2(tmp_path, data16, capsys, args, message):
     code, out, err = run_cli(["fit", data16, "--run-dir", tmp_path / "run", *args], capsys)
@@ -173,3 +174,66 @@ def test_fit_again_finishes_a_pretraining_killed_before_its_encoder(tmp_path, da
     assert code == 0, err
     assert "(resuming)" in out and (run / "encoder.keras").exists()
     assert json.loads((run / "history.json").read_text()) == history  # finished, not retrained
+
+
+def write_simulator_metadata(data, lens_radius):
+    """A metadata.csv as `kerasssl simulate` writes it (its columns), for conftest's fake folders."""
+    import csv
+
+    rows = []
+    for path in sorted(data.rglob("*.npy")):
+        name = str(path.relative_to(data))
+        lens = name.startswith("lenses/")
+        index = int(path.stem.rsplit("_", 1)[1])
+        rows.append({"filename": name, "class": path.parent.name, "label": int(lens),
+                     "psf_fwhm_g": 1.0, "psf_fwhm_r": 0.8,
+                     "einstein_radius": lens_radius(index) if lens else "",
+                     "arc_snr_g": 3.0 + index if lens else "", "arc_snr_r": 4.0 + index if lens else "",
+                     "confuser": "none"})
+    with open(data / "metadata.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_fit_report_has_lens_finder_metrics_and_completeness(tmp_path, capsys):
+    data = write_class_folders(tmp_path / "sim", {"lenses": 24, "nonlenses": 18}, size=16)
+    write_simulator_metadata(data, lambda i: 0.5 + 0.1 * i)
+    cfg = write_config(tmp_path / "tiny.yaml", finetune={"mode": "supervised"})
+    run = tmp_path / "run"
+    code, out, err = run_cli(["fit", data, "--run-dir", run, "--config", cfg, "--prevalence", 0.01], capsys)
+    assert code == 0, err
+    report = json.loads((run / "report.json").read_text())
+    assert list(report["tpr_at_fpr"]) == ["1e-2", "1e-3"]
+    n_neg = report["class_counts"]["nonlenses"]
+    for metric in (*report["tpr_at_fpr"].values(), report["tpr0"], report["tpr10"]):
+        assert metric["n_negatives"] == n_neg
+    for metric in (*report["tpr_at_fpr"].values(), report["tpr0"], report["tpr10"],
+                   report["precision_at_prevalence"]):
+        # A value with its CI, or none with the reason (this test split has a few negatives only).
+        assert (metric["value"] is None) == (not metric["estimable"]) == (metric["reason"] is not None)
+    assert not report["tpr_at_fpr"]["1e-3"]["estimable"] and "1000 negatives" in report["tpr_at_fpr"]["1e-3"]["reason"]
+    assert report["tpr0"]["estimable"] and 0.0 <= report["tpr0"]["value"] <= 1.0
+    assert report["precision_at_prevalence"]["prevalence"] == 0.01  # --prevalence reached the report
+    assert report["lens_finder"]["n_negatives"] == n_neg
+    # Completeness per bin at the thresholds chosen on val, and its PNG beside roc.png.
+    binned = report["completeness"]
+    assert binned["metadata"] == str(data / "metadata.csv")
+    assert binned["columns"] == ["einstein_radius", "radius_over_psf", "arc_snr", "psf_fwhm"]
+    youden = binned["at"]["youden"]
+    assert youden["chosen_on"] == "val" and youden["threshold"] == report["youden"]["threshold"]
+    bins = youden["columns"]["einstein_radius"]["bins"]
+    assert sum(b["n"] for b in bins) == report["class_counts"]["lenses"] and all("tpr" in b for b in bins)
+    assert binned["at"]["fpr_1e-2"]["threshold"] is None and "negatives" in binned["at"]["fpr_1e-2"]["reason"]
+    assert (run / "completeness.png").read_bytes()[:4] == b"\x89PNG" and binned["plot"] == str(run / "completeness.png")
+    assert "TPR at FPR 1e-2" in out and "TPR0" in out and "TPR10" in out
+    assert f"completeness plot: {run / 'completeness.png'}" in out
+
+    # A metadata.csv that is not the simulator's is skipped (and said so), not an error.
+    (data / "metadata.csv").write_text("object,ra,dec\nA,1.0,2.0\n")
+    code, out, err = run_cli(["evaluate", run / "classifier.keras", data, "--run-dir", run,
+                              "--report", tmp_path / "other.json", "--plot", tmp_path / "other.png"], capsys)
+    assert code == 0, err
+    other = json.loads((tmp_path / "other.json").read_text())
+    assert "no 'filename' column" in other["completeness"]["skipped"] and "tpr0" in other
+    assert not (tmp_path / "completeness.png").exists()

@@ -49,7 +49,7 @@ CHILD = textwrap.dedent("""
 
     # Inside a jitted JAX train step: the seed generators' states are threaded
     # through the stateless trainer, so two steps draw different augmentations.
-    view1, view2 = build_view_pair("byol", seed=0)
+    view1, view2 = build_view_pair("asymmetric", seed=0, name="byol")  # BYOL's views
     inputs = keras.Input((12, 12, 2))
     h = view1(inputs)
     h = keras.layers.Conv2D(2, 3)(h)

@@ -30,6 +30,17 @@ LAYERS = {
 }
 
 
+def test_every_augmentation_layer_is_exercised_here():
+    # Found from Keras's registry: a new augmentation layer fails here until LAYERS has it
+    # (its config round trip is checked for every registered object in test_keras_objects.py).
+    from kerasssl.layers.base import RandomImageLayer
+
+    registered = {cls for name, cls in keras.saving.get_custom_objects().items()
+                  if name.startswith("kerasssl>") and isinstance(cls, type) and issubclass(cls, RandomImageLayer)}
+    exercised = {type(make(0)) for make in LAYERS.values()}
+    assert registered and registered <= exercised, sorted(c.__name__ for c in registered - exercised)
+
+
 def images(n=4, size=12, channels=2, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(0.0, 3.0, size=(n, size, size, channels))

@@ -1,4 +1,4 @@
-"""View pipelines: per-method defaults, overrides, errors, seeding."""
+"""View pipelines: presets, overrides, errors, seeding (each method's defaults: test_methods_registry.py)."""
 
 import keras
 import numpy as np
@@ -6,8 +6,10 @@ import pytest
 
 from kerasssl.errors import KerassslError
 from kerasssl.layers.views import (
-    METHOD_VIEWS,
+    ASYMMETRIC,
+    PRESETS,
     STAGES,
+    SYMMETRIC,
     build_view_pair,
     build_view_pipeline,
     view_config,
@@ -23,16 +25,16 @@ def stage_layers(pipeline):
     return {layer.name.rsplit("_", 1)[-1]: layer for layer in pipeline.layers}
 
 
-@pytest.mark.parametrize("method", ["simclr", "byol", "simsiam", "barlow_twins", "vicreg"])
-def test_method_defaults_are_lensing_views(method):
+def assert_lensing_views(views):
+    """Both views: every stage spelled out, lensing defaults, two different augmentations."""
     for view in (1, 2):
-        cfg = view_config(method, view)
+        cfg = view_config(views, view)
         assert set(cfg) == set(STAGES)
         # Lensing defaults: symmetries, small rotation, mild crop, blur, relative noise.
         assert cfg["dihedral"] == {} and cfg["rotation"]["factor"] <= 0.1
         assert cfg["crop"]["scale"][0] >= 0.5
         assert cfg["noise"]["relative"] is True
-    view1, view2 = build_view_pair(method, seed=0)
+    view1, view2 = build_view_pair(views, seed=0)
     x = images()
     a, b = np.asarray(view1(x, training=True)), np.asarray(view2(x, training=True))
     assert a.shape == b.shape == x.shape and np.isfinite(a).all() and np.isfinite(b).all()
@@ -40,12 +42,18 @@ def test_method_defaults_are_lensing_views(method):
     np.testing.assert_array_equal(np.asarray(view1(x, training=False)), x)
 
 
-def test_byol_style_views_are_asymmetric_and_finetune_is_light():
-    for method in ("byol", "barlow_twins", "vicreg"):
-        assert view_config(method, 1)["blur"]["probability"] == 1.0
-        assert view_config(method, 2)["blur"]["probability"] == 0.1
-    assert view_config("simclr", 1) == view_config("simclr", 2)
-    light = view_config("finetune")
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_presets_are_lensing_views(preset):
+    assert_lensing_views(preset)
+    assert_lensing_views(PRESETS[preset])
+
+
+def test_asymmetric_preset_blurs_one_view_and_a_single_config_serves_both():
+    assert view_config(ASYMMETRIC, 1)["blur"]["probability"] == 1.0
+    assert view_config(ASYMMETRIC, 2)["blur"]["probability"] == 0.1
+    assert view_config(SYMMETRIC, 1) == view_config(SYMMETRIC, 2)
+    light = view_config({"dihedral": True})
+    assert light == view_config({"dihedral": True}, 2)
     assert [stage for stage, options in light.items() if options is not False] == ["dihedral"]
     # Dihedral only: a lossless permutation of each image.
     pipeline = build_view_pipeline(light, seed=0)
@@ -53,14 +61,16 @@ def test_byol_style_views_are_asymmetric_and_finetune_is_light():
     out = np.asarray(pipeline(x, training=True))
     for o, i in zip(out, x):
         np.testing.assert_array_equal(np.sort(o.ravel()), np.sort(i.ravel()))
-    # The returned dicts are copies: editing one leaves the defaults alone.
-    light["blur"] = True
-    assert view_config("finetune")["blur"] is False
+    # The returned dicts are copies: editing one leaves the presets alone.
+    cfg = view_config(SYMMETRIC)
+    cfg["blur"]["probability"] = 0.0
+    cfg["flip"] = True
+    assert view_config(SYMMETRIC)["blur"]["probability"] == 0.5 and view_config(SYMMETRIC)["flip"] is False
 
 
 def test_overrides_merge_per_option_and_per_view():
     view1, view2 = build_view_pair(
-        "byol",
+        ASYMMETRIC,
         overrides={"rotation": {"factor": 0.5}, "noise": False,
                    "view2": {"blur": {"sigma": [2.0, 3.0]}, "flip": True}},
         seed=0,
@@ -80,9 +90,9 @@ def test_overrides_merge_per_option_and_per_view():
 
 def test_seeds_make_views_reproducible():
     x = images()
-    first = [np.asarray(v(x, training=True)) for v in build_view_pair("simclr", seed=3)]
-    again = [np.asarray(v(x, training=True)) for v in build_view_pair("simclr", seed=3)]
-    other = [np.asarray(v(x, training=True)) for v in build_view_pair("simclr", seed=4)]
+    first = [np.asarray(v(x, training=True)) for v in build_view_pair(SYMMETRIC, seed=3)]
+    again = [np.asarray(v(x, training=True)) for v in build_view_pair(SYMMETRIC, seed=3)]
+    other = [np.asarray(v(x, training=True)) for v in build_view_pair(SYMMETRIC, seed=4)]
     for a, b, c in zip(first, again, other):
         np.testing.assert_array_equal(a, b)
         assert not np.allclose(a, c)
@@ -105,12 +115,14 @@ def test_all_stages_off_is_identity_and_saves():
 ])
 def test_bad_config_is_one_line_kerassslerror(bad, match):
     with pytest.raises(KerassslError, match=match) as info:
-        build_view_pair("simclr", overrides=bad, seed=0)
+        build_view_pair(SYMMETRIC, overrides=bad, seed=0)
     assert "\n" not in str(info.value)
 
 
-def test_unknown_method():
-    with pytest.raises(KerassslError, match="known: simclr"):
-        view_config("no_such_method")
-    assert set(METHOD_VIEWS) >= {"simclr", "byol", "simsiam", "barlow_twins", "vicreg",
-                                 "finetune"}
+def test_unknown_preset_and_bad_views():
+    with pytest.raises(KerassslError, match="known: symmetric, asymmetric"):
+        view_config("no_such_preset")
+    with pytest.raises(KerassslError, match="a preset name, a mapping of stages or a pair"):
+        build_view_pair(({"dihedral": True},), seed=0)
+    view1, view2 = build_view_pair("asymmetric", seed=0, name="mine")
+    assert (view1.name, view2.name) == ("mine_view1", "mine_view2")

@@ -49,6 +49,9 @@ REFERENCE = {
 
 
 def test_registry():
+    # Every registered method needs its loss reference here (a new method file is found by itself).
+    missing = sorted(set(methods.available()) - set(REFERENCE))
+    assert not missing, f"add a REFERENCE loss for {missing}"
     assert methods.available() == sorted(REFERENCE)
     assert methods.get("Barlow-Twins") is methods.BarlowTwins
     assert methods.get("MoCo") is methods.MoCo and methods.get("dino") is methods.DINO

@@ -1,15 +1,14 @@
 """kerasssl.metrics: hand-computed cases, brute-force definitions, agreement with
-evaluate's and scikit-learn's numbers, not-estimable cases, completeness and its PNG."""
+scikit-learn's numbers, not-estimable cases (completeness: test_completeness.py)."""
 
 import json
 
 import numpy as np
 import pytest
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score, roc_curve
 
-from kerasssl import evaluate as ev
 from kerasssl import metrics as m
-from kerasssl.errors import DataError, KerassslError
+from kerasssl.errors import KerassslError
 
 
 def scored_set(n_pos, n_neg, seed=0, decimals=2):
@@ -30,22 +29,110 @@ def brute_tpr_within_fp(labels, scores, max_fp):
     return best
 
 
-# -- agreement with evaluate.py (exact) and scikit-learn -------------------------
+def mann_whitney_auc(labels, scores):
+    """Reference ROC-AUC: P(score_pos > score_neg) + 0.5 P(tie), by brute force."""
+    pos = scores[labels == 1]
+    neg = scores[labels == 0]
+    diff = pos[:, None] - neg[None, :]
+    return float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
+
+
+def binary_probs(scores):
+    return np.stack([1.0 - scores, scores], axis=1)
+
+
+@pytest.fixture
+def scored():
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.ones(60, int), np.zeros(40, int)]
+    scores = 1 / (1 + np.exp(-(labels * 1.5 + rng.normal(0, 1, 100))))
+    scores[:5] = scores[60:65]  # ties across classes
+    return labels, scores
+
+
+# -- the AUCs, Youden, confusion: against scikit-learn and brute force ------------
 @pytest.mark.parametrize("n_classes", [2, 3])
-def test_auc_functions_agree_exactly_with_evaluate(n_classes):
+def test_auc_functions_agree_with_scikit_learn(n_classes):
     rng = np.random.default_rng(n_classes)
     labels = rng.integers(0, n_classes, 300)
     probs = rng.dirichlet(np.ones(n_classes), 300)
     probs[:, -1] = np.round(probs[:, -1], 2)  # ties
-    assert m.roc_auc(labels, probs) == ev.roc_auc(labels, probs)
-    assert m.pr_auc(labels, probs) == ev.pr_auc(labels, probs)
-    assert m.fast_auc(labels, probs) == ev._fast_auc(labels, probs)
-    assert m.bootstrap_auc_ci(labels, probs, 200, seed=3) == ev.bootstrap_auc_ci(labels, probs, 200, seed=3)
-    assert m.per_class_auc(labels, probs, list("abc")[:n_classes]) == \
-        ev._per_class_auc(labels, probs, list("abc")[:n_classes])
-    assert m.confusion(labels, probs.argmax(1), n_classes) == ev.confusion(labels, probs.argmax(1), n_classes)
+    onehot = np.eye(n_classes)[labels]
     if n_classes == 2:
-        assert m.youden_threshold(labels, probs[:, 1]) == ev.youden_threshold(labels, probs[:, 1])
+        assert m.roc_auc(labels, probs) == roc_auc_score(labels, probs[:, 1])
+        assert m.pr_auc(labels, probs) == average_precision_score(labels == 1, probs[:, 1])
+    else:  # macro one-vs-rest, per class
+        assert m.roc_auc(labels, probs) == np.mean([roc_auc_score(onehot[:, k], probs[:, k]) for k in range(3)])
+        assert m.pr_auc(labels, probs) == average_precision_score(onehot, probs, average="macro")
+    assert m.fast_auc(labels, probs) == pytest.approx(m.roc_auc(labels, probs), abs=1e-12)
+    ci = m.bootstrap_auc_ci(labels, probs, 200, seed=3)
+    assert ci == m.bootstrap_auc_ci(labels, probs, 200, seed=3) != m.bootstrap_auc_ci(labels, probs, 200, seed=4)
+    assert m.per_class_auc(labels, probs, list("abc")[:n_classes]) == \
+        {name: roc_auc_score(onehot[:, k], probs[:, k]) for k, name in enumerate("abc"[:n_classes])}
+    predictions = probs.argmax(1)
+    assert m.confusion(labels, predictions, n_classes) == \
+        confusion_matrix(labels, predictions, labels=range(n_classes)).tolist()
+
+
+def test_binary_auc_matches_mann_whitney(scored):
+    labels, scores = scored
+    assert m.roc_auc(labels, binary_probs(scores)) == pytest.approx(mann_whitney_auc(labels, scores))
+
+
+def test_multiclass_auc_is_macro_one_vs_rest():
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 90)
+    logits = rng.normal(0, 1, (90, 3)) + 1.2 * np.eye(3)[labels]
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    ref = np.mean([mann_whitney_auc((labels == k).astype(int), probs[:, k]) for k in range(3)])
+    assert m.roc_auc(labels, probs) == pytest.approx(ref)
+
+
+def test_pr_auc_matches_average_precision_definition(scored):
+    labels, scores = scored
+    # AP = sum over positives (ranked by score) of precision at that rank / n_pos (no ties here).
+    rng = np.random.default_rng(0)
+    scores = scores + rng.uniform(0, 1e-9, scores.shape)
+    order = np.argsort(-scores)
+    hits = labels[order] == 1
+    precision_at = np.cumsum(hits) / np.arange(1, len(hits) + 1)
+    ref = precision_at[hits].sum() / hits.sum()
+    assert m.pr_auc(labels, binary_probs(scores)) == pytest.approx(ref)
+
+
+def test_bootstrap_ci_brackets_auc_and_is_seeded(scored):
+    labels, scores = scored
+    probs = binary_probs(scores)
+    auc = m.roc_auc(labels, probs)
+    low, high = m.bootstrap_auc_ci(labels, probs, n_resamples=300, seed=4)
+    assert low < auc < high
+    assert m.bootstrap_auc_ci(labels, probs, 300, seed=4) == [low, high]
+    # Width scales like 1/sqrt(n): four copies of the data give about half the width.
+    low4, high4 = m.bootstrap_auc_ci(np.tile(labels, 4), np.tile(probs, (4, 1)), 300, seed=4)
+    assert 0.3 < (high4 - low4) / (high - low) < 0.7
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_fast_bootstrap_auc_equals_roc_auc(n_classes):
+    rng = np.random.default_rng(n_classes)
+    labels = rng.integers(0, n_classes, 50)
+    probs = rng.dirichlet(np.ones(n_classes), 50).round(2)  # rounding makes ties
+    assert m.fast_auc(labels, probs) == pytest.approx(m.roc_auc(labels, probs))
+
+
+def test_bootstrap_refuses_a_single_class():
+    with pytest.raises(KerassslError):
+        m.bootstrap_auc_ci(np.ones(10, int), binary_probs(np.linspace(0, 1, 10)), 10)
+
+
+def test_youden_threshold_maximises_tpr_minus_fpr(scored):
+    labels, scores = scored
+    t = m.youden_threshold(labels, scores)
+    pred = scores >= t
+    j = pred[labels == 1].mean() - pred[labels == 0].mean()
+    for other in np.unique(scores):
+        p = scores >= other
+        assert j >= p[labels == 1].mean() - p[labels == 0].mean() - 1e-12
 
 
 def test_roc_auc_takes_binary_scores_and_matches_sklearn_ovr():
@@ -60,18 +147,17 @@ def test_roc_auc_takes_binary_scores_and_matches_sklearn_ovr():
 
 
 def test_roc_auc_present_classes_is_the_knn_probe_rule():
-    from kerasssl.callbacks import probe_auc
-
     rng = np.random.default_rng(6)
     probs = rng.dirichlet(np.ones(3), 50)
     labels = rng.integers(0, 2, 50)  # class 2 absent
-    assert m.roc_auc(labels, probs, classes="present") == probe_auc(probs, labels)
+    # The kNN probe's rule: macro one-vs-rest over the classes present only.
+    present = np.mean([roc_auc_score(labels == c, probs[:, c]) for c in (0, 1)])
+    assert m.roc_auc(labels, probs, classes="present") == present
     assert np.isnan(m.roc_auc(np.zeros(50, int), probs, classes="present"))
-    assert np.isnan(probe_auc(probs, np.zeros(50, int)))
     binary = probs[:, :2] / probs[:, :2].sum(1, keepdims=True)
-    assert m.roc_auc(labels, binary, classes="present") == probe_auc(binary, labels)
+    assert m.roc_auc(labels, binary, classes="present") == roc_auc_score(labels, binary[:, 1])
     with pytest.warns(UserWarning):  # evaluate's rule: every class, so undefined here
-        assert np.isnan(m.roc_auc(labels, probs)) and np.isnan(ev.roc_auc(labels, probs))
+        assert np.isnan(m.roc_auc(labels, probs))
 
 
 def test_bootstrap_auc_ci_needs_both_classes():
@@ -238,100 +324,29 @@ def test_lens_finder_report_keys_and_json():
     assert m.fpr_key(0.01) == "1e-2" and m.fpr_key(0.005) == "5e-3" and m.fpr_key(1e-3) == "1e-3"
 
 
-# -- completeness -----------------------------------------------------------------------
-def test_wilson_interval_known_values():
-    low, high = m.wilson_interval(8, 10)
-    assert (low, high) == pytest.approx((0.4902, 0.9433), abs=1e-4)
-    assert m.wilson_interval(0, 5)[0] == 0.0 and m.wilson_interval(5, 5)[1] == 1.0
-
-
-def completeness_set():
-    """20 lenses: radius 0.25..2.0 in 4 groups of 5, detected when radius >= 1; 10 non-lenses."""
-    radius = np.repeat([0.25, 0.75, 1.25, 1.75], 5)
-    scores = np.r_[np.where(radius >= 1.0, 0.9, 0.1), np.full(10, 0.95)]  # non-lenses score high: ignored
-    labels = np.r_[np.ones(20, int), np.zeros(10, int)]
-    meta = {"einstein_radius": np.r_[radius, np.full(10, np.nan)],
-            "arc_snr_g": np.r_[np.full(20, 3.0), np.full(10, np.nan)],
-            "arc_snr_r": np.r_[np.full(20, 4.0), np.full(10, np.nan)]}
-    return labels, scores, meta
-
-
-def test_completeness_bins_given_edges_and_quantiles():
-    labels, scores, meta = completeness_set()
-    meta["einstein_radius"][0] = np.nan  # one lens without a radius
-    c = m.completeness(labels, scores, meta, 0.5, bins={"einstein_radius": [0, 0.5, 1, 1.5, 2]},
-                       columns=("einstein_radius",))
-    col = c["columns"]["einstein_radius"]
-    assert [(b["n"], b["detected"], b["tpr"]) for b in col["bins"]] == \
-        [(4, 0, 0.0), (5, 0, 0.0), (5, 5, 1.0), (5, 5, 1.0)]
-    assert col["n_missing"] == 1 and col["n_outside"] == 0
-    assert col["bins"][2]["ci"] == m.wilson_interval(5, 5)
-    q = m.completeness(labels, scores, meta, 0.5, bins=2, columns=("einstein_radius", "absent"))
-    assert list(q["columns"]) == ["einstein_radius"]
-    assert [(b["n"], b["detected"]) for b in q["columns"]["einstein_radius"]["bins"]] == [(9, 0), (10, 10)]
-    # Values outside given edges are counted, not binned; an empty bin has no TPR.
-    e = m.completeness(labels, scores, meta, 0.5, bins={"einstein_radius": [0.5, 1.0, 1.1]})
-    col = e["columns"]["einstein_radius"]
-    assert col["n_outside"] == 14 and col["bins"][1] == {"low": 1.0, "high": 1.1, "n": 0, "detected": 0,
-                                                          "tpr": None, "ci": None}
-    json.dumps(e, allow_nan=False)
-    # Edges for one column; the others get quantile bins.
-    both = m.completeness(labels, scores, m.completeness_columns(meta), 0.5,
-                          bins={"einstein_radius": [0, 1, 2]})
-    assert len(both["columns"]["einstein_radius"]["bins"]) == 2
-    assert both["columns"]["arc_snr"]["bins"] == [{"low": 5.0, "high": 5.0, "n": 20, "detected": 10,
-                                                   "tpr": 0.5, "ci": m.wilson_interval(10, 20)}]
-
-
-def test_completeness_columns_combine_bands():
-    _, _, meta = completeness_set()
-    cols = m.completeness_columns({**meta, "psf_fwhm_g": [1.0] * 30, "psf_fwhm_r": [0.8] * 30})
-    assert cols["arc_snr"][0] == pytest.approx(5.0) and cols["psf_fwhm"][0] == pytest.approx(0.9)
-    assert m.completeness_columns({"arc_snr": [2.0], "arc_snr_g": [9.0]})["arc_snr"][0] == 2.0
-
-
-def test_read_metadata_aligns_simulator_csv(tmp_path):
-    from kerasssl.simulate import writer
-
-    columns = writer.metadata_columns("three-band")
-    rows = [{"filename": "lenses/lens_0.npy", "class": "lenses", "label": 1, "einstein_radius": 1.2,
-             "arc_snr_g": 30.0, "confuser": "none"},
-            {"filename": "nonlenses/nonlens_0.npy", "class": "nonlenses", "label": 0, "confuser": "blend"}]
-    path = tmp_path / "metadata.csv"
-    writer.write_metadata(path, columns, rows)
-    meta = m.read_metadata(path, ["nonlenses/nonlens_0.npy", "lenses/lens_0.npy", "other.npy"])
-    assert "class" not in meta and "confuser" not in meta and "filename" not in meta
-    assert meta["einstein_radius"][1] == 1.2 and np.isnan(meta["einstein_radius"][[0, 2]]).all()
-    assert list(meta["label"][:2]) == [0.0, 1.0]
-    with pytest.raises(DataError, match="none of the data's files"):
-        m.read_metadata(path, ["x.npy"])
-    (tmp_path / "ragged.csv").write_text("filename,label,x\na.npy,1,2,extra\nb.npy,0\n")
-    ragged = m.read_metadata(tmp_path / "ragged.csv", ["a.npy", "b.npy"])
-    assert list(ragged) == ["label", "x"] and ragged["x"][0] == 2 and np.isnan(ragged["x"][1])
-    (tmp_path / "bad.csv").write_text("name,label\na.npy,1\n")
-    with pytest.raises(DataError, match="filename"):
-        m.read_metadata(tmp_path / "bad.csv", ["a.npy"])
-
-
-def test_completeness_png_is_written(tmp_path):
-    from kerasssl.plots import plot_completeness
-
-    labels, scores, meta = completeness_set()
-    meta = m.completeness_columns(meta)
-    curves = {"Youden (val)": m.completeness(labels, scores, meta, 0.5),
-              "FPR 1e-2": m.completeness(labels, scores, meta, 0.95)}
-    path = plot_completeness(tmp_path / "sub" / "completeness.png", curves)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
-    assert list(tmp_path.joinpath("sub").iterdir()) == [path]  # no temporary file left
-
-
 def test_metrics_import_neither_tensorflow_nor_keras():
     import subprocess
     import sys
 
-    code = ("import sys, numpy as np, kerasssl.metrics as m, kerasssl.plots\n"
+    code = ("import sys, numpy as np, kerasssl.metrics as m, kerasssl.completeness, kerasssl.plots\n"
             "m.lens_finder_report(np.r_[np.ones(20, int), np.zeros(200, int)], np.linspace(0, 1, 220),"
             " bootstrap=5)\n"
             "print(sorted(k for k in sys.modules if k.split('.')[0] in ('tensorflow', 'keras', 'jax')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_check_prevalence_names_the_key():
+    assert m.check_prevalence("0.01") == 0.01
+    for bad in (0, 1, 2.0, -0.1, "x", None, True):
+        with pytest.raises(KerassslError, match=r"evaluate.prevalence \(--prevalence\) must be a fraction"):
+            m.check_prevalence(bad)
+
+
+def test_lens_finder_summary_line():
+    labels, scores = scored_set(30, 150, seed=2)
+    line = m.lens_finder_summary(m.lens_finder_report(labels, scores, bootstrap=20))
+    rep = m.lens_finder_report(labels, scores, bootstrap=20)
+    value, (low, high) = rep["tpr_at_fpr"]["1e-2"]["value"], rep["tpr_at_fpr"]["1e-2"]["ci"]
+    assert line.startswith(f"TPR at FPR 1e-2 {value:.3f} (95% CI {low:.3f}-{high:.3f}), at FPR 1e-3 not estimable")
+    assert f"TPR0 {rep['tpr0']['value']:.3f}" in line and "TPR10" in line and "\n" not in line

@@ -141,8 +141,12 @@ def test_knn_scores_match_bruteforce_vote_and_auc():
         top = np.argsort(-sim)[:7]
         w = np.exp(sim[top] / 0.5)
         np.testing.assert_allclose(scores[i, 1], w[labels[top] == 1].sum() / w.sum(), rtol=1e-9)
-    assert cb.probe_auc(np.stack([1 - query[:, 0], query[:, 0]], 1), (query[:, 0] > 0).astype(int)) == 1.0
-    assert np.isnan(cb.probe_auc(scores, np.zeros(10, int)))
+    # The probe's AUC: kerasssl.metrics.roc_auc over the classes present.
+    from kerasssl.metrics import roc_auc
+
+    assert roc_auc((query[:, 0] > 0).astype(int), np.stack([1 - query[:, 0], query[:, 0]], 1),
+                   classes="present") == 1.0
+    assert np.isnan(roc_auc(np.zeros(10, int), scores, classes="present"))
 
 
 def test_bad_config_is_one_line_error(hst_folder, tmp_path):

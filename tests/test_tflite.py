@@ -213,12 +213,12 @@ def test_int8_parity_report_fields(int8_export):
     assert ops["per_channel_weights"] is True and ops["builtins_only"] is True
     assert report["representative_source"].startswith("train split of")
     auc = report["auc"]
-    assert auc["split"] == "val" and "kerasssl.evaluate.roc_auc" in auc["metric"]
+    assert auc["split"] == "val" and "kerasssl.metrics.roc_auc" in auc["metric"]
     assert auc["change"] == pytest.approx(auc["tflite"] - auc["keras"], abs=1e-12)
 
 
 def test_int8_auc_change_is_small_and_computed_as_evaluate_does(int8_export):
-    from kerasssl.evaluate import roc_auc
+    from kerasssl.metrics import roc_auc
 
     model, data, split, path = int8_export
     auc = json.loads(path.with_suffix(".parity.json").read_text())["auc"]

@@ -47,7 +47,7 @@ SHORT_HELP = {
     "convert": "Convert a data folder to sharded TFRecord (tf.Example).",
     "pretrain": "Self-supervised pretraining of an encoder.",
     "finetune": "Fine-tune a pretrained encoder into a classifier.",
-    "evaluate": "ROC-AUC (with CI), PR-AUC and a ROC plot on a split.",
+    "evaluate": "ROC-AUC (with CI), PR-AUC, TPR at low FPR, TPR0/TPR10, plots on a split.",
     "fit": "The whole job: split, pretrain, fine-tune, evaluate, export.",
     "export": "Export a classifier as a TF Serving SavedModel (+ TFLite).",
     "predict": "Lens probabilities for files with a .keras/SavedModel/.tflite.",

@@ -1,10 +1,10 @@
-"""`kerasssl evaluate MODEL DATA --run-dir RUN`: ROC-AUC with CI, PR-AUC, ROC plot."""
+"""`kerasssl evaluate MODEL DATA --run-dir RUN`: ROC-AUC with CI, PR-AUC, lens-finder metrics, plots."""
 
 from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import command_line, data_options
+from kerasssl.cli.options import command_line, data_options, prevalence_option
 from kerasssl.config import EVALUATE_SPLITS
 
 
@@ -25,9 +25,10 @@ from kerasssl.config import EVALUATE_SPLITS
               help="Evaluate even on images that pretrained or fine-tuned the model, found by content "
                    "(fingerprints stored in the model) and by file name (the report says so).")
 @click.option("--bootstrap", type=int, default=None, help="Bootstrap resamples for the CI.  [default: 1000]")
+@prevalence_option
 @data_options
 def evaluate(model, data, run_dir, split, report_path, plot_path, baseline_path, allow_overlap, bootstrap,
-             allow_pickle, channel_axis):
+             prevalence, allow_pickle, channel_axis):
     """Evaluate classifier MODEL on a split of DATA recorded in RUN/split.json.
 
     Refuses to evaluate on images that trained the model (pretraining or the
@@ -44,7 +45,8 @@ def evaluate(model, data, run_dir, split, report_path, plot_path, baseline_path,
     # The evaluate section checks the flags too (e.g. --bootstrap: at least 10 resamples).
     cfg = cfg.with_overrides({"data.allow_pickle": allow_pickle, "data.channel_axis": channel_axis,
                               "evaluate.split": split, "evaluate.bootstrap": bootstrap,
-                              "evaluate.allow_overlap": True if allow_overlap else None})
+                              "evaluate.allow_overlap": True if allow_overlap else None,
+                              "evaluate.prevalence": prevalence})
     report_path = report_path or run.report
     plot_path = plot_path or run.roc_plot
     report = evaluate_run(model, data, run, report_path=report_path, plot_path=plot_path, cfg=cfg,
@@ -55,7 +57,13 @@ def evaluate(model, data, run_dir, split, report_path, plot_path, baseline_path,
     click.echo(f"ROC-AUC {report['roc_auc']:.3f} (95% CI {low:.3f}-{high:.3f}), "
                f"PR-AUC {report['pr_auc']:.3f}, accuracy {report['accuracy']:.3f} "
                f"on {report['n_test']} {report['split']} images {report['class_counts']}")
+    if "tpr_at_fpr" in report:
+        from kerasssl.metrics import lens_finder_summary
+
+        click.echo(lens_finder_summary(report))
     if report.get("overlap"):
         click.echo("WARNING: evaluated on files used in training (--allow-overlap); see report 'overlap'")
     click.echo(f"report: {report_path}")
     click.echo(f"ROC plot: {plot_path}")
+    if (report.get("completeness") or {}).get("plot"):
+        click.echo(f"completeness plot: {report['completeness']['plot']}")

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import command_line, data_options
+from kerasssl.cli.options import command_line, data_options, encoder_option
 from kerasssl.config import FINETUNE_MODES
 
 
@@ -20,8 +20,7 @@ from kerasssl.config import FINETUNE_MODES
 @click.option("--batch-size", type=int, default=None, help="Batch size.  [default: config, 64]")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Run config YAML.  [default: RUN/config.yaml when present]")
-@click.option("--encoder", default=None,
-              help="Encoder architecture for --mode supervised (pretrain.encoder).  [default: config]")
+@encoder_option("Encoder architecture for --mode supervised (pretrain.encoder).  [default: config]")
 @click.option("--seed", type=int, default=None, help="Fine-tuning seed.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the classifier.  [default: RUN/classifier.keras]")

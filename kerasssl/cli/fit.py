@@ -4,7 +4,8 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import command_line, data_options, distribution_options, pool_options, pool_overrides
+from kerasssl.cli.options import (command_line, data_options, distribution_options, encoder_option, method_option,
+                                  pool_options, pool_overrides, prevalence_option)
 from kerasssl.config import FINETUNE_MODES, PRECISIONS
 
 
@@ -16,8 +17,8 @@ from kerasssl.config import FINETUNE_MODES, PRECISIONS
               default=None, help="Run config YAML (see examples/).")
 @click.option("--epochs", type=int, default=None, help="Pretraining epochs (pretrain.epochs).")
 @click.option("--finetune-epochs", type=int, default=None, help="Fine-tuning epochs (finetune.epochs).")
-@click.option("--method", default=None, help="SSL method: simclr, byol, simsiam, barlow_twins, vicreg.")
-@click.option("--encoder", default=None, help="Encoder: efficientnetb0..b7, efficientnetv2*, resnet50, tiny.")
+@method_option("Self-supervised method (pretrain.method).")
+@encoder_option("Backbone (pretrain.encoder); the applications need at least 32 px, `tiny` is for tests.")
 @click.option("--image-size", type=int, default=None, help="Centre-crop images to this size (data.image_size).")
 @click.option("--batch-size", type=int, default=None, help="Pretraining batch size (pretrain.batch_size).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default=None,
@@ -27,11 +28,12 @@ from kerasssl.config import FINETUNE_MODES, PRECISIONS
               help="Fine-tune mode (supervised skips pretraining).")
 @click.option("--seed", type=int, default=None, help="Seed of the split, pretraining and fine-tuning.")
 @click.option("--no-export", is_flag=True, default=False, help="Skip the SavedModel export.")
+@prevalence_option
 @pool_options
 @distribution_options
 @data_options
 def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, image_size, batch_size,
-        precision, labels_fraction, mode, seed, no_export, unlabeled, skip_bad, strategy, cpu_devices,
+        precision, labels_fraction, mode, seed, no_export, prevalence, unlabeled, skip_bad, strategy, cpu_devices,
         sync_batchnorm, allow_pickle, channel_axis):
     """The whole job on DATA: split, pretrain, fine-tune, evaluate (and export).
 
@@ -40,7 +42,9 @@ def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, im
     evaluation use DATA only.
 
     Writes RUN/config.yaml, RUN/split.json, RUN/classifier.keras, RUN/report.json
-    and RUN/roc.png, and prints the test ROC-AUC with its 95% CI.
+    and RUN/roc.png (and RUN/completeness.png when DATA holds the simulator's
+    metadata.csv), and prints the test ROC-AUC with its 95% CI and the TPR at
+    FPR 1e-2 / 1e-3, TPR0 and TPR10.
     """
     from kerasssl.config import RunConfig
     from kerasssl.fit import fit as run_fit
@@ -62,6 +66,7 @@ def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, im
         "data.seed": seed,
         "finetune.seed": seed,
         "export.enabled": False if no_export else None,
+        "evaluate.prevalence": prevalence,
         "pretrain.strategy": strategy,
         "pretrain.cpu_devices": cpu_devices,
         "pretrain.sync_batchnorm": sync_batchnorm,

@@ -1,8 +1,97 @@
 """Click options shared by several sub-commands (one definition, one help text)."""
 
+import importlib
+
 import click
 
 from kerasssl.config import STRATEGIES
+
+
+class RegistryChoice(click.Choice):
+    """A ``click.Choice`` over a registry's names, read only when they are needed.
+
+    The names come from ``<module>.available()`` (e.g. ``kerasssl.methods``),
+    so a registered method or encoder is a valid value and is listed in
+    ``--help`` without editing the CLI. Importing the registry imports Keras:
+    deferring it keeps the sub-command modules light until an option is
+    parsed or the sub-command's help is shown (``kerasssl --help`` never
+    reads them); read each time, they include a method registered after the
+    CLI was imported. Case-insensitive, ``-`` equal to ``_``, as the registries. An
+    unknown name is the registry's own one-line error (exit 2), as when the
+    name comes from a config file.
+
+    Args:
+        module: the registry module, with an ``available()`` function.
+        kind: what the names are, for the error ("method", "encoder").
+
+    Example:
+        >>> @click.option("--method", type=RegistryChoice("kerasssl.methods", "method"))
+    """
+
+    def __init__(self, module: str, kind: str):
+        self.module = module
+        self.kind = kind
+        self.case_sensitive = False
+
+    @property
+    def choices(self):
+        return tuple(importlib.import_module(self.module).available())
+
+    @choices.setter
+    def choices(self, value):  # click assigns it in Choice.__init__ only, which is not called
+        raise AttributeError("RegistryChoice's choices come from its registry")
+
+    def normalize_choice(self, choice, ctx):
+        return super().normalize_choice(choice, ctx).replace("-", "_")
+
+    def convert(self, value, param, ctx):
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            from kerasssl.errors import KerassslError
+
+            raise KerassslError(f"unknown {self.kind} {value!r}; choose from {', '.join(self.choices)}") from None
+
+    def get_metavar(self, param, ctx):
+        return f"[{'|'.join(numbered_runs(self.choices))}]"
+
+
+def numbered_runs(names):
+    """Names with runs of 3+ consecutive numbers shortened, for a readable metavar.
+
+    Example:
+        >>> numbered_runs(["b0", "b1", "b2", "resnet50", "tiny"])
+        ['b0..2', 'resnet50', 'tiny']
+    """
+    out, run = [], []  # run: (stem, number) of consecutive names
+
+    def flush():
+        out.extend([f"{run[0][0]}{run[0][1]}..{run[-1][1]}"] if len(run) >= 3 else
+                   [f"{stem}{number}" for stem, number in run])
+        run.clear()
+
+    for name in names:
+        stem = name.rstrip("0123456789")
+        digits = name[len(stem):]
+        if not digits or (digits.startswith("0") and digits != "0"):  # no number, or one str(int) would change
+            flush()
+            out.append(name)
+            continue
+        if not (run and run[-1][0] == stem and int(digits) == run[-1][1] + 1):
+            flush()
+        run.append((stem, int(digits)))
+    flush()
+    return out
+
+
+def method_option(help_text):
+    """--method NAME, one of the registered SSL methods (``kerasssl.methods.available()``)."""
+    return click.option("--method", type=RegistryChoice("kerasssl.methods", "method"), default=None, help=help_text)
+
+
+def encoder_option(help_text):
+    """--encoder NAME, one of the registered encoders (``kerasssl.encoders.available()``)."""
+    return click.option("--encoder", type=RegistryChoice("kerasssl.encoders", "encoder"), default=None, help=help_text)
 
 
 def _channel_axis(ctx, param, value):
@@ -73,3 +162,9 @@ def pool_overrides(unlabeled, skip_bad) -> dict:
     """Config overrides of --unlabeled / --skip-bad (flags given replace the config's list)."""
     return {"pretrain.unlabeled": [str(p) for p in unlabeled] if unlabeled else None,
             "pretrain.skip_bad": skip_bad}
+def prevalence_option(command):
+    """--prevalence P (evaluate.prevalence): lenses per survey image for the report's precision."""
+    return click.option(
+        "--prevalence", type=float, default=None,
+        help="Lenses per survey image (evaluate.prevalence; 0.001 = 1 in 1,000): the report gives the "
+             "precision of the top of a survey at this prevalence.  [default: config, 0.001]")(command)

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import command_line, data_options, distribution_options, pool_options, pool_overrides
+from kerasssl.cli.options import (command_line, data_options, distribution_options, encoder_option, method_option,
+                                  pool_options, pool_overrides)
 from kerasssl.config import PRECISIONS
 
 
@@ -13,9 +14,8 @@ from kerasssl.config import PRECISIONS
 @click.argument("data", type=click.Path(path_type=Path), required=False)  # may be a TFRecord glob
 @click.option("--run-dir", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (config, split, checkpoints, history, encoder).")
-@click.option("--method", default=None, help="simclr | byol | simsiam | barlow_twins | vicreg (pretrain.method).")
-@click.option("--encoder", default=None,
-              help="efficientnetb0..b7, efficientnetv2b0..b3, efficientnetv2s, resnet50, tiny (pretrain.encoder).")
+@method_option("Self-supervised method (pretrain.method).")
+@encoder_option("Backbone (pretrain.encoder); the applications need at least 32 px, `tiny` is for tests.")
 @click.option("--image-size", type=int, default=None, help="Centre-crop images to S pixels (data.image_size).")
 @click.option("--epochs", type=int, default=None, help="Total epochs (pretrain.epochs); with --resume, may be raised.")
 @click.option("--batch-size", type=int, default=None, help="Images per step (pretrain.batch_size).")

@@ -1,4 +1,4 @@
-"""The two augmented views of each self-supervised method, built from a config dict.
+"""Augmented views built from config dicts: the stage machinery and named presets.
 
 A view config is a dict of *stages*, applied in this fixed order::
 
@@ -12,11 +12,17 @@ lens sits in the centre: area 70-100 %), a per-image Gaussian blur and
 Gaussian noise relative to each image's robust std. No colour jitter: bands
 are physical fluxes.
 
+A *view pair* is ``(view1 config, view2 config)``. Presets: :data:`SYMMETRIC`
+(both views alike, as SimCLR) and :data:`ASYMMETRIC` (always blur one view,
+rarely the other, as BYOL). Who uses which is said where they live: each
+method's ``default_views`` (:mod:`kerasssl.methods`), fine-tuning's light view
+in :mod:`kerasssl.finetune`. This module knows no method names.
+
 Example:
-    >>> cfg = view_config("simclr")                  # a dict, edit freely
+    >>> cfg = view_config(SYMMETRIC)                 # a dict, edit freely
     >>> cfg["rotation"] = {"factor": 0.5}            # any angle
     >>> view = build_view_pipeline(cfg, seed=0)      # a keras.Sequential
-    >>> view1, view2 = build_view_pair("byol", overrides={"view2": {"noise": False}}, seed=0)
+    >>> view1, view2 = build_view_pair(ASYMMETRIC, overrides={"view2": {"noise": False}}, seed=0)
 """
 
 import copy
@@ -52,49 +58,56 @@ STAGE_DEFAULTS = {
     "noise": {"stddev": [0.0, 1.0], "relative": True, "probability": 0.5},
 }
 
-# Per-method defaults. BYOL-style methods use asymmetric views (always blur
-# one view, rarely the other), as in their papers; the rest are symmetric.
-_SYMMETRIC = {stage: True for stage in ("dihedral", "rotation", "crop", "blur", "noise")}
-_ASYMMETRIC = (
-    dict(_SYMMETRIC, blur={"sigma": [0.1, 1.5], "probability": 1.0}),
-    dict(_SYMMETRIC, blur={"sigma": [0.1, 1.5], "probability": 0.1}),
+# Presets of view pairs. BYOL-style methods use asymmetric views (always blur
+# one view, rarely the other), as in their papers; the rest symmetric ones.
+_ALL_STAGES = {stage: True for stage in ("dihedral", "rotation", "crop", "blur", "noise")}
+SYMMETRIC = (_ALL_STAGES, _ALL_STAGES)
+ASYMMETRIC = (
+    dict(_ALL_STAGES, blur={"sigma": [0.1, 1.5], "probability": 1.0}),
+    dict(_ALL_STAGES, blur={"sigma": [0.1, 1.5], "probability": 0.1}),
 )
-METHOD_VIEWS = {
-    "simclr": (_SYMMETRIC, _SYMMETRIC),
-    "simsiam": (_SYMMETRIC, _SYMMETRIC),
-    "byol": _ASYMMETRIC,
-    "barlow_twins": _ASYMMETRIC,
-    "vicreg": _ASYMMETRIC,
-    "moco": (_SYMMETRIC, _SYMMETRIC),
-    "dino": _ASYMMETRIC,
-    # Light, lossless augmentation for supervised fine-tuning.
-    "finetune": ({"dihedral": True}, {"dihedral": True}),
-}
+PRESETS = {"symmetric": SYMMETRIC, "asymmetric": ASYMMETRIC}
 
 _VIEW_KEYS = ("view1", "view2")
 
 
-def view_config(method, view=1):
-    """The default config of one view of ``method``, with every stage spelled out.
+def view_pair(views):
+    """A view pair ``(cfg1, cfg2)`` from a preset name, one config for both views, or a pair.
+
+    Example:
+        >>> view_pair("symmetric") == SYMMETRIC, view_pair({"dihedral": True})[1]
+        (True, {'dihedral': True})
+    """
+    if isinstance(views, str):
+        if views not in PRESETS:
+            raise KerassslError(f"unknown view preset {views!r}; known: {', '.join(PRESETS)} "
+                                "(a method's own views: kerasssl.methods.get(name).default_views)")
+        return PRESETS[views]
+    if isinstance(views, dict):
+        return (views, views)
+    if isinstance(views, (tuple, list)) and len(views) == 2:
+        return tuple(views)
+    raise KerassslError(f"views must be a preset name, a mapping of stages or a pair of them, got {views!r}")
+
+
+def view_config(views, view=1):
+    """The config of one view of a pair, with every stage spelled out.
 
     Args:
-        method: simclr, byol, simsiam, barlow_twins, vicreg or finetune.
-        view: 1 or 2 (the views differ only for asymmetric methods).
+        views: a preset name ("symmetric", "asymmetric"), a pair of stage
+            dicts (e.g. a method's ``default_views``) or one dict for both.
+        view: 1 or 2 (the views differ only for asymmetric pairs).
 
     Returns:
         A new dict ``{stage: kwargs dict or False}`` for all stages.
 
     Example:
-        >>> view_config("byol", view=2)["blur"]["probability"]
+        >>> view_config(ASYMMETRIC, view=2)["blur"]["probability"]
         0.1
     """
-    if method not in METHOD_VIEWS:
-        raise KerassslError(
-            f"no view pipeline for method {method!r}; known: {', '.join(METHOD_VIEWS)}"
-        )
     if view not in (1, 2):
         raise KerassslError(f"view must be 1 or 2, got {view!r}")
-    return _resolve(METHOD_VIEWS[method][view - 1], where=f"{method} view {view}")
+    return _resolve(view_pair(views)[view - 1], where=f"view {view}")
 
 
 def _stage_options(stage, value, base, where):
@@ -141,7 +154,7 @@ def build_view_pipeline(cfg, seed=None, name="view"):
 
     Args:
         cfg: ``{stage: options}`` (see the module docstring); stages left out
-            are off. ``view_config(method)`` gives a complete default.
+            are off. ``view_config(SYMMETRIC)`` gives a complete default.
         seed: integer seed; each layer gets its own seed derived from it.
             None: unseeded.
         name: the Sequential's name.
@@ -178,36 +191,40 @@ def build_view_pipeline(cfg, seed=None, name="view"):
     return keras.Sequential(layers, name=name)
 
 
-def build_view_pair(method, overrides=None, seed=None):
-    """The two view pipelines of ``method``, with optional overrides.
+def build_view_pair(views, overrides=None, seed=None, name="view"):
+    """The two view pipelines of a pair of defaults, with optional overrides.
 
     Args:
-        method: simclr, byol, simsiam, barlow_twins, vicreg or finetune.
+        views: the defaults: a preset name, a pair of stage dicts (a method's
+            ``default_views``) or one dict for both views.
         overrides: a dict of stages applied to both views (merged into the
-            method's defaults option by option), plus optional ``view1`` /
-            ``view2`` dicts of stages for one view only (applied last). This
-            is ``PretrainConfig.augment``.
+            defaults option by option), plus optional ``view1`` / ``view2``
+            dicts of stages for one view only (applied last). This is
+            ``PretrainConfig.augment``.
         seed: integer seed; the two views get different derived seeds.
+        name: prefix of the pipelines' names (``<name>_view1``, ``<name>_view2``);
+            pretraining uses the method's name.
 
     Returns:
         ``(view1, view2)``, two ``keras.Sequential`` pipelines.
 
     Raises:
-        KerassslError: unknown method or stage, or options a layer refuses.
+        KerassslError: unknown preset or stage, or options a layer refuses.
 
     Example:
-        >>> v1, v2 = build_view_pair("simclr", {"rotation": {"factor": 0.5}}, seed=0)
+        >>> v1, v2 = build_view_pair(SYMMETRIC, {"rotation": {"factor": 0.5}}, seed=0, name="simclr")
         >>> a, b = v1(images, training=True), v2(images, training=True)
     """
+    defaults = view_pair(views)
     overrides = copy.deepcopy(overrides) if overrides else {}
     if not isinstance(overrides, dict):
         raise KerassslError(f"augment: expected a mapping, got {overrides!r}")
     per_view = {key: overrides.pop(key, None) or {} for key in _VIEW_KEYS}
-    views = []
+    pipelines = []
     for number, key in enumerate(_VIEW_KEYS, start=1):
-        cfg = view_config(method, number)
+        cfg = _resolve(defaults[number - 1], where=f"{name} {key} defaults")
         cfg = _resolve(overrides, base=cfg, where="augment")
         cfg = _resolve(per_view[key], base=cfg, where=f"augment.{key}")
         view_seed = None if seed is None else 2 * int(seed) + number - 1
-        views.append(build_view_pipeline(cfg, seed=view_seed, name=f"{method}_{key}"))
-    return tuple(views)
+        pipelines.append(build_view_pipeline(cfg, seed=view_seed, name=f"{name}_{key}"))
+    return tuple(pipelines)

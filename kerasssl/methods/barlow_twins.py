@@ -3,9 +3,11 @@
 import keras
 
 from kerasssl import losses
-from kerasssl.methods.base import SSLMethod
+from kerasssl.layers.views import ASYMMETRIC
+from kerasssl.methods.base import SSLMethod, register_method
 
 
+@register_method("barlow_twins")
 @keras.saving.register_keras_serializable(package="kerasssl")
 class BarlowTwins(SSLMethod):
     """Barlow Twins (Zbontar et al. 2021): 3-layer projector + cross-correlation loss.
@@ -19,7 +21,7 @@ class BarlowTwins(SSLMethod):
         >>> model = BarlowTwins(encoder, preprocess, v1, v2, lambda_offdiag=5e-3)
     """
 
-    method_name = "barlow_twins"
+    default_views = ASYMMETRIC  # always blur view 1, rarely view 2
 
     def __init__(self, encoder, preprocess=None, view1=None, view2=None, lambda_offdiag=5e-3,
                  projection_dim=512, hidden_dim=512, projection_layers=3, **kwargs):

@@ -12,7 +12,15 @@ backend-specific ``train_step`` then does the gradients, loss scaling
 policy is ``mixed_float16``; bfloat16 needs no scaling), metrics and
 distribution. Subclasses only define their heads (:meth:`build_heads`), the
 forward pass from views to projections (:meth:`project`) and the loss
-(:meth:`method_loss`).
+(:meth:`method_loss`), say which views they train on (``default_views``: a
+preset of :mod:`kerasssl.layers.views` or their own pair of stage dicts), and
+register under their name with :func:`register_method`; one file holds it all::
+
+    @register_method("mine")
+    @keras.saving.register_keras_serializable(package="kerasssl")
+    class Mine(SSLMethod):
+        default_views = views.ASYMMETRIC   # from kerasssl.layers import views
+        def method_loss(self, out): ...
 
 Monitors reported by ``fit`` every epoch: ``loss`` and ``embedding_std``
 (std of L2-normalised projections over the batch: about 1/sqrt(d) healthy,
@@ -25,6 +33,30 @@ import keras
 from keras import ops
 
 from kerasssl import distribute, losses
+from kerasssl.layers import views
+from kerasssl.registry import Registry
+
+#: Every method, by name; filled by :func:`register_method` as method modules are imported.
+METHODS = Registry("method")
+
+
+def register_method(name):
+    """Class decorator: register an :class:`SSLMethod` subclass as ``name``.
+
+    Sets ``cls.method_name``; ``kerasssl.methods.get(name)`` then returns the
+    class, and ``kerasssl pretrain --method`` offers it.
+
+    Example:
+        >>> @register_method("simclr")
+        ... class SimCLR(SSLMethod): ...
+    """
+    def decorate(cls):
+        if not (isinstance(cls, type) and issubclass(cls, SSLMethod)):
+            raise TypeError(f"register_method({name!r}) decorates SSLMethod subclasses, not {cls!r}")
+        cls.method_name = name
+        return METHODS.register(name)(cls)
+
+    return decorate
 
 
 @keras.saving.register_keras_serializable(package="kerasssl")
@@ -45,8 +77,10 @@ class SSLMethod(keras.Model):
         >>> model.fit(raw_image_dataset, epochs=10)
     """
 
-    #: registry name; set by each subclass.
+    #: registry name; set by :func:`register_method`.
     method_name = "base"
+    #: the (view1, view2) augmentation defaults, overridable by ``pretrain.augment``.
+    default_views = views.SYMMETRIC
     #: BYOL needs the run's total optimizer steps (momentum schedule).
     needs_total_steps = False
 

@@ -5,10 +5,12 @@ from keras import ops
 
 from kerasssl import losses
 from kerasssl.heads import PredictionHead, ProjectionHead
-from kerasssl.methods.base import SSLMethod
+from kerasssl.layers.views import ASYMMETRIC
+from kerasssl.methods.base import SSLMethod, register_method
 from kerasssl.methods.momentum import MomentumMixin, momentum_copy
 
 
+@register_method("byol")
 @keras.saving.register_keras_serializable(package="kerasssl")
 class BYOL(MomentumMixin, SSLMethod):
     """BYOL (Grill et al. 2020) with a cosine-increasing target momentum.
@@ -33,7 +35,7 @@ class BYOL(MomentumMixin, SSLMethod):
         >>> model = BYOL(encoder, preprocess, v1, v2, base_momentum=0.99, total_steps=1000)
     """
 
-    method_name = "byol"
+    default_views = ASYMMETRIC  # always blur view 1, rarely view 2
 
     def __init__(self, encoder, preprocess=None, view1=None, view2=None, base_momentum=0.99,
                  total_steps=1000, prediction_hidden_dim=512, projection_dim=256, hidden_dim=512,

@@ -6,10 +6,12 @@ from keras import ops
 from kerasssl import distribute, losses
 from kerasssl.heads import DINOHead
 from kerasssl.layers.crop import RandomResizedCrop
-from kerasssl.methods.base import SSLMethod
+from kerasssl.layers.views import ASYMMETRIC
+from kerasssl.methods.base import SSLMethod, register_method
 from kerasssl.methods.momentum import MomentumMixin, momentum_copy, use_batch_statistics
 
 
+@register_method("dino")
 @keras.saving.register_keras_serializable(package="kerasssl")
 class DINO(MomentumMixin, SSLMethod):
     """DINO (Caron et al. 2021): a student matches an EMA teacher's prototype distribution.
@@ -62,7 +64,7 @@ class DINO(MomentumMixin, SSLMethod):
         >>> model = DINO(encoder, preprocess, v1, v2, output_dim=4096, teacher_temperature=0.04)
     """
 
-    method_name = "dino"
+    default_views = ASYMMETRIC  # always blur view 1, rarely view 2
 
     def __init__(self, encoder, preprocess=None, view1=None, view2=None, output_dim=4096,
                  student_temperature=0.1, teacher_temperature=0.04, warmup_teacher_temperature=None,

@@ -5,7 +5,8 @@ from keras import ops
 
 from kerasssl import distribute, losses
 from kerasssl.heads import PredictionHead, ProjectionHead
-from kerasssl.methods.base import SSLMethod
+from kerasssl.layers.views import SYMMETRIC
+from kerasssl.methods.base import SSLMethod, register_method
 from kerasssl.methods.momentum import MomentumMixin, momentum_copy, use_batch_statistics
 
 VERSIONS = (2, 3)
@@ -16,6 +17,7 @@ def random_unit_rows(shape, dtype="float32"):
     return losses.l2_normalize(keras.initializers.RandomNormal(stddev=1.0)(shape, dtype="float32"))
 
 
+@register_method("moco")
 @keras.saving.register_keras_serializable(package="kerasssl")
 class MoCo(MomentumMixin, SSLMethod):
     """MoCo v2 (Chen et al. 2020) or v3 (Chen, Xie & He 2021) with a cosine key momentum.
@@ -59,7 +61,7 @@ class MoCo(MomentumMixin, SSLMethod):
         >>> model_v3 = MoCo(encoder, preprocess, v1, v2, version=3)
     """
 
-    method_name = "moco"
+    default_views = SYMMETRIC  # both views alike
 
     def __init__(self, encoder, preprocess=None, view1=None, view2=None, version=2, queue_size=65536,
                  temperature=0.2, base_momentum=0.99, total_steps=1000, prediction_hidden_dim=512,

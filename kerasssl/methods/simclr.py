@@ -3,9 +3,11 @@
 import keras
 
 from kerasssl import distribute, losses
-from kerasssl.methods.base import SSLMethod
+from kerasssl.layers.views import SYMMETRIC
+from kerasssl.methods.base import SSLMethod, register_method
 
 
+@register_method("simclr")
 @keras.saving.register_keras_serializable(package="kerasssl")
 class SimCLR(SSLMethod):
     """SimCLR (Chen et al. 2020): encoder + 2-layer projection head + NT-Xent.
@@ -22,7 +24,7 @@ class SimCLR(SSLMethod):
         >>> model = SimCLR(build_encoder("tiny", (32, 32, 3)), Preprocess(), v1, v2, temperature=0.2)
     """
 
-    method_name = "simclr"
+    default_views = SYMMETRIC  # both views alike
 
     def __init__(self, encoder, preprocess=None, view1=None, view2=None, temperature=0.2,
                  projection_dim=128, hidden_dim=512, projection_layers=2, **kwargs):

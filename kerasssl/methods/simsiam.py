@@ -4,9 +4,11 @@ import keras
 
 from kerasssl import losses
 from kerasssl.heads import PredictionHead, ProjectionHead
-from kerasssl.methods.base import SSLMethod
+from kerasssl.layers.views import SYMMETRIC
+from kerasssl.methods.base import SSLMethod, register_method
 
 
+@register_method("simsiam")
 @keras.saving.register_keras_serializable(package="kerasssl")
 class SimSiam(SSLMethod):
     """SimSiam (Chen & He 2021): projector with output BatchNorm, bottleneck predictor.
@@ -22,7 +24,7 @@ class SimSiam(SSLMethod):
         >>> model = SimSiam(encoder, preprocess, v1, v2, prediction_hidden_dim=128)
     """
 
-    method_name = "simsiam"
+    default_views = SYMMETRIC  # both views alike
 
     def __init__(self, encoder, preprocess=None, view1=None, view2=None, prediction_hidden_dim=128,
                  projection_dim=512, hidden_dim=512, projection_layers=2, **kwargs):

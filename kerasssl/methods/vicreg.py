@@ -3,9 +3,11 @@
 import keras
 
 from kerasssl import losses
-from kerasssl.methods.base import SSLMethod
+from kerasssl.layers.views import ASYMMETRIC
+from kerasssl.methods.base import SSLMethod, register_method
 
 
+@register_method("vicreg")
 @keras.saving.register_keras_serializable(package="kerasssl")
 class VICReg(SSLMethod):
     """VICReg (Bardes et al. 2022): 3-layer expander + variance/invariance/covariance loss.
@@ -19,7 +21,7 @@ class VICReg(SSLMethod):
         >>> model = VICReg(encoder, preprocess, v1, v2, sim_weight=25.0)
     """
 
-    method_name = "vicreg"
+    default_views = ASYMMETRIC  # always blur view 1, rarely view 2
 
     def __init__(self, encoder, preprocess=None, view1=None, view2=None, sim_weight=25.0,
                  var_weight=25.0, cov_weight=1.0, projection_dim=512, hidden_dim=512,
