@@ -17,7 +17,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	touch $(STAMP)
 
 test: install
-	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q
+	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q --durations=15
 
 test-all: install
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q -m 'slow or not slow'

@@ -67,12 +67,13 @@ SKIPPED_FILES = "skipped_files.txt"
 # Any of these makes a folder a run directory (export reads a run's records through them).
 MARKERS = (CONFIG, SPLIT, RECORD, PREPROCESS)
 # What each command writes into RUN/ (the run's record lists it; --output / --report may move some).
+# Conditional files (pools.json with --unlabeled, completeness.png with a metadata.csv) are not listed.
 WRITES = {
-    "pretrain": (CONFIG, SPLIT, PREPROCESS, CHECKPOINTS, HISTORY, TENSORBOARD, ENCODER, POOLS),
+    "pretrain": (CONFIG, SPLIT, PREPROCESS, CHECKPOINTS, HISTORY, TENSORBOARD, ENCODER),
     "finetune": (CONFIG, SPLIT, PREPROCESS, CLASSIFIER, FINETUNE),
-    "evaluate": (REPORT, ROC_PLOT, COMPLETENESS_PLOT),
-    "fit": (CONFIG, SPLIT, PREPROCESS, CHECKPOINTS, HISTORY, TENSORBOARD, ENCODER, POOLS, CLASSIFIER, FINETUNE,
-            REPORT, ROC_PLOT, COMPLETENESS_PLOT, SAVED_MODELS),
+    "evaluate": (REPORT, ROC_PLOT),
+    "fit": (CONFIG, SPLIT, PREPROCESS, CHECKPOINTS, HISTORY, TENSORBOARD, ENCODER, CLASSIFIER, FINETUNE,
+            REPORT, ROC_PLOT, SAVED_MODELS),
 }
 # Where a run recorded its class names, most specific first.
 _CLASS_NAME_SOURCES = (FINETUNE, REPORT, SPLIT)

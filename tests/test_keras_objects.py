@@ -33,6 +33,8 @@ def example_value(name):
         "base_learning_rate": lambda: 1e-3,
         "warmup_steps": lambda: 2,
         "total_steps": lambda: 10,
+        "psf_fwhm": lambda: 2.0,
+        "target_fwhm": lambda: (2.0, 3.0),
     }
     if name not in values:
         raise AssertionError(f"no example value for the required argument {name!r}: add one to example_value")

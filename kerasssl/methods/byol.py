@@ -57,11 +57,6 @@ class BYOL(MomentumMixin, SSLMethod):
         self.target_projector = momentum_copy(self.projector, "target_projector", (None, self.feature_dim))
         self.init_momentum()
 
-    def momentum_pairs(self):
-        online = self.encoder.weights + self.projector.weights
-        target = self.target_encoder.weights + self.target_projector.weights
-        return list(zip(target, online))
-
     def project(self, v1, v2, training):
         if training:
             v1 = self._ema(v1)

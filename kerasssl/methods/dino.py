@@ -65,6 +65,7 @@ class DINO(MomentumMixin, SSLMethod):
     """
 
     default_views = ASYMMETRIC  # always blur view 1, rarely view 2
+    momentum_heads = ("head",)  # the teacher: target_encoder + target_head
 
     def __init__(self, encoder, preprocess=None, view1=None, view2=None, output_dim=4096,
                  student_temperature=0.1, teacher_temperature=0.04, warmup_teacher_temperature=None,
@@ -111,11 +112,6 @@ class DINO(MomentumMixin, SSLMethod):
                                       trainable=False, autocast=False, name="center")
         self.local_crop = (RandomResizedCrop(scale=self.local_crop_scale, ratio=(0.8, 1.25), name="local_crop")
                            if self.local_crops else None)
-
-    def momentum_pairs(self):
-        online = self.encoder.weights + self.head.weights
-        target = self.target_encoder.weights + self.target_head.weights
-        return list(zip(target, online))
 
     def teacher_temperature_at(self, step):
         """The teacher temperature at optimizer step ``step`` (float32 tensor)."""

@@ -103,11 +103,6 @@ class MoCo(MomentumMixin, SSLMethod):
             self.queue_pointer = self.add_weight(shape=(), dtype="int32", initializer="zeros",
                                                  trainable=False, autocast=False, name="queue_pointer")
 
-    def momentum_pairs(self):
-        online = self.encoder.weights + self.projector.weights
-        target = self.target_encoder.weights + self.target_projector.weights
-        return list(zip(target, online))
-
     def project(self, v1, v2, training):
         if training:
             v1 = self._ema(v1)

@@ -14,9 +14,8 @@ Example:
     ...     def build_heads(self):
     ...         ...                                   # online encoder + heads
     ...         self.target_encoder = momentum_copy(self.encoder)
-    ...         self.init_momentum()
-    ...     def momentum_pairs(self):
-    ...         return list(zip(self.target_encoder.weights, self.encoder.weights))
+    ...         self.target_projector = momentum_copy(self.projector, "target_projector", (None, self.feature_dim))
+    ...         self.init_momentum()      # EMA pairs: encoder and each of momentum_heads ("projector")
 """
 
 import keras
@@ -120,8 +119,8 @@ class MomentumMixin:
 
     The subclass sets ``base_momentum`` and ``total_steps`` before
     ``SSLMethod.__init__`` (which calls ``build_heads``), creates its target
-    copies in ``build_heads`` and then calls :meth:`init_momentum`, and
-    defines :meth:`momentum_pairs`. In ``project`` it passes a tensor through
+    copies in ``build_heads`` and then calls :meth:`init_momentum`; :meth:`momentum_pairs`
+    pairs ``target_encoder`` and ``target_<head>`` for each of :attr:`momentum_heads`. In ``project`` it passes a tensor through
     ``self._ema`` when training, which runs :meth:`update_target` first.
 
     Example:
@@ -130,6 +129,8 @@ class MomentumMixin:
     """
 
     needs_total_steps = True
+    #: Heads with an EMA twin named ``target_<name>`` (the encoder always has one, ``target_encoder``).
+    momentum_heads = ("projector",)
 
     def init_momentum(self):
         """Create the step counter and the float32 EMA step (call at the end of build_heads)."""
@@ -138,8 +139,12 @@ class MomentumMixin:
         self._ema = Float32Step(self.update_target, name="target_ema")
 
     def momentum_pairs(self):
-        """``[(target_variable, online_variable), ...]`` moved by the EMA."""
-        raise NotImplementedError
+        """``[(target_variable, online_variable), ...]`` moved by the EMA: the encoder and :attr:`momentum_heads`."""
+        online, target = list(self.encoder.weights), list(self.target_encoder.weights)
+        for name in self.momentum_heads:
+            online += getattr(self, name).weights
+            target += getattr(self, "target_" + name).weights
+        return list(zip(target, online))
 
     def target_momentum(self):
         """Current EMA momentum tau (a float32 tensor)."""
