@@ -126,3 +126,20 @@ def test_unknown_preset_and_bad_views():
         build_view_pair(({"dihedral": True},), seed=0)
     view1, view2 = build_view_pair("asymmetric", seed=0, name="mine")
     assert (view1.name, view2.name) == ("mine_view1", "mine_view2")
+
+
+def test_physical_stages_build_from_their_defaults_and_leave_the_preset_seeds_alone():
+    # The physical stages run in the pipeline, on three bands, with their `True` defaults.
+    cfg = {"dihedral": True, "shift": True, "reddening": True, "psf": True, "skynoise": True}
+    view = build_view_pipeline(cfg, seed=1)
+    names = [type(layer).__name__ for layer in view.layers]
+    assert names == ["RandomDihedral", "RandomShift", "RandomReddening", "PSFMatchBlur", "SkyNoiseMatch"]
+    x = np.random.default_rng(0).normal(5.0, 1.0, size=(4, 16, 16, 3)).astype("float32")
+    out = np.asarray(view(x, training=True))
+    assert out.shape == x.shape and np.all(np.isfinite(out)) and not np.allclose(out, x)
+    np.testing.assert_array_equal(np.asarray(view(x, training=False)), x)
+    # Adding stages does not move the seeds of the stages a preset uses (slots before the change:
+    # dihedral 2, rotation 3, crop 4, blur 5, noise 6), so seeded runs augment as before.
+    view1, _ = build_view_pair(SYMMETRIC, seed=3)
+    assert [layer.seed for layer in view1.layers] == [2 * 3 * 16 + s for s in (2, 3, 4, 5, 6)]
+    assert list(STAGES)[:4] == ["flip", "rot90", "dihedral", "rotation"]

@@ -2,7 +2,7 @@
 
 A view config is a dict of *stages*, applied in this fixed order::
 
-    flip -> rot90 -> dihedral -> rotation -> crop -> blur -> noise
+    flip -> rot90 -> dihedral -> rotation -> shift -> crop -> reddening -> psf -> blur -> skynoise -> noise
 
 Each stage's value is the keyword arguments of its layer (a dict), ``True``
 for the lensing defaults of that stage (:data:`STAGE_DEFAULTS`), or
@@ -10,7 +10,13 @@ for the lensing defaults of that stage (:data:`STAGE_DEFAULTS`), or
 symmetries of the square, a small-angle rotation, a mild resized crop (the
 lens sits in the centre: area 70-100 %), a per-image Gaussian blur and
 Gaussian noise relative to each image's robust std. No colour jitter: bands
-are physical fluxes.
+are physical fluxes. The physical stages (off in the presets; turn them on in
+``pretrain.augment``) are ``shift`` (small translations instead of zoom),
+``reddening`` (E(B-V) with per-band extinction instead of colour jitter),
+``psf`` (blur to a target PSF per band, never sharper) and ``skynoise`` (noise
+up to a target sky level per band, never less). Views run after ``Preprocess``:
+PSF matching and reddening are exact on linear fluxes (``normalization: none``
+or ``dataset``), approximate after an asinh stretch.
 
 A *view pair* is ``(view1 config, view2 config)``. Presets: :data:`SYMMETRIC`
 (both views alike, as SimCLR) and :data:`ASYMMETRIC` (always blur one view,
@@ -34,7 +40,11 @@ from kerasssl.layers.blur import RandomGaussianBlur
 from kerasssl.layers.crop import RandomResizedCrop
 from kerasssl.layers.dihedral import RandomDihedral, RandomFlip, RandomRot90
 from kerasssl.layers.noise import RandomGaussianNoise
+from kerasssl.layers.psf import PSFMatchBlur
+from kerasssl.layers.reddening import RandomReddening
 from kerasssl.layers.rotation import RandomRotation
+from kerasssl.layers.shift import RandomShift
+from kerasssl.layers.skynoise import SkyNoiseMatch
 
 # Stage name -> layer class, in the order the stages are applied.
 STAGES = {
@@ -42,10 +52,19 @@ STAGES = {
     "rot90": RandomRot90,
     "dihedral": RandomDihedral,
     "rotation": RandomRotation,
+    "shift": RandomShift,
     "crop": RandomResizedCrop,
+    "reddening": RandomReddening,
+    "psf": PSFMatchBlur,
     "blur": RandomGaussianBlur,
+    "skynoise": SkyNoiseMatch,
     "noise": RandomGaussianNoise,
 }
+
+# Each stage's slot in a pipeline's seeds: fixed, so adding a stage never
+# changes the augmentation of a seeded run that does not use it.
+_SEED_SLOTS = {"flip": 0, "rot90": 1, "dihedral": 2, "rotation": 3, "crop": 4, "blur": 5, "noise": 6,
+               "shift": 7, "reddening": 8, "psf": 9, "skynoise": 10}
 
 # What `True` means for each stage: tuned for centred lens images.
 STAGE_DEFAULTS = {
@@ -56,6 +75,10 @@ STAGE_DEFAULTS = {
     "crop": {"scale": [0.7, 1.0], "ratio": [0.8, 1.25]},
     "blur": {"sigma": [0.1, 1.5], "probability": 0.5},
     "noise": {"stddev": [0.0, 1.0], "relative": True, "probability": 0.5},
+    "shift": {"max_shift": 2},
+    "reddening": {"ebv": [0.0, 0.1]},  # DECam g, r, i coefficients: 3-band data; else give "coefficients"
+    "psf": {"psf_fwhm": 2.0, "target_fwhm": [2.0, 3.0], "probability": 0.5},  # pixels, any band count
+    "skynoise": {"target_std": [1.0, 1.5], "relative": True, "probability": 0.5},
 }
 
 # Presets of view pairs. BYOL-style methods use asymmetric views (always blur
@@ -145,8 +168,8 @@ def _resolve(cfg, base=None, where="augment"):
     return resolved
 
 
-def _layer_seed(seed, index):
-    return None if seed is None else int(seed) * 16 + index
+def _layer_seed(seed, stage):
+    return None if seed is None else int(seed) * 16 + _SEED_SLOTS[stage]
 
 
 def build_view_pipeline(cfg, seed=None, name="view"):
@@ -172,7 +195,7 @@ def build_view_pipeline(cfg, seed=None, name="view"):
     """
     resolved = _resolve(cfg, where=name)
     layers = []
-    for index, (stage, layer_class) in enumerate(STAGES.items()):
+    for stage, layer_class in STAGES.items():
         options = resolved[stage]
         if options is False:
             continue
@@ -182,7 +205,7 @@ def build_view_pipeline(cfg, seed=None, name="view"):
                 "pipeline (give `seed` to the run instead)"
             )
         try:
-            layers.append(layer_class(**options, seed=_layer_seed(seed, index),
+            layers.append(layer_class(**options, seed=_layer_seed(seed, stage),
                                       name=f"{name}_{stage}"))
         except (TypeError, ValueError) as error:
             raise KerassslError(f"augment: {name}: stage {stage!r}: {error}") from None
