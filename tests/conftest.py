@@ -6,6 +6,7 @@ lenstronomy data themselves.
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -83,3 +84,22 @@ def write_record_file(path, records):
     with tf.io.TFRecordWriter(str(path)) as writer:
         for record in records:
             writer.write(record)
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy():
+    """Each test starts from the float32 dtype policy: a mixed-precision test must not leak into the next."""
+    yield
+    keras = sys.modules.get("keras")  # only if a test imported it: conftest itself stays TF-free
+    if keras is not None:
+        keras.mixed_precision.set_dtype_policy("float32")
+
+
+def run_cli(argv, capsys):
+    """Run ``kerasssl ARGV`` in this process: (exit code, stdout, stderr)."""
+    from kerasssl.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err

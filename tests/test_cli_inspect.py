@@ -6,16 +6,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
-from kerasssl.cli import main
 from kerasssl.data.load import load_images
-
-
-def run_cli(argv, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(argv)
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
 
 
 def test_json_for_the_hst_layout_matches_the_data(hst_folder, capsys):

@@ -2,24 +2,10 @@
 
 import json
 
-import keras
 import pytest
+from conftest import run_cli
 
-from kerasssl.cli import main
 from kerasssl.config import RunConfig
-
-
-@pytest.fixture(autouse=True)
-def _float32_policy():
-    yield
-    keras.mixed_precision.set_dtype_policy("float32")
-
-
-def _run(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(argv)
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def test_pretrain_cli_config_replay_and_resume(hst_folder, tmp_path, capsys):
@@ -27,7 +13,7 @@ def test_pretrain_cli_config_replay_and_resume(hst_folder, tmp_path, capsys):
     argv = ["pretrain", str(hst_folder), "--run-dir", str(run), "--method", "vicreg", "--encoder", "tiny",
             "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--steps-per-epoch", "1",
             "--precision", "float32", "--seed", "3"]
-    code, out, err = _run(argv, capsys)
+    code, out, err = run_cli(argv, capsys)
     assert code == 0, err
     assert "pretrained tiny with vicreg for 1 epoch(s)" in out
     cfg = RunConfig.load(run / "config.yaml")
@@ -41,16 +27,16 @@ def test_pretrain_cli_config_replay_and_resume(hst_folder, tmp_path, capsys):
     assert RunConfig.from_dict(entry["config"]) == cfg
 
     # --resume: the saved config, only --epochs may change.
-    code, out, err = _run(["pretrain", str(hst_folder), "--run-dir", str(run), "--resume", "--epochs", "2"], capsys)
+    code, out, err = run_cli(["pretrain", str(hst_folder), "--run-dir", str(run), "--resume", "--epochs", "2"], capsys)
     assert code == 0, err
     assert len(json.loads((run / "history.json").read_text())["loss"]) == 2
     assert RunConfig.load(run / "config.yaml").pretrain.epochs == 2
-    code, _, err = _run(["pretrain", str(hst_folder), "--run-dir", str(run), "--resume", "--method", "byol"], capsys)
+    code, _, err = run_cli(["pretrain", str(hst_folder), "--run-dir", str(run), "--resume", "--method", "byol"], capsys)
     assert code == 2 and err.count("\n") == 1 and "only --epochs" in err
 
     # --config replays the run; flags override it.
     run2 = tmp_path / "run2"
-    code, _, err = _run(["pretrain", str(hst_folder), "--run-dir", str(run2), "--config", str(run / "config.yaml"),
+    code, _, err = run_cli(["pretrain", str(hst_folder), "--run-dir", str(run2), "--config", str(run / "config.yaml"),
                          "--epochs", "1"], capsys)
     assert code == 0, err
     replay = RunConfig.load(run2 / "config.yaml")
@@ -71,7 +57,7 @@ COMMON = ["--epochs", "1", "--batch-size", "4", "--image-size", "32", "--encoder
 )
 def test_pretrain_cli_bad_input_is_one_line_exit_2(hst_folder, tmp_path, capsys, extra, message):
     run = tmp_path / "bad"
-    code, _, err = _run(["pretrain", str(hst_folder), "--run-dir", str(run), *extra], capsys)
+    code, _, err = run_cli(["pretrain", str(hst_folder), "--run-dir", str(run), *extra], capsys)
     assert code == 2
     assert err.startswith("kerasssl: error:") and err.count("\n") == 1 and message in err
     assert not (run / "encoder.keras").exists()

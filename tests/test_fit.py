@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from kerasssl.cli import main
-from conftest import write_class_folders
+from conftest import run_cli, write_class_folders
 
 TINY = {
     "data": {"seed": 1},
@@ -17,13 +16,6 @@ TINY = {
     "evaluate": {"bootstrap": 50},
     "export": {"enabled": False},
 }
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,6 @@ from kerasssl.encoders import build_encoder
 from kerasssl.errors import KerassslError
 
 
-@pytest.fixture(autouse=True)
-def _float32_policy():
-    yield
-    keras.mixed_precision.set_dtype_policy("float32")
-
-
 def _data(n=32, size=16):
     return np.random.default_rng(0).normal(size=(n, size, size, 1)).astype("float32")
 

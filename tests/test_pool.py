@@ -4,14 +4,12 @@ convert/inspect --unlabeled, the streaming dataset, and the run's record (pretra
 import json
 import shutil
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
 
-from conftest import fake_image, write_class_folders
-from kerasssl.cli import main
+from conftest import fake_image, run_cli, write_class_folders
 from kerasssl.config import RunConfig
 from kerasssl.data.pool import check_headers, list_pool
 from kerasssl.data.poolscan import describe_pool, leak_guard, scan_pool
@@ -27,19 +25,6 @@ TINY = {
     "evaluate": {"bootstrap": 20},
     "export": {"enabled": False},
 }
-
-
-@pytest.fixture(autouse=True)
-def _float32_policy():
-    yield
-    keras.mixed_precision.set_dtype_policy("float32")
-
-
-def _run(argv, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 def write_pool(root, n, size=16, seed=5, channels_first=True, nested=True):
@@ -117,7 +102,7 @@ def test_leak_guard_takes_out_copies_of_held_out_images_and_the_stream_never_yie
 def test_convert_unlabeled_shards_and_both_kinds_of_shards_as_pools(tmp_path, capsys):
     pool = write_pool(tmp_path / "pool", 10)
     rec = tmp_path / "rec"
-    code, out, err = _run(["convert", pool, rec, "--unlabeled", "--shards", "2", "--no-progress"], capsys)
+    code, out, err = run_cli(["convert", pool, rec, "--unlabeled", "--shards", "2", "--no-progress"], capsys)
     assert code == 0, err
     assert "wrote 10 records (unlabeled 10)" in out
     manifest = json.loads((rec / "manifest.json").read_text())
@@ -126,7 +111,7 @@ def test_convert_unlabeled_shards_and_both_kinds_of_shards_as_pools(tmp_path, ca
     features = tf.train.Example.FromString(first.numpy()).features.feature
     assert "label" not in features and "class_name" not in features
     # A labelled reader says what the shards are, in one line.
-    code, _, err = _run(["inspect", rec], capsys)
+    code, _, err = run_cli(["inspect", rec], capsys)
     assert code == 2 and err.count("\n") == 1 and "unlabeled pool" in err
 
     folder_scan, shard_scan = scanned(pool), scanned(f"{rec}/*.tfrecord*")
@@ -138,7 +123,7 @@ def test_convert_unlabeled_shards_and_both_kinds_of_shards_as_pools(tmp_path, ca
 
     # Labelled shards serve as a pool too (labels ignored).
     data = write_class_folders(tmp_path / "lab", {"lenses": 4, "nonlenses": 3}, size=16)
-    code, _, err = _run(["convert", data, tmp_path / "labrec", "--no-progress"], capsys)
+    code, _, err = run_cli(["convert", data, tmp_path / "labrec", "--no-progress"], capsys)
     assert code == 0, err
     assert scanned(tmp_path / "labrec").n_used == 7
 
@@ -148,13 +133,13 @@ def test_inspect_unlabeled_reports_counts_shapes_nan(tmp_path, capsys):
     image = np.load(pool / "lenses/cut_0.npy")
     image[2, 3, 0] = np.nan
     np.save(pool / "lenses/cut_0.npy", image)
-    code, out, err = _run(["inspect", pool, "--unlabeled", "--json"], capsys)
+    code, out, err = run_cli(["inspect", pool, "--unlabeled", "--json"], capsys)
     assert code == 0, err
     s = json.loads(out)
     assert (s["format"], s["n_images"], s["shape"], s["nan_pixels"], s["files_with_nan"]) == \
         ("pool", 6, [16, 16, 3], 1, 1)
     assert s["nonfinite_files"] == ["lenses/cut_0.npy"] and s["channel_layout"]["axis"] == "last"
-    code, out, err = _run(["inspect", pool, "--unlabeled"], capsys)
+    code, out, err = run_cli(["inspect", pool, "--unlabeled"], capsys)
     assert code == 0 and "unlabeled" in out and "format   pool" in out
 
 
@@ -166,11 +151,11 @@ def test_pretrain_on_a_pool_alone_records_it_and_resume_refuses_a_changed_pool(t
     run = tmp_path / "run"
     argv = ["pretrain", "--unlabeled", pool, "--run-dir", run, "--encoder", "tiny", "--epochs", "1",
             "--batch-size", "8", "--steps-per-epoch", "2"]
-    code, _, err = _run(argv, capsys)  # strict: the bad file stops it before anything is written
+    code, _, err = run_cli(argv, capsys)  # strict: the bad file stops it before anything is written
     assert code == 2 and err.count("\n") == 1 and "broken.npy" in err
     assert not run.exists()
 
-    code, out, err = _run(argv + ["--skip-bad"], capsys)
+    code, out, err = run_cli(argv + ["--skip-bad"], capsys)
     assert code == 0, err
     assert "unlabeled images used: 20" in out
     record = json.loads((run / "pools.json").read_text())
@@ -182,10 +167,10 @@ def test_pretrain_on_a_pool_alone_records_it_and_resume_refuses_a_changed_pool(t
     assert TrainingFingerprints.read(run / "encoder.keras").count("pretrain") == 20
 
     np.save(pool / "lenses" / "new.npy", np.zeros((3, 16, 16), np.float32))
-    code, _, err = _run(["pretrain", "--run-dir", run, "--resume", "--epochs", "2"], capsys)
+    code, _, err = run_cli(["pretrain", "--run-dir", run, "--resume", "--epochs", "2"], capsys)
     assert code == 2 and err.count("\n") == 1 and "pool changed since" in err
     (pool / "lenses" / "new.npy").unlink()
-    code, _, err = _run(["pretrain", "--run-dir", run, "--resume", "--epochs", "2"], capsys)
+    code, _, err = run_cli(["pretrain", "--run-dir", run, "--resume", "--epochs", "2"], capsys)
     assert code == 0, err
     assert len(json.loads((run / "history.json").read_text())["loss"]) == 2
 
@@ -194,7 +179,7 @@ def test_pool_that_does_not_match_data_is_refused(tmp_path, capsys):
     data = write_class_folders(tmp_path / "lab", {"lenses": 8, "nonlenses": 8}, size=16, channels=1)
     pool = write_pool(tmp_path / "pool", 4)
     run = tmp_path / "run"
-    code, _, err = _run(["pretrain", data, "--unlabeled", pool, "--run-dir", run, "--encoder", "tiny",
+    code, _, err = run_cli(["pretrain", data, "--unlabeled", pool, "--run-dir", run, "--encoder", "tiny",
                          "--epochs", "1", "--batch-size", "4", "--steps-per-epoch", "1"], capsys)
     assert code == 2 and err.count("\n") == 1 and "3 band(s) but the labelled images have 1" in err
     assert not run.exists()
@@ -232,7 +217,7 @@ def test_fit_with_a_pool_holding_test_images_never_pretrains_on_them(tmp_path, c
     monkeypatch.setattr(poolstream, "make_pretraining_dataset", recording)
     run = tmp_path / "run"
     # 6 steps x 16 = 96 images drawn from 24 pool + 28 train images: every pool image comes up.
-    code, out, err = _run(["fit", data, "--unlabeled", pool, "--run-dir", run, "--config", config,
+    code, out, err = run_cli(["fit", data, "--unlabeled", pool, "--run-dir", run, "--config", config,
                            "--epochs", "3"], capsys)
     assert code == 0, err
     assert len(seen) >= 6 * 16  # (Keras may prefetch a batch or two more)
@@ -264,12 +249,12 @@ def test_pool_config_values_are_checked(pretrain, message):
 
 
 def test_pool_from_the_config_file_and_no_data_nor_pool_is_a_usage_error(tmp_path, capsys):
-    code, _, err = _run(["pretrain", "--run-dir", tmp_path / "run", "--encoder", "tiny"], capsys)
+    code, _, err = run_cli(["pretrain", "--run-dir", tmp_path / "run", "--encoder", "tiny"], capsys)
     assert code == 2 and err.count("\n") == 1 and "give DATA, or --unlabeled POOL" in err
     pool = write_pool(tmp_path / "pool", 3, nested=False)
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"pretrain": {"unlabeled": [str(pool / "missing")]}}))
-    code, _, err = _run(["pretrain", "--run-dir", tmp_path / "run", "--config", config, "--encoder", "tiny"],
+    code, _, err = run_cli(["pretrain", "--run-dir", tmp_path / "run", "--config", config, "--encoder", "tiny"],
                         capsys)
     assert code == 2 and err.count("\n") == 1 and "missing: no such file or folder" in err
     assert not (tmp_path / "run").exists()
@@ -315,7 +300,7 @@ def test_a_pool_file_that_breaks_during_pretraining_stops_it_in_one_line(tmp_pat
         return real(*args, **kwargs)
 
     monkeypatch.setattr(poolstream, "make_pretraining_dataset", truncate_then_stream)
-    code, _, err = _run(["pretrain", "--unlabeled", pool, "--run-dir", tmp_path / "run", "--encoder", "tiny",
+    code, _, err = run_cli(["pretrain", "--unlabeled", pool, "--run-dir", tmp_path / "run", "--encoder", "tiny",
                          "--epochs", "1", "--batch-size", "4", "--steps-per-epoch", "4"], capsys)
     assert code == 2, err
     errors = [line for line in err.splitlines() if line.startswith("kerasssl")]

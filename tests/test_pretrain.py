@@ -26,12 +26,6 @@ def _cfg(**pretrain):
     return RunConfig.from_dict({"seed": 0, "data": {"image_size": 32}, "pretrain": base})
 
 
-@pytest.fixture(autouse=True)
-def _float32_policy():
-    yield
-    keras.mixed_precision.set_dtype_policy("float32")
-
-
 def test_pretrain_run_dir_and_resume_after_crash(hst_folder, tmp_path, monkeypatch):
     run = tmp_path / "run"
     seen = {}

@@ -4,11 +4,10 @@ run dir of another run stays byte-identical (its runs.jsonl is not appended to).
 import hashlib
 import shutil
 
-import keras
 import pytest
 import yaml
 
-from conftest import write_class_folders, write_hst_folder
+from conftest import run_cli, write_class_folders, write_hst_folder
 from kerasssl.cli import main
 
 TINY = {
@@ -19,19 +18,6 @@ TINY = {
     "evaluate": {"bootstrap": 20},
     "export": {"enabled": False},
 }
-
-
-@pytest.fixture(autouse=True)
-def _float32_policy():
-    yield
-    keras.mixed_precision.set_dtype_policy("float32")
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
 
 
 @pytest.fixture(scope="module")
