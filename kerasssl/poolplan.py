@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from pathlib import Path
 from typing import Callable, List, Optional
 
 import numpy as np
@@ -43,7 +42,6 @@ from kerasssl.data.poolscan import (
     skipped_lines,
 )
 from kerasssl.errors import KerassslError
-from kerasssl.rundir import POOLS as POOLS_FILE
 from kerasssl.rundir import SKIPPED_FILES as SKIPPED_FILE
 from kerasssl.rundir import RunDir, write_json_atomic, write_text_atomic
 

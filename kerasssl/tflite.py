@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from kerasssl.config import TFLITE_MODES
-from kerasssl.errors import DataError, KerassslError, first_line
+from kerasssl.errors import KerassslError
 from kerasssl.models import TFLiteRunner
 
 log = logging.getLogger(__name__)
