@@ -135,7 +135,9 @@ def build_classifier(encoder, preprocess, n_classes: int, *, input_shape, mode: 
     feature_norm = None
     if feature_stats is not None:
         mean, variance = feature_stats
-        feature_norm = keras.layers.Normalization(mean=mean, variance=variance, name="feature_norm")
+        # float32 like the head: under a mixed policy the encoder's features are cast up here.
+        feature_norm = keras.layers.Normalization(mean=mean, variance=variance, dtype="float32",
+                                                  name="feature_norm")
     head = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="head")
     return LensClassifier(preprocess, encoder, head, image_shape=input_shape, augment=augmentation,
                           feature_norm=feature_norm, name=name)

@@ -248,6 +248,11 @@ class FinetuneConfig:
             subset) or "none".
         augment: light augmentation during fine-tuning (dihedral flips).
         seed: seed of the initialisation, shuffling and augmentation.
+        precision: Keras dtype policy of the encoder while fine-tuning:
+            float32, mixed_float16, mixed_bfloat16 (the head, its softmax and
+            the loss stay float32; the saved classifier is float32). The
+            devices are ``pretrain.strategy`` / ``pretrain.cpu_devices``: one
+            process has one device set-up, which fine-tuning shares.
     """
 
     mode: str = "linear"
@@ -260,6 +265,7 @@ class FinetuneConfig:
     class_weight: str = "balanced"
     augment: bool = True
     seed: int = 0
+    precision: str = "float32"
 
     def __post_init__(self):
         self.validate()
@@ -277,6 +283,7 @@ class FinetuneConfig:
         _check_choice("finetune.class_weight", self.class_weight, CLASS_WEIGHTS)
         _check_bool("finetune.augment", self.augment)
         _check_int("finetune.seed", self.seed)
+        _check_choice("finetune.precision", self.precision, PRECISIONS)
 
 
 @dataclass

@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -69,6 +70,81 @@ def feature_statistics(encoder, preprocess, images, batch_size: int = 256):
     return features.mean(axis=0).astype(np.float32), np.maximum(features.var(axis=0), 1e-6).astype(np.float32)
 
 
+def with_dtype_policy(model, policy: str):
+    """A copy of ``model`` (fresh variables, same weights) whose layers compute under ``policy``.
+
+    A saved encoder records each layer's dtype policy (float32, as pretraining
+    saves it), so loading it under a mixed global policy still computes in
+    float32; the copy's serialized policies are rewritten instead. Building the
+    copy inside a ``tf.distribute`` scope also gives it mirrored variables.
+
+    Args:
+        model: a Keras model (e.g. ``RUN/encoder.keras`` loaded).
+        policy: "float32", "mixed_float16" or "mixed_bfloat16".
+
+    Example:
+        >>> half = with_dtype_policy(encoder, "mixed_bfloat16")
+        >>> half.layers[-1].compute_dtype
+        'bfloat16'
+    """
+    copy = keras.saving.deserialize_keras_object(_set_dtype_policies(keras.saving.serialize_keras_object(model),
+                                                                     policy))
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _set_dtype_policies(config, policy: str):
+    """``config`` (a serialized Keras object) with every dtype policy set to ``policy``, in place."""
+    if isinstance(config, dict):
+        if str(config.get("class_name", "")).endswith("DTypePolicy") and isinstance(config.get("config"), dict):
+            config["config"]["name"] = policy
+        for value in config.values():
+            _set_dtype_policies(value, policy)
+    elif isinstance(config, list):
+        for value in config:
+            _set_dtype_policies(value, policy)
+    return config
+
+
+def build_classifier_in_scope(encoder, preprocess, n_classes: int, *, input_shape, mode: str,
+                              augment_seed: Optional[int] = None, feature_stats=None,
+                              precision: str = "float32", dist=None):
+    """:func:`build_classifier` under ``precision``, with every variable made in ``dist.scope()``.
+
+    The encoder is copied (:func:`with_dtype_policy`) inside the scope, since a
+    loaded one has ordinary variables; the augmentation (its seed generators)
+    is made there too. The head, its softmax and the feature standardisation
+    stay float32. The global dtype policy is left as it was.
+
+    Args:
+        encoder / preprocess / n_classes / input_shape / mode / feature_stats:
+            as :func:`build_classifier`.
+        augment_seed: seed of the fine-tuning augmentation, None for none.
+        precision: dtype policy of the encoder (``finetune.precision``).
+        dist: a :class:`kerasssl.distribute.Distribution` (None: default device).
+
+    Returns:
+        ``(classifier, encoder)``: the encoder is the copy inside the classifier.
+
+    Example:
+        >>> model, enc = build_classifier_in_scope(encoder, Preprocess(), 2, input_shape=(16, 16, 1),
+        ...                                        mode="full", precision="mixed_bfloat16")
+    """
+    from kerasssl.pretrain import set_precision
+
+    previous = keras.mixed_precision.dtype_policy()
+    set_precision(precision)
+    try:
+        with dist.scope() if dist is not None else contextlib.nullcontext():
+            encoder = with_dtype_policy(encoder, precision)
+            augmentation = _augmentation(augment_seed) if augment_seed is not None else None
+            model = build_classifier(encoder, preprocess, n_classes, input_shape=input_shape, mode=mode,
+                                     augmentation=augmentation, feature_stats=feature_stats)
+    finally:
+        keras.mixed_precision.set_dtype_policy(previous)
+    return model, encoder
+
+
 def balanced_class_weights(labels, n_classes: int) -> dict:
     """``{k: n / (K * n_k)}`` so every class carries the same total weight."""
     counts = np.bincount(np.asarray(labels), minlength=n_classes)
@@ -83,7 +159,8 @@ def balanced_class_weights(labels, n_classes: int) -> dict:
 def train_classifier(model, encoder, x_train, y_train, *, x_val=None, y_val=None, mode: str,
                      epochs: int, batch_size: int, learning_rate: float, encoder_lr_scale: float,
                      weight_decay: float, class_weight: Optional[dict], seed: int = 0,
-                     patience: Optional[int] = None, jit_compile=False, verbose: int = 0) -> dict:
+                     patience: Optional[int] = None, jit_compile=False, verbose: int = 0,
+                     precision: str = "float32", dist=None) -> dict:
     """Compile and fit a classifier from :func:`build_classifier` on arrays.
 
     Args:
@@ -101,6 +178,10 @@ def train_classifier(model, encoder, x_train, y_train, *, x_val=None, y_val=None
         patience: early-stopping patience on validation ROC-AUC (None: all epochs).
         jit_compile: XLA (off on CPU, where it is slower).
         verbose: Keras fit verbosity.
+        precision: the policy the model was built under (mixed_float16 wraps the
+            optimizer in a ``LossScaleOptimizer``).
+        dist: the :class:`kerasssl.distribute.Distribution` the model was built
+            in; it is compiled in its scope and Keras splits each global batch.
 
     Returns:
         ``{"loss": [...], "val_roc_auc": [...], "best_epoch", "best_val_roc_auc"}``.
@@ -113,11 +194,18 @@ def train_classifier(model, encoder, x_train, y_train, *, x_val=None, y_val=None
         encoder_vars = {id(v) for v in encoder.trainable_variables}
         multipliers = [encoder_lr_scale if id(v) in encoder_vars else 1.0
                        for v in model.trainable_variables]
-    model.compile(
-        optimizer=ScaledAdamW(schedule, lr_multipliers=multipliers, weight_decay=weight_decay),
-        loss=keras.losses.SparseCategoricalCrossentropy(),
-        jit_compile=jit_compile,
-    )
+    optimizer = ScaledAdamW(schedule, lr_multipliers=multipliers, weight_decay=weight_decay)
+    if precision == "mixed_float16":
+        # As in pretraining: a modest start for the dynamic loss scale (Keras's 2**15
+        # skips the first steps as overflows); it grows when it can.
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**8)
+    with dist.scope() if dist is not None else contextlib.nullcontext():
+        model.compile(
+            optimizer=optimizer,
+            # The head's softmax is float32; the loss is too, whatever the policy.
+            loss=keras.losses.SparseCategoricalCrossentropy(dtype="float32"),
+            jit_compile=jit_compile,
+        )
     callbacks = []
     best = None
     if x_val is not None and len(x_val) and len(np.unique(y_val)) > 1:
@@ -173,7 +261,8 @@ def save_model_atomic(model, path, fingerprints=None) -> Path:
     from kerasssl.classifier import LensClassifier
 
     if isinstance(model, LensClassifier):
-        inference = LensClassifier.from_config(model.get_config())
+        # float32 whatever it trained under (as the encoder is saved): predict, export and TFLite see one dtype.
+        inference = LensClassifier.from_config(_set_dtype_policies(model.get_config(), "float32"))
         inference.set_weights(model.get_weights())
     else:
         inference = keras.Model(model.inputs, model.outputs, name=model.name)
@@ -234,11 +323,19 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
     from kerasssl.data.split import check_split, load_or_create_split
     from kerasssl.layers.preprocess import load_or_create_preprocess
 
+    from kerasssl.pretrain import setup_distribution
+
     # Every check first: a refused fine-tune writes nothing (no run dir, no runs.jsonl).
     cfg.validate()
+    # Before any TF op (reading TFRecord DATA is one); `fit` set up the same engine already.
+    dist = setup_distribution(cfg)
     overrides = {"mode": mode, "labels_fraction": labels_fraction, "epochs": epochs, "batch_size": batch_size}
     ft = dataclasses.replace(cfg.finetune, **{k: v for k, v in overrides.items() if v is not None})  # checked
     mode, labels_fraction, epochs, batch_size = ft.mode, float(ft.labels_fraction), int(ft.epochs), int(ft.batch_size)
+    if dist.distribution is not None and batch_size % dist.num_replicas:
+        # keras.distribution.DataParallel shards each batch evenly over the devices.
+        raise KerassslError(f"fine-tuning batch size {batch_size} must be a multiple of the {dist.num_replicas} "
+                            "devices under JAX DataParallel (finetune.batch_size)")
     run = RunDir(run_dir)
     run_dir = run.path
     if mode == "supervised":
@@ -261,7 +358,9 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
     n_classes = len(image_set.class_names)
     seed = ft.seed
     keras.utils.set_random_seed(seed)
-    preprocess, new_preprocess = load_or_create_preprocess(run.preprocess, cfg.data, image_set.images[train])
+    # float32 whatever finetune.precision: the encoder casts to its compute dtype itself.
+    preprocess, new_preprocess = load_or_create_preprocess(run.preprocess, cfg.data, image_set.images[train],
+                                                           dtype="float32")
     shape = image_set.image_shape
     if mode == "supervised":
         from kerasssl.encoders import build_encoder
@@ -275,31 +374,38 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
     # Accepted: from here on the run writes.
     if on_accepted is not None:
         on_accepted(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not run.config.exists():  # a fresh (supervised) run: its config, replayable with --config
-        run.save_config(cfg)
-    load_or_create_split(run, image_set, cfg.data, labels_fraction=labels_fraction)  # the split checked above
-    if new_preprocess:
-        preprocess.preprocess_to_json(run.preprocess)
+    if dist.is_chief:  # other workers (multiworker) train the same but write only a private copy
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not run.config.exists():  # a fresh (supervised) run: its config, replayable with --config
+            run.save_config(cfg)
+        load_or_create_split(run, image_set, cfg.data, labels_fraction=labels_fraction)  # the split checked above
+        if new_preprocess:
+            preprocess.preprocess_to_json(run.preprocess)
     x, y = image_set.images[labeled], image_set.labels[labeled]
     class_weight = balanced_class_weights(y, n_classes) if ft.class_weight == "balanced" else None
 
-    augmentation = _augmentation(seed) if ft.augment else None
     # Standardise the features on the whole training split (its images, not its labels).
     stats = feature_statistics(encoder, preprocess, image_set.images[train])
-    model = build_classifier(encoder, preprocess, n_classes, input_shape=shape, mode=mode,
-                             augmentation=augmentation, feature_stats=stats)
+    model, encoder = build_classifier_in_scope(encoder, preprocess, n_classes, input_shape=shape, mode=mode,
+                                               augment_seed=seed if ft.augment else None, feature_stats=stats,
+                                               precision=ft.precision, dist=dist)
+    if dist.num_replicas > 1 and cfg.pretrain.sync_batchnorm:
+        from kerasssl import distribute
+
+        distribute.synchronize_batchnorm(model)  # global-batch statistics where BatchNorm trains (supervised)
     if patience is None:
         patience = max(10, epochs // 2)
-    log.info("fine-tuning (%s) on %d labelled images, %d epochs", mode, len(labeled), epochs)
+    log.info("fine-tuning (%s, %s, %s) on %d labelled images, %d epochs", mode, ft.precision, dist.describe(),
+             len(labeled), epochs)
     history = train_classifier(
         model, encoder, x, y, x_val=image_set.images[val], y_val=image_set.labels[val], mode=mode,
         epochs=epochs, batch_size=batch_size, learning_rate=ft.learning_rate,
         encoder_lr_scale=ft.encoder_lr_scale, weight_decay=ft.weight_decay,
-        class_weight=class_weight, seed=seed, patience=patience, verbose=verbose,
+        class_weight=class_weight, seed=seed, patience=patience, verbose=verbose, precision=ft.precision,
+        dist=dist,
     )
     trained_on = training_fingerprints(mode, run.encoder, x, image_set.images[train])
-    out = save_model_atomic(model, output or run.classifier, fingerprints=trained_on)
+    out = save_model_atomic(model, dist.write_path(output or run.classifier), fingerprints=trained_on)
     counts = np.bincount(y, minlength=n_classes)
     record = {
         "model": str(out),
@@ -318,11 +424,15 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
         "learning_rate": ft.learning_rate,
         "encoder_lr_scale": ft.encoder_lr_scale if mode == "full" else None,
         "seed": seed,
+        "precision": ft.precision,
+        "distribution": dist.describe(),
         "selection": "epoch with the best validation ROC-AUC" if history["best_epoch"] else "last epoch",
         **history,
         "labeled_files": [image_set.files[i] for i in labeled],
     }
-    run.add_finetune_record(record)
+    if dist.is_chief:
+        run.add_finetune_record(record)
+    dist.cleanup()
     return record
 
 

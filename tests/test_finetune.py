@@ -174,3 +174,51 @@ def test_linear_finetune_on_a_saved_encoder(tmp_path, supervised_run):
     for w, b in zip(inner.weights, before):  # frozen encoder, BN statistics included
         np.testing.assert_array_equal(np.array(w), b)
     assert record["encoder"].endswith("encoder.keras")
+
+
+# -- mixed precision -------------------------------------------------------------
+def test_bad_finetune_precision_is_a_one_line_config_error():
+    with pytest.raises(KerassslError, match="finetune.precision must be one of float32, mixed_float16") as e:
+        RunConfig.from_dict({"finetune": {"precision": "float8"}})
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("precision,compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
+def test_classifier_built_in_scope_computes_encoder_in_half_head_in_float32(precision, compute):
+    encoder = build_encoder("tiny", SHAPE)  # float32, as a loaded RUN/encoder.keras
+    model, inner = ft.build_classifier_in_scope(encoder, Preprocess(normalization="zscore", dtype="float32"), 2,
+                                                input_shape=SHAPE, mode="full", feature_stats=(
+                                                    np.zeros(encoder.output_shape[-1], np.float32),
+                                                    np.ones(encoder.output_shape[-1], np.float32)),
+                                                precision=precision)
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is left as it was
+    convs = [layer for layer in inner._flatten_layers() if isinstance(layer, keras.layers.Conv2D)]
+    assert convs and all(layer.compute_dtype == compute for layer in convs)
+    assert model.get_layer("head").compute_dtype == "float32"
+    assert model.get_layer("feature_norm").compute_dtype == "float32"
+    for w, b in zip(inner.get_weights(), encoder.get_weights()):  # the pretrained weights, copied
+        np.testing.assert_array_equal(w, b)
+    x, _ = make_data(4)
+    assert keras.ops.convert_to_numpy(model(x)).dtype == np.float32
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_finetune_trains_and_saves_a_float32_classifier(tmp_path, supervised_run, precision):
+    import shutil
+
+    cfg, data, run, _ = supervised_run
+    new = tmp_path / "run"
+    new.mkdir()
+    for name in ("split.json", "preprocess.json"):
+        shutil.copy(run / name, new / name)
+    build_encoder("tiny", (16, 16, 3)).save(new / "encoder.keras")
+    cfg = cfg.with_overrides({"finetune.precision": precision})
+    record = ft.finetune(cfg, data, new, mode="full", labels_fraction=1.0, epochs=2)
+    assert record["precision"] == precision
+    assert len(record["loss"]) == 2 and np.all(np.isfinite(record["loss"]))
+    model = keras.saving.load_model(record["model"], compile=False)
+    assert all(layer.compute_dtype == "float32" for layer in model.get_layer("tiny")._flatten_layers())
+    x, _ = make_data(6)
+    probs = model.predict(x, verbose=0)
+    assert probs.dtype == np.float32 and probs.shape == (6, 2)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)

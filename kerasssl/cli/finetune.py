@@ -4,8 +4,8 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import command_line, data_options, encoder_option
-from kerasssl.config import FINETUNE_MODES
+from kerasssl.cli.options import command_line, data_options, distribution_options, encoder_option
+from kerasssl.config import FINETUNE_MODES, PRECISIONS
 
 
 @click.command(name="finetune")
@@ -24,9 +24,13 @@ from kerasssl.config import FINETUNE_MODES
 @click.option("--seed", type=int, default=None, help="Fine-tuning seed.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Where to write the classifier.  [default: RUN/classifier.keras]")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=None,
+              help="Keras dtype policy of the encoder while fine-tuning (finetune.precision); "
+                   "the saved classifier is float32.  [default: config, float32]")
+@distribution_options
 @data_options
 def finetune(run_dir, data, mode, labels_fraction, epochs, batch_size, config_path, encoder, seed, output,
-             allow_pickle, channel_axis):
+             precision, strategy, cpu_devices, sync_batchnorm, allow_pickle, channel_axis):
     """Fine-tune RUN's pretrained encoder on a labelled fraction of DATA's training split.
 
     For --mode supervised, RUN may be a fresh directory: the split and the
@@ -41,7 +45,10 @@ def finetune(run_dir, data, mode, labels_fraction, epochs, batch_size, config_pa
     if config_path is None and run.config.exists():
         config_path = run.config
     cfg = RunConfig.load(config_path) if config_path else RunConfig()
-    cfg = cfg.with_overrides({"finetune.seed": seed, "pretrain.encoder": encoder,
+    # One process has one device set-up: fine-tuning uses the pretrain.strategy / cpu_devices keys.
+    cfg = cfg.with_overrides({"finetune.seed": seed, "pretrain.encoder": encoder, "finetune.precision": precision,
+                              "pretrain.strategy": strategy, "pretrain.cpu_devices": cpu_devices,
+                              "pretrain.sync_batchnorm": sync_batchnorm,
                               "data.allow_pickle": allow_pickle, "data.channel_axis": channel_axis})
     pretrained = (mode or cfg.finetune.mode) != "supervised"
     # finetune() checks everything before its first write; the command is recorded only then.

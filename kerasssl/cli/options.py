@@ -127,7 +127,7 @@ def data_options(command):
 
 
 def distribution_options(command):
-    """--strategy / --cpu-devices / --sync-batchnorm (config keys pretrain.*)."""
+    """--strategy / --cpu-devices / --sync-batchnorm (config keys pretrain.*, used by fine-tuning too)."""
     command = click.option(
         "--sync-batchnorm/--no-sync-batchnorm", "sync_batchnorm", default=None,
         help="BatchNorm statistics over the global batch across replicas (pretrain.sync_batchnorm; "
@@ -137,8 +137,9 @@ def distribution_options(command):
         help="Split the CPU into N logical devices for --strategy mirrored (pretrain.cpu_devices).")(command)
     command = click.option(
         "--strategy", type=click.Choice(STRATEGIES), default=None,
-        help="Data-parallel pretraining (pretrain.strategy): mirrored = local GPUs (or --cpu-devices; "
-             "JAX: DataParallel), multiworker = MultiWorkerMirroredStrategy from TF_CONFIG.")(command)
+        help="Data-parallel pretraining and fine-tuning (pretrain.strategy, which fine-tuning shares): "
+             "mirrored = local GPUs (or --cpu-devices; JAX: DataParallel), multiworker = "
+             "MultiWorkerMirroredStrategy from TF_CONFIG.")(command)
     return command
 
 
