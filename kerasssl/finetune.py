@@ -194,12 +194,13 @@ def train_classifier(model, encoder, x_train, y_train, *, x_val=None, y_val=None
         encoder_vars = {id(v) for v in encoder.trainable_variables}
         multipliers = [encoder_lr_scale if id(v) in encoder_vars else 1.0
                        for v in model.trainable_variables]
-    optimizer = ScaledAdamW(schedule, lr_multipliers=multipliers, weight_decay=weight_decay)
-    if precision == "mixed_float16":
-        # As in pretraining: a modest start for the dynamic loss scale (Keras's 2**15
-        # skips the first steps as overflows); it grows when it can.
-        optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**8)
+    # The optimizer's variables (iterations, loss scale) belong to the strategy too.
     with dist.scope() if dist is not None else contextlib.nullcontext():
+        optimizer = ScaledAdamW(schedule, lr_multipliers=multipliers, weight_decay=weight_decay)
+        if precision == "mixed_float16":
+            # As in pretraining: a modest start for the dynamic loss scale (Keras's 2**15
+            # skips the first steps as overflows); it grows when it can.
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=2.0**8)
         model.compile(
             optimizer=optimizer,
             # The head's softmax is float32; the loss is too, whatever the policy.

@@ -246,7 +246,53 @@ def child_mirrored(seed, data_dir, run_dir):
     return out
 
 
-CHILDREN = {"mirrored": child_mirrored}
+def child_finetune(seed, data_dir, run_dir):
+    """Fine-tuning on 2 replicas vs one device (full and linear), then `kerasssl finetune --strategy mirrored`."""
+    import keras
+
+    from kerasssl import distribute
+    from kerasssl import finetune as ft
+    from kerasssl.cli import main as cli_main
+    from kerasssl.encoders import build_encoder
+    from kerasssl.layers import Preprocess
+
+    dist = distribute.setup("mirrored", cpu_devices=2)
+    rng = np.random.default_rng(int(seed))
+    x = rng.normal(size=(16, 16, 16, 1)).astype("float32")
+    y = (np.arange(16) % 3 != 0).astype("int64")  # 2:1, so the class weights differ
+    keras.utils.set_random_seed(int(seed))
+    encoder = build_encoder("tiny", (16, 16, 1))  # as a loaded RUN/encoder.keras: variables outside any scope
+    stats = ft.feature_statistics(encoder, Preprocess(normalization="zscore"), x)
+
+    def losses(mode, on):
+        keras.utils.set_random_seed(int(seed))  # the same head initialisation on both
+        model, inner = ft.build_classifier_in_scope(encoder, Preprocess(normalization="zscore"), 2,
+                                                    input_shape=(16, 16, 1), mode=mode, feature_stats=stats,
+                                                    dist=on)
+        # One global batch of 16 per epoch: history["loss"] is each step's loss; the
+        # second step's loss checks that the replicas' gradients were summed right.
+        history = ft.train_classifier(model, inner, x, y, mode=mode, epochs=2, batch_size=16, learning_rate=1e-2,
+                                      encoder_lr_scale=0.5, weight_decay=1e-4,
+                                      class_weight=ft.balanced_class_weights(y, 2), seed=int(seed), dist=on)
+        return {"loss": history["loss"], "replicas": model.distribute_strategy.num_replicas_in_sync}
+
+    out = {mode: {"one": losses(mode, None), "two": losses(mode, dist)} for mode in ("full", "linear")}
+
+    def cli(*args):
+        try:
+            cli_main(list(map(str, args)))
+        except SystemExit as e:
+            return e.code
+        return 0
+
+    out["cli_exit"] = cli("finetune", run_dir, data_dir, "--mode", "supervised", "--encoder", "tiny",
+                          "--epochs", "1", "--batch-size", "8", "--strategy", "mirrored", "--cpu-devices", "2")
+    record = json.loads((Path(run_dir) / "finetune.json").read_text())["models"]["classifier.keras"]
+    out["cli_record"] = {k: record[k] for k in ("distribution", "loss")}
+    return out
+
+
+CHILDREN = {"mirrored": child_mirrored, "finetune": child_finetune}
 
 
 @pytest.fixture(scope="module")
@@ -258,9 +304,34 @@ def mirrored(tmp_path_factory):
     return run_child("mirrored", 3, data, tmp / "run", timeout=900)
 
 
+@pytest.fixture(scope="module")
+def mirrored_finetune(tmp_path_factory):
+    from conftest import write_class_folders
+
+    tmp = tmp_path_factory.mktemp("mirrored_finetune")
+    data = write_class_folders(tmp / "data", {"lenses": 12, "nonlenses": 12}, size=16, channels=1)
+    return run_child("finetune", 3, data, tmp / "run", timeout=600)
+
+
 # ---------------------------------------------------------------------------
 # Tests
 # ---------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["full", "linear"])
+def test_finetune_two_replicas_equal_one_device(mirrored_finetune, mode):
+    one, two = mirrored_finetune[mode]["one"], mirrored_finetune[mode]["two"]
+    assert one["replicas"] == 1 and two["replicas"] == 2
+    assert two["loss"][0] == pytest.approx(one["loss"][0], rel=1e-5)  # the first step
+    np.testing.assert_allclose(two["loss"], one["loss"], rtol=1e-4)  # and the step after the summed update
+    assert one["loss"][1] != pytest.approx(one["loss"][0], rel=1e-6)  # the first step did train
+
+
+def test_finetune_cli_mirrored(mirrored_finetune):
+    assert mirrored_finetune["cli_exit"] == 0
+    record = mirrored_finetune["cli_record"]
+    assert record["distribution"].startswith("mirrored (tensorflow, 2 replica(s)")
+    assert np.all(np.isfinite(record["loss"]))
+
+
 def test_global_batch_nt_xent_matches_one_device_loss_and_gradient(mirrored):
     r = mirrored["gather"]
     assert r["replicas"] == 2
