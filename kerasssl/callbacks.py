@@ -197,8 +197,9 @@ class BestValAUC(keras.callbacks.Callback):
         if (epoch + 1) % self.every and not last:
             return
 
-        probs = self.model.predict(self.images, batch_size=self.batch_size, verbose=0)
-        probs = np.asarray(probs, np.float64)
+        from kerasssl.distribute import predict_rows
+
+        probs = np.asarray(predict_rows(self.model, self.images, self.batch_size), np.float64)
         auc = metrics.roc_auc(self.labels, probs) if np.all(np.isfinite(probs)) else float("nan")
         self.history.append(auc)
         self.epochs_checked.append(epoch + 1)

@@ -462,3 +462,40 @@ def synchronize_batchnorm(model):
             count += 1
     return count
 
+
+def sharded_batch_multiple():
+    """Rows every batch must be a multiple of: the devices of an active JAX ``DataParallel``, else 1."""
+    if keras.backend.backend() != "jax":
+        return 1
+    active = keras.distribution.distribution()
+    if not isinstance(active, keras.distribution.DataParallel):
+        return 1
+    return max(1, int(active.device_mesh.devices.size))
+
+
+def predict_rows(model, images, batch_size):
+    """``model.predict`` on any number of rows, also under JAX ``DataParallel``.
+
+    ``DataParallel`` shards every batch evenly over the devices, so a last
+    batch (or a whole set) of another size fails; the rows are padded with
+    copies of the last one to a multiple of the devices, the batch size
+    rounded down to one, and the padding's predictions dropped.
+
+    Args:
+        model: a Keras model.
+        images: array (N, ...).
+        batch_size: prediction batch size.
+
+    Example:
+        >>> probs = predict_rows(classifier, x_val, 256)
+    """
+    multiple = sharded_batch_multiple()
+    n = len(images)
+    if multiple == 1 or n == 0:
+        return model.predict(images, batch_size=batch_size, verbose=0)
+    import numpy as np
+
+    pad = -n % multiple
+    padded = np.concatenate([images, np.repeat(images[-1:], pad, axis=0)]) if pad else images
+    batch = max(multiple, int(batch_size) // multiple * multiple)
+    return model.predict(padded, batch_size=batch, verbose=0)[:n]

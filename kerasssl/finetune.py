@@ -63,8 +63,9 @@ def feature_statistics(encoder, preprocess, images, batch_size: int = 256):
     """
     inputs = keras.Input(shape=tuple(images.shape[1:]))
     probe = keras.Model(inputs, encoder(preprocess(inputs)))
-    features = np.asarray(probe.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0),
-                          np.float64)
+    from kerasssl.distribute import predict_rows
+
+    features = np.asarray(predict_rows(probe, np.asarray(images, np.float32), batch_size), np.float64)
     if not np.all(np.isfinite(features)):
         raise KerassslError("the encoder gives non-finite features on the training images")
     return features.mean(axis=0).astype(np.float32), np.maximum(features.var(axis=0), 1e-6).astype(np.float32)
@@ -216,7 +217,9 @@ def train_classifier(model, encoder, x_train, y_train, *, x_val=None, y_val=None
     # The labelled subset is small and in memory: Keras shuffles it each epoch
     # (seeded by keras.utils.set_random_seed), no tf.data pipeline needed.
     keras.utils.set_random_seed(seed)
-    history = model.fit(np.asarray(x_train, np.float32), np.asarray(y_train, np.int64),
+    x_train, y_train = _trim_for_devices(np.asarray(x_train, np.float32), np.asarray(y_train, np.int64),
+                                         batch_size, seed)
+    history = model.fit(x_train, y_train,
                         batch_size=batch_size, epochs=epochs, shuffle=True, class_weight=class_weight,
                         callbacks=callbacks, verbose=verbose)
     losses = [float(v) for v in history.history.get("loss", [])]
@@ -229,6 +232,20 @@ def train_classifier(model, encoder, x_train, y_train, *, x_val=None, y_val=None
         "best_epoch": None if best is None or best.best_epoch is None else best.best_epoch + 1,
         "best_val_roc_auc": None if best is None or best.best_epoch is None else float(best.best_auc),
     }
+
+
+def _trim_for_devices(x, y, batch_size, seed):
+    """Under JAX ``DataParallel`` the last batch must split evenly over the devices too:
+    leave out (seeded) the fewer-than-devices rows that would not. Elsewhere unchanged."""
+    from kerasssl.distribute import sharded_batch_multiple
+
+    extra = len(y) % batch_size % sharded_batch_multiple()
+    if not extra:
+        return x, y
+    log.warning("fine-tuning leaves out %d of %d labelled images so that every batch splits over the devices",
+                extra, len(y))
+    keep = np.sort(np.random.default_rng(seed).permutation(len(y))[extra:])
+    return x[keep], y[keep]
 
 
 # -- run directory helpers -------------------------------------------------------

@@ -69,6 +69,38 @@ def child_jax(data_dir, run_dir):
     out["replicas"] = dist.num_replicas
     kernel = two.encoder.trainable_weights[0]
     out["kernel_sharding"] = str(getattr(kernel.value, "sharding", None))
+
+    # 3. Fine-tuning: first steps on DataParallel vs one device, then the CLI on 2 devices.
+    from kerasssl import finetune as ft
+    from kerasssl.layers import Preprocess
+
+    labels = (np.arange(16) % 3 != 0).astype("int64")
+    encoder = build_encoder("tiny", (16, 16, 1))
+
+    def finetune_losses(on):
+        keras.utils.set_random_seed(0)
+        model, inner = ft.build_classifier_in_scope(encoder, Preprocess(normalization="zscore"), 2,
+                                                    input_shape=(16, 16, 1), mode="full", dist=on)
+        return ft.train_classifier(model, inner, images, labels, mode="full", epochs=2, batch_size=16,
+                                   learning_rate=1e-2, encoder_lr_scale=0.5, weight_decay=1e-4,
+                                   class_weight=None, jit_compile=True, dist=on)["loss"]
+
+    out["finetune_two"] = finetune_losses(dist)
+    keras.distribution.set_distribution(None)
+    out["finetune_one"] = finetune_losses(None)
+
+    def cli(*args):
+        try:
+            cli_main(list(map(str, args)))
+        except SystemExit as e:
+            return e.code
+        return 0
+
+    common = ["--mode", "full", "--epochs", "2", "--strategy", "mirrored", "--cpu-devices", "2"]
+    # An odd train split and val split: every sharded predict and the last batch are padded / trimmed.
+    out["finetune_cli_exit"] = cli("finetune", run_dir, data_dir, "--batch-size", "8", *common)
+    out["finetune_odd_batch_exit"] = cli("finetune", run_dir, data_dir, "--batch-size", "7",
+                                         "--output", Path(run_dir) / "odd.keras", *common)
     return out
 
 
@@ -103,6 +135,18 @@ def test_jax_data_parallel_first_step_matches_one_device(jax_run):
     assert jax_run["replicas"] == 2
     assert jax_run["distribution"] == "DataParallel"
     assert jax_run["two"] == pytest.approx(jax_run["one"], rel=1e-4)
+
+
+def test_jax_data_parallel_finetune_matches_one_device_and_runs_from_the_cli(jax_run):
+    np.testing.assert_allclose(jax_run["finetune_two"][0], jax_run["finetune_one"][0], rtol=1e-5)
+    np.testing.assert_allclose(jax_run["finetune_two"], jax_run["finetune_one"], rtol=1e-4)
+    assert jax_run["finetune_cli_exit"] == 0
+    record = json.loads((jax_run["run_dir"] / "finetune.json").read_text())["models"]["classifier.keras"]
+    assert record["distribution"].startswith("mirrored (jax, 2 replica(s)")
+    assert np.all(np.isfinite(record["loss"]))
+    # A batch the devices cannot split is a one-line error (exit 2), nothing written.
+    assert jax_run["finetune_odd_batch_exit"] == 2
+    assert not (jax_run["run_dir"] / "odd.keras").exists()
 
 
 def test_export_of_jax_trained_encoder(jax_run, tmp_path):
