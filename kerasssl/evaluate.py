@@ -60,8 +60,9 @@ def predict_probabilities(model, images, batch_size: int = 256) -> np.ndarray:
         images: float32 array (N, H, W, C) of raw pixels.
         batch_size: prediction batch size.
     """
-    probs = model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
-    probs = np.asarray(probs, np.float64)
+    from kerasssl.distribute import predict_rows  # any split size, also under JAX DataParallel (fit)
+
+    probs = np.asarray(predict_rows(model, np.asarray(images, np.float32), batch_size), np.float64)
     if probs.ndim != 2:
         raise KerassslError(f"classifier output has shape {probs.shape}; expected (N, classes)")
     return probs
