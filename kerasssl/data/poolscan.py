@@ -278,11 +278,8 @@ def _stack(images, shape):
 
 def _scan_shards(layout, *, image_size, skip_bad, seed, sample_size, progress):
     """The content pass over TFRecord shards (sequential per shard; names the bad record)."""
-    import tensorflow as tf
-
     from kerasssl.data.tfrecord.records import decode_record_array
-    from kerasssl.data.tfrecord.shards import compression_of
-    from kerasssl.errors import first_line
+    from kerasssl.data.tfrecord.shards import expected_counts, read_records
 
     files = layout.files
     axis = layout.layout.axis if layout.layout is not None else None
@@ -291,28 +288,17 @@ def _scan_shards(layout, *, image_size, skip_bad, seed, sample_size, progress):
     stats, sample, sample_rows, shapes = _Stats(), [], [], {}
     rng = np.random.default_rng(seed)
     seen = 0
-    expected = dict(zip((files.manifest or {}).get("files") or [],
-                        (files.manifest or {}).get("records_per_shard") or []))
+    expected = expected_counts(files.manifest)
     for k, shard in enumerate(files.files):
-        records = iter(tf.data.TFRecordDataset(shard, compression_type=compression_of(shard)))
-        index = 0
-        while True:
-            try:
-                record = next(records)
-            except StopIteration:
-                break
-            except tf.errors.OpError as e:
-                raise DataError(shard, f"corrupt or truncated TFRecord at record {index} "
-                                       f"({first_line(e)})") from None
+        for index, record in read_records(shard, expected.get(os.path.basename(shard))):
             name = f"{shard}: record {index}"
             try:
-                array = decode_record_array(record.numpy(), name)
+                array = decode_record_array(record, name)
                 image = model_image(array, name, axis if axis else "auto", image_size)
             except DataError as e:
                 if not skip_bad:
                     raise
                 skipped.append((f"{shard} record {index}", e.problem))
-                index += 1
                 continue
             record_shapes.append(tuple(array.shape))
             shapes[image.shape] = shapes.get(image.shape, 0) + 1
@@ -328,13 +314,8 @@ def _scan_shards(layout, *, image_size, skip_bad, seed, sample_size, progress):
                 j = int(rng.integers(seen))
                 if j < len(sample):
                     sample[j], sample_rows[j] = image, seen - 1
-            index += 1
             if progress is not None and seen % 1024 == 0:
                 progress(seen)
-        want = expected.get(os.path.basename(shard))
-        if want is not None and index != want:
-            raise DataError(shard, f"holds {index} records but the manifest lists {want} "
-                                   "(truncated or replaced shard)")
     if not ids:
         raise DataError(files.root, "the TFRecord files hold no usable records"
                         + (f" ({len(skipped)} skipped)" if skipped else ""))

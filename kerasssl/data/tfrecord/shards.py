@@ -167,6 +167,34 @@ def record_dataset(shards, *, shuffle=False, seed=0, cycle_length=None):
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def read_records(shard, expected=None):
+    """Yield ``(index, serialized record)`` of one shard in order, sequentially.
+
+    A corrupt or truncated shard is one DataError naming the record where
+    reading stopped; with ``expected`` (the manifest's count) a shard that
+    ends with another count is one too.
+
+    Example:
+        >>> for index, record in read_records("rec/shard-00000-of-00001.tfrecord"):
+        ...     problem = example_problem(record)
+    """
+    iterator = iter(tf.data.TFRecordDataset(shard, compression_type=compression_of(shard)))
+    index = 0
+    while True:
+        try:
+            record = next(iterator)
+        except StopIteration:
+            break
+        except tf.errors.OpError as e:
+            raise DataError(shard, f"corrupt or truncated TFRecord at record {index} "
+                                   f"({first_line(e)})") from None
+        yield index, record.numpy()
+        index += 1
+    if expected is not None and index != expected:
+        raise DataError(shard, f"holds {index} records but the manifest lists {expected} "
+                               "(truncated or replaced shard)")
+
+
 def check_shards(shards, manifest=None) -> None:
     """Read every record of every shard in order and raise on the first bad one.
 
@@ -187,22 +215,7 @@ def check_shards(shards, manifest=None) -> None:
     """
     expected = expected_counts(manifest)
     for shard in shards:
-        index = 0
-        records = tf.data.TFRecordDataset(shard, compression_type=compression_of(shard))
-        iterator = iter(records)
-        while True:
-            try:
-                record = next(iterator)
-            except StopIteration:
-                break
-            except tf.errors.OpError as e:
-                raise DataError(shard, f"corrupt or truncated TFRecord at record {index} "
-                                       f"({first_line(e)})") from None
-            problem = example_problem(record.numpy())
+        for index, record in read_records(shard, expected.get(os.path.basename(shard))):
+            problem = example_problem(record)
             if problem:
                 raise DataError(shard, f"record {index}: {problem}")
-            index += 1
-        want = expected.get(os.path.basename(shard))
-        if want is not None and index != want:
-            raise DataError(shard, f"holds {index} records but the manifest lists {want} "
-                                   "(truncated or replaced shard)")
