@@ -103,3 +103,27 @@ def run_cli(argv, capsys):
         main([str(a) for a in argv])
     out, err = capsys.readouterr()
     return exit_info.value.code, out, err
+
+
+# -- scores with a known ROC-AUC (evaluate's and metrics' tests) --------------------------
+
+def mann_whitney_auc(labels, scores):
+    """Reference ROC-AUC: P(score_pos > score_neg) + 0.5 P(tie), by brute force."""
+    pos = scores[labels == 1]
+    neg = scores[labels == 0]
+    diff = pos[:, None] - neg[None, :]
+    return float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
+
+
+def binary_probs(scores):
+    return np.stack([1.0 - scores, scores], axis=1)
+
+
+@pytest.fixture
+def scored():
+    """60 lenses, 40 non-lenses, separable but overlapping scores with ties across classes."""
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.ones(60, int), np.zeros(40, int)]
+    scores = 1 / (1 + np.exp(-(labels * 1.5 + rng.normal(0, 1, 100))))
+    scores[:5] = scores[60:65]  # ties across classes
+    return labels, scores

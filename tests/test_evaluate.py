@@ -4,30 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import binary_probs, mann_whitney_auc
 
 from kerasssl import evaluate as ev
 from kerasssl.errors import KerassslError
-
-
-def mann_whitney_auc(labels, scores):
-    """Reference ROC-AUC: P(score_pos > score_neg) + 0.5 P(tie), by brute force."""
-    pos = scores[labels == 1]
-    neg = scores[labels == 0]
-    diff = pos[:, None] - neg[None, :]
-    return float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
-
-
-def binary_probs(scores):
-    return np.stack([1.0 - scores, scores], axis=1)
-
-
-@pytest.fixture
-def scored():
-    rng = np.random.default_rng(1)
-    labels = np.r_[np.ones(60, int), np.zeros(40, int)]
-    scores = 1 / (1 + np.exp(-(labels * 1.5 + rng.normal(0, 1, 100))))
-    scores[:5] = scores[60:65]  # ties across classes
-    return labels, scores
 
 
 def test_multiclass_report_is_macro_one_vs_rest():

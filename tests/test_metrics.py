@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import binary_probs, mann_whitney_auc
 from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score, roc_curve
 
 from kerasssl import metrics as m
@@ -27,27 +28,6 @@ def brute_tpr_within_fp(labels, scores, max_fp):
         if np.sum(selected & (labels == 0)) <= max_fp:
             best = max(best, np.mean(selected[labels == 1]))
     return best
-
-
-def mann_whitney_auc(labels, scores):
-    """Reference ROC-AUC: P(score_pos > score_neg) + 0.5 P(tie), by brute force."""
-    pos = scores[labels == 1]
-    neg = scores[labels == 0]
-    diff = pos[:, None] - neg[None, :]
-    return float(np.mean(diff > 0) + 0.5 * np.mean(diff == 0))
-
-
-def binary_probs(scores):
-    return np.stack([1.0 - scores, scores], axis=1)
-
-
-@pytest.fixture
-def scored():
-    rng = np.random.default_rng(1)
-    labels = np.r_[np.ones(60, int), np.zeros(40, int)]
-    scores = 1 / (1 + np.exp(-(labels * 1.5 + rng.normal(0, 1, 100))))
-    scores[:5] = scores[60:65]  # ties across classes
-    return labels, scores
 
 
 # -- the AUCs, Youden, confusion: against scikit-learn and brute force ------------
