@@ -402,8 +402,11 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
     x, y = image_set.images[labeled], image_set.labels[labeled]
     class_weight = balanced_class_weights(y, n_classes) if ft.class_weight == "balanced" else None
 
-    # Standardise the features on the whole training split (its images, not its labels).
-    stats = feature_statistics(encoder, preprocess, image_set.images[train])
+    # Standardise pretrained features on the whole training split (its images, not its labels).
+    # Not a supervised encoder's: trained from random weights, its features move away from the
+    # random-init statistics (scales of ~1e-3 there gave the head a x1000 gain, and fp16 TFLite
+    # overflowed).
+    stats = None if mode == "supervised" else feature_statistics(encoder, preprocess, image_set.images[train])
     model, encoder = build_classifier_in_scope(encoder, preprocess, n_classes, input_shape=shape, mode=mode,
                                                augment_seed=seed if ft.augment else None, feature_stats=stats,
                                                precision=ft.precision, dist=dist)

@@ -146,6 +146,9 @@ def test_supervised_finetune_creates_the_run(supervised_run):
     assert len(saved["val_roc_auc"]) == len(saved["loss"]) == 2
     model = keras.saving.load_model(run / "classifier.keras", compile=False)
     assert model.output_shape == (None, 2) and model.input_shape == (None, 16, 16, 3)
+    # No fixed feature standardisation: statistics of a random-init encoder stop fitting the
+    # features as soon as it trains (they once gave the head a x1000 gain).
+    assert model.feature_norm is None
 
 
 def test_pretrained_modes_need_an_encoder(tmp_path, supervised_run):
