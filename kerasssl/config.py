@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -82,6 +83,15 @@ class DataConfig:
         test_fraction: stratified fraction of each class held out for the
             test split, in [0, 1); val_fraction + test_fraction < 1.
         seed: seed of the split (file names are ranked by a seeded hash).
+        group_by: a regular expression whose first group is the object id in a
+            file's base name (``re.search``; e.g. ``^(?:nl_)?(\\d+)_`` for
+            ``7_hst.npy`` / ``nl_7_hst.npy``): files with the same id (cutouts of
+            one object, in any class) fall wholly in train, val or test (see
+            :mod:`kerasssl.data.groups`). None: every file is its own group.
+        groups: instead of ``group_by``, a CSV file with columns ``file,group``
+            (``file`` as ``split.json`` names it: relative to the data folder,
+            ``/`` separators), one row per data file. Checked against the data
+            when the split is made.
     """
 
     image_size: Optional[int] = None
@@ -92,6 +102,8 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     seed: int = 0
+    group_by: Optional[str] = None
+    groups: Optional[str] = None
 
     def __post_init__(self):
         self.validate()
@@ -113,6 +125,7 @@ class DataConfig:
             raise KerassslError(f"data.val_fraction + data.test_fraction must be < 1, "
                                 f"got {self.val_fraction} + {self.test_fraction}")
         _check_int("data.seed", self.seed)
+        _check_grouping(self.group_by, self.groups)
 
     def read_options(self) -> dict:
         """The keyword arguments of ``kerasssl.data.load.load_images`` this section sets."""
@@ -351,6 +364,26 @@ class ExportConfig:
         if self.tflite is not None and self.tflite not in TFLITE_MODES:
             raise KerassslError(f"export.tflite must be one of {', '.join(TFLITE_MODES)} or null, "
                                 f"got {self.tflite!r}")
+
+
+def _check_grouping(group_by, groups) -> None:
+    """data.group_by: a regex with a group for the object id; data.groups: a path; not both."""
+    if group_by is not None:
+        if not isinstance(group_by, str) or not group_by:
+            raise KerassslError(f"data.group_by (--group-by) must be a regular expression or null, got {group_by!r}")
+        try:
+            pattern = re.compile(group_by)
+        except re.error as e:
+            raise KerassslError(f"data.group_by (--group-by) is not a valid regular expression ({e}): "
+                                f"{group_by!r}") from None
+        if pattern.groups < 1:
+            raise KerassslError(f"data.group_by (--group-by) needs a group (...) around the object id, "
+                                f"e.g. '^(?:nl_)?(\\d+)_', got {group_by!r}")
+    if groups is not None and (not isinstance(groups, str) or not groups):
+        raise KerassslError(f"data.groups (--groups) must be a CSV file path or null, got {groups!r}")
+    if group_by is not None and groups is not None:
+        raise KerassslError("data.group_by (--group-by) and data.groups (--groups) both given; "
+                            "group the files by one of them")
 
 
 def check_model_name(name, key="export.name") -> str:

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import command_line, data_options, distribution_options, encoder_option
+from kerasssl.cli.options import (command_line, data_options, distribution_options, encoder_option, group_options,
+                                  group_overrides)
 from kerasssl.config import FINETUNE_MODES, PRECISIONS
 
 
@@ -28,9 +29,10 @@ from kerasssl.config import FINETUNE_MODES, PRECISIONS
               help="Keras dtype policy of the encoder while fine-tuning (finetune.precision); "
                    "the saved classifier is float32.  [default: config, float32]")
 @distribution_options
+@group_options
 @data_options
 def finetune(run_dir, data, mode, labels_fraction, epochs, batch_size, config_path, encoder, seed, output,
-             precision, strategy, cpu_devices, sync_batchnorm, allow_pickle, channel_axis):
+             precision, strategy, cpu_devices, sync_batchnorm, allow_pickle, channel_axis, group_by, groups):
     """Fine-tune RUN's pretrained encoder on a labelled fraction of DATA's training split.
 
     For --mode supervised, RUN may be a fresh directory: the split and the
@@ -49,7 +51,8 @@ def finetune(run_dir, data, mode, labels_fraction, epochs, batch_size, config_pa
     cfg = cfg.with_overrides({"finetune.seed": seed, "pretrain.encoder": encoder, "finetune.precision": precision,
                               "pretrain.strategy": strategy, "pretrain.cpu_devices": cpu_devices,
                               "pretrain.sync_batchnorm": sync_batchnorm,
-                              "data.allow_pickle": allow_pickle, "data.channel_axis": channel_axis})
+                              "data.allow_pickle": allow_pickle, "data.channel_axis": channel_axis,
+                              **group_overrides(group_by, groups)})
     pretrained = (mode or cfg.finetune.mode) != "supervised"
     # finetune() checks everything before its first write; the command is recorded only then.
     accepted = recorder("finetune", config=cfg, moved={CLASSIFIER: output}, argv=command_line(),

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import (command_line, data_options, distribution_options, encoder_option, method_option,
-                                  pool_options, pool_overrides, prevalence_option)
+from kerasssl.cli.options import (command_line, data_options, distribution_options, encoder_option, group_options,
+                                  group_overrides, method_option, pool_options, pool_overrides, prevalence_option)
 from kerasssl.config import FINETUNE_MODES, PRECISIONS
 
 
@@ -31,10 +31,11 @@ from kerasssl.config import FINETUNE_MODES, PRECISIONS
 @prevalence_option
 @pool_options
 @distribution_options
+@group_options
 @data_options
 def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, image_size, batch_size,
         precision, labels_fraction, mode, seed, no_export, prevalence, unlabeled, skip_bad, strategy, cpu_devices,
-        sync_batchnorm, allow_pickle, channel_axis):
+        sync_batchnorm, allow_pickle, channel_axis, group_by, groups):
     """The whole job on DATA: split, pretrain, fine-tune, evaluate (and export).
 
     With --unlabeled POOL, pretraining streams the pools with DATA's train split
@@ -73,6 +74,7 @@ def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, im
         "data.allow_pickle": allow_pickle,
         "data.channel_axis": channel_axis,
         **pool_overrides(unlabeled, skip_bad),
+        **group_overrides(group_by, groups),
     })
     # fit() checks everything (and sets up the devices) before its first write; the command
     # is recorded only once the job is accepted (a refused one writes nothing).

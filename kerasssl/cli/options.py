@@ -126,6 +126,29 @@ def data_options(command):
     return command
 
 
+def group_options(command):
+    """--group-by REGEX / --groups CSV on the commands that make a split (pretrain, finetune, fit).
+
+    None when not given, so a run's config (data.group_by, data.groups) decides;
+    a run's recorded split refuses a changed rule.
+    """
+    command = click.option(
+        "--groups", "groups", type=click.Path(path_type=str), default=None, metavar="CSV",
+        help="A CSV with columns file,group (file relative to DATA, as split.json names it; one row per "
+             "data file): files of one group fall wholly in train, val or test (data.groups).")(command)
+    command = click.option(
+        "--group-by", "group_by", default=None, metavar="REGEX",
+        help="Keep an object's cutouts on one side of the split: the regex's first group, searched in each "
+             "file's base name, is the object id (data.group_by), e.g. '^(?:nl_)?(\\d+)_'. Files with one id "
+             "fall wholly in train, val or test, in any class. Default: every file its own group.")(command)
+    return command
+
+
+def group_overrides(group_by, groups) -> dict:
+    """Config overrides of --group-by / --groups."""
+    return {"data.group_by": group_by, "data.groups": groups}
+
+
 def distribution_options(command):
     """--strategy / --cpu-devices / --sync-batchnorm (config keys pretrain.*, used by fine-tuning too)."""
     command = click.option(

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import (command_line, data_options, distribution_options, encoder_option, method_option,
-                                  pool_options, pool_overrides)
+from kerasssl.cli.options import (command_line, data_options, distribution_options, encoder_option, group_options,
+                                  group_overrides, method_option, pool_options, pool_overrides)
 from kerasssl.config import PRECISIONS
 
 
@@ -29,10 +29,11 @@ from kerasssl.config import PRECISIONS
 @click.option("--seed", type=int, default=None, help="Seed of the split, initialisation and augmentation.")
 @pool_options
 @distribution_options
+@group_options
 @data_options
 def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, precision, steps_per_epoch,
              resume, config_path, seed, unlabeled, skip_bad, strategy, cpu_devices, sync_batchnorm,
-             allow_pickle, channel_axis):
+             allow_pickle, channel_axis, group_by, groups):
     """Pretrain an encoder on DATA's train split (and unlabeled pools) with a self-supervised method.
 
     With --unlabeled POOL the pools are streamed with DATA's train split (never
@@ -51,7 +52,7 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
             "--method": method, "--encoder": encoder, "--image-size": image_size, "--batch-size": batch_size,
             "--precision": precision, "--steps-per-epoch": steps_per_epoch, "--config": config_path,
             "--seed": seed, "--unlabeled": unlabeled or None, "--skip-bad": skip_bad,
-            "--channels-first/--channels-last": channel_axis})
+            "--channels-first/--channels-last": channel_axis, "--group-by": group_by, "--groups": groups})
     else:
         cfg = RunConfig.load(config_path) if config_path else RunConfig()
         cfg = cfg.with_overrides({
@@ -66,6 +67,7 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
             "data.seed": seed,
             "data.channel_axis": channel_axis,
             **pool_overrides(unlabeled, skip_bad),
+            **group_overrides(group_by, groups),
         })
     # The devices may differ on resume (another machine): flags override the saved run.
     # So may --allow-pickle: it changes which files can be read, not what is read from them.

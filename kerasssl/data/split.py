@@ -21,6 +21,17 @@ names the data and the counts, before anything trains on it.
 The split is recorded as file lists in ``RUN/split.json``; later commands
 reuse it, so evaluation never sees training files.
 
+With a grouping (``data.group_by`` / ``data.groups``, :mod:`kerasssl.data.groups`)
+the unit is the object, not the file: every group falls wholly in train, val or
+test (:func:`kerasssl.data.groups.assign_groups`: greedy, seeded, per-class counts
+close to the per-file cut sizes), and ``split.json`` also records the rule
+(``grouping``) and the groups per part (``group_counts``). The labelled subset is
+still drawn per file, inside train: labelled and unlabelled files both train
+(pretraining reads the whole train split), so an object split between them
+leaks nothing into val or test, and the labelled sets stay nested. A split
+without a grouping is exactly the per-file split above (same files, same
+``split.json`` bytes).
+
 Example:
     >>> split = make_split(data, val_fraction=0.15, test_fraction=0.15,
     ...                    labels_fraction=0.1, seed=0)
@@ -33,11 +44,12 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from kerasssl.config import SPLIT_NAMES
+from kerasssl.data.groups import Grouping, assign_groups, check_group_counts, group_counts
 from kerasssl.errors import DataError, KerassslError
 from kerasssl.rundir import RunDir, read_json, write_json_atomic
 
@@ -95,6 +107,9 @@ class Split:
         seed, val_fraction, test_fraction, labels_fraction: how it was made.
         class_names: the data's classes (for the record).
         counts: split name -> class name -> number of files (for the record).
+        grouping: the rule that grouped files into objects
+            (:meth:`kerasssl.data.groups.Grouping.record`), or None for a per-file split.
+        group_counts: train/val/test -> number of groups in it (grouped splits only).
     """
 
     train: List[str]
@@ -108,6 +123,8 @@ class Split:
     labels_fraction: float
     class_names: List[str] = field(default_factory=list)
     counts: Dict[str, Dict[str, int]] = field(default_factory=dict)
+    grouping: Optional[dict] = None
+    group_counts: Optional[Dict[str, int]] = None
 
     def files(self, name: str) -> List[str]:
         """The file list of split ``name`` (train, val, test, labeled, unlabeled)."""
@@ -153,11 +170,15 @@ class Split:
         return _build(
             image_set, in_order, self.val, self.test, labeled, self.seed,
             self.val_fraction, self.test_fraction, labels_fraction,
+            grouping=self.grouping, group_counts=self.group_counts,
         )
 
     # -- persistence -----------------------------------------------------------
 
     def to_dict(self) -> dict:
+        # A per-file split writes no grouping keys: its split.json is what it always was.
+        grouped = {} if self.grouping is None else {"grouping": dict(self.grouping),
+                                                    "group_counts": dict(self.group_counts or {})}
         return {
             "seed": self.seed,
             "val_fraction": self.val_fraction,
@@ -165,6 +186,7 @@ class Split:
             "labels_fraction": self.labels_fraction,
             "class_names": list(self.class_names),
             "counts": self.counts,
+            **grouped,
             **{name: list(getattr(self, name)) for name in SPLIT_NAMES},
         }
 
@@ -196,11 +218,22 @@ class Split:
             labels_fraction=float(raw["labels_fraction"]),
             class_names=list(raw.get("class_names") or []),
             counts=dict(raw.get("counts") or {}),
+            grouping=_grouping_record(path, raw.get("grouping")),
+            group_counts=dict(raw["group_counts"]) if raw.get("grouping") and raw.get("group_counts") else None,
         )
 
 
+def _grouping_record(path, value) -> Optional[dict]:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not (isinstance(value.get("group_by"), str)
+                                           or isinstance(value.get("sha256"), str)):
+        raise KerassslError(f"{path}: 'grouping' must name a group_by regex or a groups CSV's sha256")
+    return dict(value)
+
+
 def _build(image_set, train, val, test, labeled, seed, val_fraction, test_fraction,
-           labels_fraction) -> Split:
+           labels_fraction, grouping=None, group_counts=None) -> Split:
     """A Split with every list in the data's order, plus per-class counts."""
     order = {f: i for i, f in enumerate(image_set.files)}
     ordered = lambda files: sorted(files, key=order.__getitem__)  # noqa: E731
@@ -221,11 +254,13 @@ def _build(image_set, train, val, test, labeled, seed, val_fraction, test_fracti
         **lists, seed=int(seed), val_fraction=float(val_fraction),
         test_fraction=float(test_fraction), labels_fraction=float(labels_fraction),
         class_names=list(image_set.class_names), counts=counts,
+        grouping=None if grouping is None else dict(grouping),
+        group_counts=None if grouping is None else dict(group_counts),
     )
 
 
 def make_split(image_set, val_fraction: float = 0.15, test_fraction: float = 0.15,
-               labels_fraction: float = 1.0, seed: int = 0) -> Split:
+               labels_fraction: float = 1.0, seed: int = 0, grouping: Optional[Grouping] = None) -> Split:
     """Stratified, seeded split of an ImageSet by hashing its file names.
 
     Args:
@@ -234,6 +269,8 @@ def make_split(image_set, val_fraction: float = 0.15, test_fraction: float = 0.1
         labels_fraction: fraction of each class's train files that are labelled
             (at least one per class); the rest is ``unlabeled``.
         seed: hash seed.
+        grouping: a :class:`kerasssl.data.groups.Grouping` (objects stay whole:
+            :func:`kerasssl.data.groups.assign_groups`), or None: per file.
 
     Returns:
         :class:`Split`.
@@ -242,7 +279,8 @@ def make_split(image_set, val_fraction: float = 0.15, test_fraction: float = 0.1
         KerassslError: bad fractions, duplicate file names.
         DataError: fewer than two classes, or a class too small to give one
             file to train and to each non-empty held-out part
-            (:func:`check_class_counts`).
+            (:func:`check_class_counts`); with a grouping, files it cannot
+            group, or classes in too few groups to fill every part.
 
     Example:
         >>> split = make_split(data, 0.15, 0.15, labels_fraction=0.25, seed=1)
@@ -260,6 +298,8 @@ def make_split(image_set, val_fraction: float = 0.15, test_fraction: float = 0.1
         raise KerassslError(f"{image_set.root}: file names are not unique; cannot record a split")
     labels = np.asarray(image_set.labels)
     check_class_counts(image_set, val_fraction, test_fraction)
+    if grouping is not None:
+        return _make_grouped_split(image_set, labels, val_fraction, test_fraction, labels_fraction, seed, grouping)
     train, val, test, labeled = [], [], [], []
     for k in range(len(image_set.class_names)):
         members = [image_set.files[i] for i in np.flatnonzero(labels == k)]
@@ -272,6 +312,30 @@ def make_split(image_set, val_fraction: float = 0.15, test_fraction: float = 0.1
         labeled += class_train[:_labeled_count(len(class_train), labels_fraction)]
     return _build(image_set, train, val, test, labeled, seed, val_fraction, test_fraction,
                   labels_fraction)
+
+
+def _make_grouped_split(image_set, labels, val_fraction, test_fraction, labels_fraction, seed, grouping):
+    """make_split with every group of ``grouping`` wholly in one part; labelled per file inside train."""
+    ids = grouping.group_ids(image_set)
+    n_classes = len(image_set.class_names)
+    parts = ["train"] + _held_out_parts(val_fraction, test_fraction)
+    check_group_counts(ids, labels, list(image_set.class_names), parts, image_set.root, grouping.describe())
+    targets = {"test": np.zeros(n_classes, np.int64), "val": np.zeros(n_classes, np.int64)}
+    for k in range(n_classes):
+        targets["test"][k], targets["val"][k] = _cut_sizes(int(np.sum(labels == k)), val_fraction, test_fraction)
+    part_of = assign_groups(ids, labels, n_classes, targets, seed, hash_rank_key, root=image_set.root,
+                            class_names=list(image_set.class_names), describe=grouping.describe())
+    lists = {"train": [], "val": [], "test": []}
+    for f, g in zip(image_set.files, ids):
+        lists[part_of[g]].append(f)
+    train_set = set(lists["train"])
+    labeled = []
+    for k in range(n_classes):
+        members = [f for f, lab in zip(image_set.files, labels) if lab == k and f in train_set]
+        members.sort(key=lambda f: hash_rank_key(seed, f))
+        labeled += members[:_labeled_count(len(members), labels_fraction)]
+    return _build(image_set, lists["train"], lists["val"], lists["test"], labeled, seed, val_fraction,
+                  test_fraction, labels_fraction, grouping=grouping.record(), group_counts=group_counts(part_of))
 
 
 def check_class_counts(image_set, val_fraction: float, test_fraction: float) -> None:
@@ -381,8 +445,9 @@ def _run_split(path, image_set, data_cfg, labels_fraction):
     if not path.exists():
         labels_fraction = 1.0 if labels_fraction is None else labels_fraction
         return make_split(image_set, data_cfg.val_fraction, data_cfg.test_fraction,
-                          labels_fraction, data_cfg.seed), True
+                          labels_fraction, data_cfg.seed, grouping=Grouping.from_config(data_cfg)), True
     split = Split.load(path)
+    _check_same_grouping(path, split, Grouping.from_config(data_cfg))
     known = set(image_set.files)
     missing = [f for f in split.train + split.val + split.test if f not in known]
     if missing:
@@ -393,3 +458,22 @@ def _run_split(path, image_set, data_cfg, labels_fraction):
     if labels_fraction is not None and not np.isclose(labels_fraction, split.labels_fraction):
         return split.with_labels_fraction(image_set, labels_fraction), True
     return split, False
+
+
+def _check_same_grouping(path, split, wanted: Optional[Grouping]) -> None:
+    """Refuse a recorded split whose grouping rule is not the one asked for.
+
+    Unlike a changed seed or fraction (logged; the run keeps its split), a
+    changed grouping is refused: it says which files are one object, so a run
+    kept on the old rule would evaluate on what the new rule calls leaked files.
+    A CSV is compared by content (sha256), so a moved copy is the same rule.
+    """
+    recorded = Grouping.from_record(split.grouping)
+    if recorded is None and wanted is None:
+        return
+    if recorded is not None and recorded.same_rule(wanted):
+        return
+    was = recorded.describe() if recorded is not None else "no grouping (one file per group)"
+    now = wanted.describe() if wanted is not None else "no grouping"
+    raise KerassslError(f"{path}: the run's split was made with {was}, the config asks for {now}; "
+                        "use the run's grouping or a new run directory")
