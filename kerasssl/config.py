@@ -90,8 +90,10 @@ class DataConfig:
             :mod:`kerasssl.data.groups`). None: every file is its own group.
         groups: instead of ``group_by``, a CSV file with columns ``file,group``
             (``file`` as ``split.json`` names it: relative to the data folder,
-            ``/`` separators), one row per data file. Checked against the data
-            when the split is made.
+            ``/`` separators), one row per data file; the CSV's own path is
+            relative to the current directory, like every path of the config.
+            Checked against the data when the split is made (every stage checks
+            it before its first write); ``split.json`` records its sha256.
     """
 
     image_size: Optional[int] = None

@@ -338,3 +338,17 @@ def test_fit_cli_bad_grouping_is_one_line_exit_2_nothing_written(tmp_path, capsy
 def test_splitting_commands_offer_the_grouping_options(command, capsys):
     code, out, _ = run_cli([command, "--help"], capsys)
     assert code == 0 and "--group-by REGEX" in out and "--groups CSV" in out and "data.group_by" in out
+
+
+def test_inspect_counts_the_groups_a_split_keeps_whole(tmp_path, capsys):
+    data = write_hst_stamps(tmp_path / "hst", n_objects=5)
+    np.save(data / "nl_9_b_hst.npy", np.zeros((16, 16), np.float32))  # an object with a non-lens only
+    code, out, err = run_cli(["inspect", data, "--json", "--group-by", HST_ID], capsys)
+    assert code == 0, err
+    groups = json.loads(out)["groups"]
+    assert groups == {"rule": {"group_by": HST_ID, "matched_on": "base name"}, "n_groups": 6,
+                      "groups_per_class": {"nonlens": 6, "lens": 5}, "mixed_groups": 5, "largest_group": 2}
+    code, out, _ = run_cli(["inspect", data, "--group-by", HST_ID], capsys)
+    assert code == 0 and "groups   6 (per class: nonlens 6, lens 5); 5 hold several classes" in out
+    code, _, err = run_cli(["inspect", data, "--group-by", r"^(\d+)_"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "nl_0_b_hst.npy: data.group_by '^(\\\\d+)_' does not match" in err

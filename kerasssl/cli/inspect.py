@@ -4,7 +4,7 @@ import json
 
 import click
 
-from kerasssl.cli.options import data_options
+from kerasssl.cli.options import data_options, group_options
 
 
 @click.command(name="inspect")
@@ -21,8 +21,9 @@ from kerasssl.cli.options import data_options
                    "streaming, and report one 'unlabeled' row.")
 @click.option("--skip-bad", "skip_bad", is_flag=True, default=False,
               help="With --unlabeled: count and list bad files instead of stopping at the first.")
+@group_options
 @data_options
-def inspect(data, as_json, image_size, unlabeled, skip_bad, allow_pickle, channel_axis):
+def inspect(data, as_json, image_size, unlabeled, skip_bad, allow_pickle, channel_axis, group_by, groups):
     """Describe DATA: detected format, class counts, image shape, value range, NaN/Inf.
 
     DATA is a flat folder of .npy/.fits images (files named nl_* are
@@ -33,7 +34,9 @@ def inspect(data, as_json, image_size, unlabeled, skip_bad, allow_pickle, channe
     Shapes are given as [H, W, C] after channels-first arrays are transposed;
     the "layout" line says which axis held the bands and why (decided from
     all files, or --channels-first/--channels-last); the value range is over finite pixels; NaN/Inf pixels and the files holding
-    them are counted per class. Files are only read, never modified.
+    them are counted per class. With --group-by / --groups, the "groups" line
+    counts the objects a split would keep whole (and those holding several
+    classes). Files are only read, never modified.
 
     \b
     Examples:
@@ -41,15 +44,29 @@ def inspect(data, as_json, image_size, unlabeled, skip_bad, allow_pickle, channe
       kerasssl inspect data/three_band --json
       kerasssl inspect data/sim --allow-pickle --image-size 64
       kerasssl inspect data/cubes --channels-first
+      kerasssl inspect data/hst --group-by '^(?:nl_)?(\d+)_'
     """
+    grouping = None
+    if group_by is not None or groups is not None:
+        if unlabeled:
+            raise click.UsageError("--group-by / --groups group a labelled DATA's split; not with --unlabeled")
+        from kerasssl.config import DataConfig
+        from kerasssl.data.groups import Grouping
+
+        grouping = Grouping.from_config(DataConfig(group_by=group_by, groups=groups))  # the config's checks
     if unlabeled:
         summary = _describe_pool(data, image_size, bool(allow_pickle), channel_axis or "auto", skip_bad)
     else:
         from kerasssl.data.clean import describe
         from kerasssl.data.load import load_images
 
-        summary = describe(load_images(data, image_size=image_size, allow_pickle=bool(allow_pickle),
-                                       channel_axis=channel_axis or "auto"))
+        image_set = load_images(data, image_size=image_size, allow_pickle=bool(allow_pickle),
+                                channel_axis=channel_axis or "auto")
+        summary = describe(image_set)
+        if grouping is not None:
+            from kerasssl.data.groups import describe_groups
+
+            summary["groups"] = describe_groups(image_set, grouping)
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -123,6 +140,12 @@ def format_summary(s: dict) -> str:
             lines.append("")
             lines.append(f"skipped {len(skipped)} bad file(s): " + "; ".join(
                 f"{k['file']}: {k['problem']}" for k in skipped[:3]) + (" ..." if len(skipped) > 3 else ""))
+    if "groups" in s:
+        g = s["groups"]
+        per_class = ", ".join(f"{name} {n}" for name, n in g["groups_per_class"].items())
+        lines.append("")
+        lines.append(f"groups   {g['n_groups']} (per class: {per_class}); {g['mixed_groups']} hold several "
+                     f"classes; the largest has {g['largest_group']} image(s)")
     bad = s.get("nonfinite_files", [])
     if bad:
         more = f" (+{len(bad) - 5} more)" if len(bad) > 5 else ""

@@ -295,3 +295,30 @@ def check_group_counts(group_ids, labels, class_names, parts, root, describe) ->
         raise DataError(root, f"{describe} puts class{'es' if len(short) > 1 else ''} "
                         f"{', '.join(map(repr, short))} in too few groups (groups per class: {listed}); "
                         f"each class needs at least {len(parts)} ({', '.join(parts)})")
+
+
+def describe_groups(image_set, grouping: "Grouping") -> dict:
+    """What ``kerasssl inspect --group-by/--groups`` reports of a grouping, before any split.
+
+    Returns:
+        ``{"rule", "n_groups", "groups_per_class" (class -> groups holding it),
+        "mixed_groups" (groups with images of several classes), "largest_group"}``.
+
+    Example:
+        >>> describe_groups(data, Grouping(group_by=r"^(?:nl_)?(\\d+)_"))["mixed_groups"]
+        40
+    """
+    ids = grouping.group_ids(image_set)
+    classes: Dict[str, set] = {}
+    sizes: Dict[str, int] = {}
+    for g, label in zip(ids, np.asarray(image_set.labels).tolist()):
+        classes.setdefault(g, set()).add(label)
+        sizes[g] = sizes.get(g, 0) + 1
+    return {
+        "rule": grouping.record(),
+        "n_groups": len(sizes),
+        "groups_per_class": {name: sum(1 for c in classes.values() if k in c)
+                             for k, name in enumerate(image_set.class_names)},
+        "mixed_groups": sum(1 for c in classes.values() if len(c) > 1),
+        "largest_group": max(sizes.values(), default=0),
+    }
