@@ -67,7 +67,8 @@ def test_group_by_keeps_each_object_on_one_side_stratified_and_seeded(tmp_path):
     where = parts_of_objects(split)
     assert all(len(p) == 1 for p in where.values()), "an object is in two parts"
     # Mixed objects exist (the test would be empty otherwise) and each stayed whole.
-    mixed = [o for o in where if any(f"lens_{o}_" in f for f in data.files) and any(f"nl_{o}_" in f for f in data.files)]
+    mixed = [o for o in where
+             if any(f"lens_{o}_" in f for f in data.files) and any(f"nl_{o}_" in f for f in data.files)]
     assert len(mixed) > 20
     # Both classes in every part, per-class fractions close to the targets.
     totals = by_class(data, data.files)
@@ -201,7 +202,8 @@ def test_mixed_groups_stay_whole_and_too_few_groups_are_refused():
     for name in ("train", "val", "test"):
         assert by_class(data, getattr(split, name)).min() >= 1
     # Every lens in two objects: no lens left for a third part.
-    files = [f"lenses/lens_{o}_{i}.npy" for o in (1, 2) for i in range(3)] + [f"nonlenses/nl_{o}_b.npy" for o in range(6)]
+    files = [f"lenses/lens_{o}_{i}.npy" for o in (1, 2) for i in range(3)]
+    files += [f"nonlenses/nl_{o}_b.npy" for o in range(6)]
     data = image_set(files, [1] * 6 + [0] * 6)
     with pytest.raises(DataError, match=r"^/data: data\.group_by .* puts class 'lens' in too few groups "
                                         r"\(groups per class: nonlens 6, lens 2\); each class needs at least 3"):
@@ -221,7 +223,8 @@ def test_classes_locked_together_in_groups_are_refused_after_assignment():
     files = [f"{k}/{k}_{o}_x.npy" for o, ks in layout.items() for k in ks]
     labels = ["abc".index(f[0]) for f in files]
     data = image_set(files, labels, class_names="abc")
-    with pytest.raises(DataError, match=r"^/data: data\.group_by .* leaves no group of class '\w' for (train|val|test)"):
+    with pytest.raises(DataError,
+                       match=r"^/data: data\.group_by .* leaves no group of class '\w' for (train|val|test)"):
         make_split(data, 0.2, 0.2, 1.0, seed=0, grouping=Grouping(group_by=r"^\w_(\d+)_"))
     # One more object holding all three: now 3 parts can, and the repair finds them.
     data = image_set(files + ["a/a_6_x.npy", "b/b_6_x.npy", "c/c_6_x.npy"], labels + [0, 1, 2], class_names="abc")
@@ -241,7 +244,8 @@ def test_recorded_split_refuses_a_changed_grouping(tmp_path):
     grouped = DataConfig(group_by=ID)
     first = load_or_create_split(run, data, grouped, labels_fraction=1.0)
     assert load_or_create_split(run, data, DataConfig(group_by=ID), labels_fraction=0.5).test == first.test
-    for other, message in [(DataConfig(group_by=r"^(?:lens|nl)_(\d)"), r"made with data\.group_by .*asks for data\.group_by"),
+    for other, message in [(DataConfig(group_by=r"^(?:lens|nl)_(\d)"),
+                            r"made with data\.group_by .*asks for data\.group_by"),
                            (DataConfig(), "asks for no grouping")]:
         with pytest.raises(KerassslError, match=message):
             load_or_create_split(run, data, other)
