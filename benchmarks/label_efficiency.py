@@ -90,9 +90,9 @@ QUICK = dict(n_lenses=80, n_nonlenses=60, size=16, encoder="tiny", pool=0,
              seeds=[0, 1], fractions=[0.1, 0.3, 1.0], methods=["simclr"],
              arms=list(BASE_ARMS), control_steps=8, control_fractions=[1.0])
 
-# Wall time on this 2-core CPU, quiet machine, tiny encoder, 32 px (measured
-# 2025 for the estimate printed at start; other sizes scale roughly).
-SECONDS_PER_PRETRAIN_STEP = {"train": 0.30, "pool": 0.36}   # batch 128
+# Wall time on this 2-core CPU, quiet machine, tiny encoder, 32 px (from the
+# earlier 1200+1200 full run; pool/train ratio from a 60-step pair; a loaded machine is ~2x slower).
+SECONDS_PER_PRETRAIN_STEP = {"train": 0.30, "pool": 0.33}   # batch 128; pool: 1.10x train, measured
 FINETUNE_SECONDS = dict(fixed=7.0, per_step=0.048, per_epoch=0.04)  # batch 32
 SIMULATED_IMAGES_PER_SECOND = 250.0
 
