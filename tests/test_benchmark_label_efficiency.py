@@ -96,3 +96,25 @@ def test_quick_run_writes_results(tmp_path):
     assert arms == {"supervised", "supervised-long", "ssl+linear", "ssl+full"}
     assert all(0.0 <= c["roc_auc"] <= 1.0 for c in result["cells"])
     assert "QUICK run" in (out / "results.md").read_text()
+
+
+@pytest.mark.slow  # ~3 CPU-minutes: --quick with an unlabeled pool 10x the labelled set
+def test_quick_run_with_pool_writes_both_variants_and_the_multiplier(tmp_path):
+    out = tmp_path / "le"
+    subprocess.run([sys.executable, str(SCRIPT), "--quick", "--pool", "10", "--out", str(out)],
+                   check=True, capture_output=True)
+    result = json.loads((out / "results.json").read_text())
+    arms = {c["arm"] for c in result["cells"]}
+    assert {"ssl+full", "ssl+full+pool", "ssl+linear+pool"} <= arms
+    # Both pretrainings got the same step budget; the pool one saw the pool.
+    seed_dir = out / "runs" / "seed0"
+    assert (seed_dir / "simclr_pool" / "pools.json").exists()
+    assert not (seed_dir / "simclr" / "pools.json").exists()
+    assert "ssl+full+pool@1" in result["label_multiplier"]["cells"]
+    assert (out / "results.png").stat().st_size > 0
+    assert "Label multiplier" in (out / "results.md").read_text()
+    # A rerun resumes: every cell is skipped, the same numbers come back.
+    subprocess.run([sys.executable, str(SCRIPT), "--quick", "--pool", "10", "--out", str(out)],
+                   check=True, capture_output=True)
+    again = json.loads((out / "results.json").read_text())
+    assert [c["roc_auc"] for c in again["cells"]] == [c["roc_auc"] for c in result["cells"]]
