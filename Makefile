@@ -5,7 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO   := demo
 
-.PHONY: install test test-all demo bench clean
+# Apache Beam has its own environment: its pins (protobuf<7, ...) clash with constraints.txt.
+BEAM_VENV  := .venv-beam
+BEAM_BIN   := $(BEAM_VENV)/bin
+BEAM_STAMP := $(BEAM_VENV)/.installed
+
+.PHONY: install test test-all install-beam test-beam demo bench clean
 
 install: $(STAMP)
 
@@ -22,6 +27,22 @@ test: install
 test-all: install
 	TF_CPP_MIN_LOG_LEVEL=2 $(BIN)/python -m pytest -q -m 'slow or not slow'
 
+install-beam: $(BEAM_STAMP)
+
+$(BEAM_STAMP): setup.cfg pyproject.toml constraints-beam.txt
+	test -d $(BEAM_VENV) || $(PYTHON) -m venv $(BEAM_VENV)
+	$(BEAM_BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BEAM_BIN)/python -m pip install -q -c constraints-beam.txt -e '.[beam,dev]'
+	touch $(BEAM_STAMP)
+
+# The Beam tests (scan --runner beam on the multi-process DirectRunner), a few minutes;
+# not part of `make test` (see docs/tfx.md, "Environments and tests"). Only their files are
+# collected: the other test modules import packages of the main environment.
+BEAM_TESTS := tests/test_beam_scan.py
+
+test-beam: install-beam
+	TF_CPP_MIN_LOG_LEVEL=2 $(BEAM_BIN)/python -m pytest -q -m beam --durations=5 $(BEAM_TESTS)
+
 # The main job end to end on freshly simulated data (a few minutes on 2 CPU cores).
 demo: install
 	rm -rf $(DEMO)
@@ -37,4 +58,4 @@ bench: install
 	$(BIN)/python benchmarks/throughput.py --size 64 --channels 1 --batch 64 --steps 8
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(BEAM_VENV) build *.egg-info .pytest_cache

@@ -28,9 +28,17 @@ from kerasssl.cli.options import data_options
 @click.option("--lens-class", default=None,
               help="The lens class of a multi-class model (default: class 1 of a binary model).")
 @click.option("--quiet", "-q", is_flag=True, default=False, help="No progress bar and no summary line.")
+@click.option("--runner", type=click.Choice(["local", "beam"]), default="local", show_default=True,
+              help="local: this process (resumable). beam: an Apache Beam pipeline (RunInference with a "
+                   "SavedModel; CSV shards OUT-00000-of-0000N.csv; needs the Beam environment).")
+@click.option("--beam-option", "beam_options", multiple=True, metavar="KEY=VALUE",
+              help="A Beam pipeline option, repeatable (--runner beam): e.g. direct_num_workers=4, "
+                   "runner=FlinkRunner, runner=DataflowRunner with project=..., region=..., temp_location=...")
+@click.option("--num-shards", type=click.IntRange(min=0), default=0, show_default=True,
+              help="CSV shards to write with --runner beam (0: the runner decides).")
 @data_options
 def scan(model, survey, out, top, threshold, fmt, embeddings, batch_size, resume, skip_bad, lens_class,
-         quiet, allow_pickle, channel_axis):
+         quiet, runner, beam_options, num_shards, allow_pickle, channel_axis):
     """Score every image of SURVEY with MODEL; write the candidates, most probable lens first.
 
     MODEL: a .keras classifier, a SavedModel (a version folder, or BASE/NAME
@@ -41,7 +49,19 @@ def scan(model, survey, out, top, threshold, fmt, embeddings, batch_size, resume
     model). Columns: id (the path relative to SURVEY, or shard:record),
     lens_probability, and p_<class> for the other classes of a multi-class
     model. A killed scan continues with --resume.
+
+    --runner beam runs the same scan as an Apache Beam pipeline (the
+    DirectRunner on all CPUs here; Flink, Spark or Dataflow with
+    --beam-option runner=...): MODEL must be a SavedModel; rows are not sorted
+    across shards (--top K writes the K best, sorted, in one shard).
     """
+    if runner == "beam":
+        return _scan_with_beam(model, survey, out, top, threshold, fmt, embeddings, batch_size, resume,
+                               skip_bad, lens_class, quiet, beam_options, num_shards, allow_pickle, channel_axis)
+    if beam_options or num_shards:
+        from kerasssl.errors import KerassslError
+
+        raise KerassslError("--beam-option and --num-shards are for --runner beam")
     from kerasssl.scan import scan_survey
 
     result = scan_survey(model, list(survey), out, top=top, threshold=threshold, fmt=fmt, embeddings=embeddings,
@@ -53,6 +73,31 @@ def scan(model, survey, out, top, threshold, fmt, embeddings, batch_size, resume
                 f"wrote {result.rows} row(s) to {result.out}")
         if result.embeddings is not None:
             line += f", embeddings to {result.embeddings}"
+        if result.skipped:
+            line += f"; skipped {len(result.skipped)} unreadable, listed in {result.skipped_file}"
+        click.echo(line, err=True)
+
+
+def _scan_with_beam(model, survey, out, top, threshold, fmt, embeddings, batch_size, resume, skip_bad,
+                    lens_class, quiet, beam_options, num_shards, allow_pickle, channel_axis):
+    from kerasssl.errors import KerassslError
+    from kerasssl.pipelines import check_saved_model, require_beam
+
+    for given, option, why in ((resume, "--resume", "a Beam runner retries failed work itself"),
+                               (embeddings, "--embeddings", "the Beam scan writes the catalogue only"),
+                               (fmt == "parquet", "--format parquet", "the Beam scan writes CSV shards")):
+        if given:
+            raise KerassslError(f"{option} is for the local runner ({why})")
+    check_saved_model(model)  # before Beam: a .keras file needs exporting in any environment
+    require_beam()
+    from kerasssl.pipelines.beam_scan import scan_with_beam
+
+    result = scan_with_beam(model, list(survey), out, top=top, threshold=threshold, batch_size=batch_size,
+                            skip_bad=skip_bad, lens_class=lens_class, channel_axis=channel_axis or "auto",
+                            allow_pickle=bool(allow_pickle), num_shards=num_shards, beam_options=beam_options)
+    if not quiet:
+        line = (f"scanned {result.scanned} image(s) on Beam in {result.seconds:.1f} s; wrote {result.rows} row(s) "
+                f"to {len(result.files)} shard(s) {result.files[0] if result.files else ''}")
         if result.skipped:
             line += f"; skipped {len(result.skipped)} unreadable, listed in {result.skipped_file}"
         click.echo(line, err=True)
