@@ -11,8 +11,9 @@ and TensorBoard callbacks (``kerasssl.pretrain`` does):
 - :class:`ScalarEventWriter`: the epoch scalars as TensorBoard event files
   (written directly as Event protos, so the ``tensorboard`` package that
   ``tf.summary`` needs is not required).
-- :class:`EpochCheckpoint`: weights + optimizer state + epoch + RNG state
-  + history, written atomically to ``RUN/checkpoints`` after each good epoch.
+- :class:`kerasssl.checkpoints.EpochCheckpoint` (re-exported here): weights +
+  optimizer state + epoch + RNG state + history, written atomically to
+  ``RUN/checkpoints`` after each good epoch (and every N steps).
 
 Fine-tuning: :class:`BestValAUC` (validation ROC-AUC each epoch, the best
 epoch's weights kept, early stopping).
@@ -24,12 +25,8 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Optional
 
@@ -37,8 +34,15 @@ import keras
 import numpy as np
 
 from kerasssl import metrics
-from kerasssl.errors import KerassslError
-from kerasssl.rundir import read_json, write_text_atomic
+from kerasssl.checkpoints import (  # noqa: F401 - the checkpoint API, re-exported where it used to live
+    LATEST,
+    EpochCheckpoint,
+    checkpoint_files,
+    has_checkpoint,
+    load_checkpoint,
+    load_checkpoint_meta,
+    restore_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -300,70 +304,6 @@ class NonFiniteLossGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-class EpochCheckpoint(keras.callbacks.Callback):
-    """Atomic per-epoch checkpoint of everything a resume needs.
-
-    Each good epoch writes ``ckpt-EEEE.npz`` (all model variables, including
-    BatchNorm statistics, BYOL's target network and the augmentation layers'
-    seed-generator states; all optimizer variables, including the iteration
-    count and loss scale) via a temporary file and ``os.replace``, then its
-    record ``ckpt-EEEE.json`` ({"epoch", "file", "history", ...}) and
-    ``latest.json`` (the same record) the same way. A kill at any moment
-    leaves the previous complete checkpoint in place. The newest ``keep``
-    checkpoints are kept (two by default), each with its own record, so
-    :func:`load_checkpoint` can fall back to the previous one when the newest
-    is truncated or corrupt. An epoch whose loss is not finite is not saved.
-
-    Args:
-        directory: the checkpoint folder (``RUN/checkpoints``).
-        history: the per-epoch history so far (dict of lists), extended in place.
-        on_saved: optional ``fn(epoch, history)`` called after each save
-            (pretrain writes ``RUN/history.json`` there).
-        keep: number of checkpoints kept.
-
-    Example:
-        >>> ckpt = EpochCheckpoint(run / "checkpoints", history={})
-        >>> state = load_checkpoint(run / "checkpoints")  # on resume
-    """
-
-    def __init__(self, directory, history=None, on_saved=None, keep=2):
-        super().__init__()
-        self.directory = Path(directory)
-        self.history = history if history is not None else {}
-        self.on_saved = on_saved
-        self.keep = keep
-
-    def on_epoch_end(self, epoch, logs=None):
-        logs = dict(logs or {})
-        if not math.isfinite(float(logs.get("loss", float("nan")))) or self.model.stop_training:
-            return
-        for key, value in logs.items():
-            self.history.setdefault(key, []).append(float(np.asarray(value)))
-        self.directory.mkdir(parents=True, exist_ok=True)
-        name = f"ckpt-{epoch + 1:04d}.npz"
-        arrays = {}
-        for i, v in enumerate(self.model.variables):
-            arrays[f"model_{i:05d}"] = keras.ops.convert_to_numpy(v.value)
-        for i, v in enumerate(self.model.optimizer.variables):
-            arrays[f"optimizer_{i:05d}"] = keras.ops.convert_to_numpy(v.value)
-        tmp = self.directory / (name + ".tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.directory / name)
-        meta = {"epoch": epoch + 1, "file": name, "history": self.history,
-                "n_model_variables": len(self.model.variables),
-                "n_optimizer_variables": len(self.model.optimizer.variables)}
-        write_text_atomic(self.directory / _record_name(name), json.dumps(meta))
-        write_text_atomic(self.directory / LATEST, json.dumps(meta))
-        for old in checkpoint_files(self.directory)[self.keep:]:
-            old.unlink(missing_ok=True)
-            (self.directory / _record_name(old.name)).unlink(missing_ok=True)
-        if self.on_saved is not None:
-            self.on_saved(epoch + 1, self.history)
-
-
 class ScalarEventWriter(keras.callbacks.Callback):
     """Write each epoch's scalar logs to a TensorBoard event file in ``log_dir``.
 
@@ -428,165 +368,12 @@ class ScalarEventWriter(keras.callbacks.Callback):
         self._writer.flush()
 
     def on_train_end(self, logs=None):
+        # Not closed: pretraining runs one ``fit`` per epoch and keeps one file; ``close`` ends it.
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self):
+        """Close the event file (the next epoch would open a new one)."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-
-
-LATEST = "latest.json"
-
-
-def _record_name(checkpoint_name: str) -> str:
-    return checkpoint_name[: -len(".npz")] + ".json"
-
-
-def checkpoint_files(directory) -> list:
-    """The ``ckpt-EEEE.npz`` files of a checkpoint folder, newest (highest epoch) first."""
-    def epoch_of(path):
-        digits = path.stem.split("-", 1)[-1]
-        return int(digits) if digits.isdigit() else -1
-
-    return sorted(Path(directory).glob("ckpt-*.npz"), key=epoch_of, reverse=True)
-
-
-def _read_record(path):
-    """A checkpoint record (JSON dict with an int "epoch"), or None if missing or unreadable."""
-    record = read_json(path, "checkpoint record", missing_ok=True, broken_ok=True)
-    if not isinstance(record, dict) or not isinstance(record.get("epoch"), int) \
-            or not isinstance(record.get("history", {}), dict):
-        return None
-    return record
-
-
-def _record_of(directory, checkpoint):
-    """The record of one checkpoint file: its ``ckpt-EEEE.json``, else ``latest.json``
-    when that names it (runs from before per-checkpoint records)."""
-    record = _read_record(Path(directory) / _record_name(checkpoint.name))
-    if record is None:
-        latest = _read_record(Path(directory) / LATEST)
-        if latest is not None and latest.get("file") == checkpoint.name:
-            record = latest
-    return record
-
-
-def has_checkpoint(directory) -> bool:
-    """True when a checkpoint folder holds any checkpoint or record, readable or not."""
-    directory = Path(directory)
-    return (directory / LATEST).exists() or bool(checkpoint_files(directory))
-
-
-def load_checkpoint_meta(directory):
-    """The record of the newest checkpoint (reads no arrays), or None if there is none.
-
-    ``latest.json`` when readable, else the newest ``ckpt-EEEE.json``.
-
-    Example:
-        >>> load_checkpoint_meta(run / "checkpoints")["epoch"]
-        4
-    """
-    directory = Path(directory)
-    latest = _read_record(directory / LATEST)
-    if latest is not None:
-        return latest
-    for checkpoint in checkpoint_files(directory):
-        record = _read_record(directory / _record_name(checkpoint.name))
-        if record is not None:
-            return record
-    return None
-
-
-def _read_arrays(path) -> dict:
-    """Every array of a ``.npz`` checkpoint, read in full (so a bad CRC shows now)."""
-    with np.load(path, allow_pickle=False) as data:
-        return {key: np.asarray(data[key]) for key in data.files}
-
-
-def _why_unreadable(error) -> str:
-    text = str(error).splitlines()[0] if str(error) else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def load_checkpoint(directory):
-    """The newest checkpoint that reads completely: ``{"meta", "arrays", "path"}``.
-
-    A truncated or corrupt newest checkpoint (e.g. the disk filled up, or a
-    copy was cut short) is skipped with ONE logged warning naming it and the
-    checkpoint used instead; the previous one is kept for exactly this.
-
-    Returns:
-        None when the folder holds no checkpoint at all.
-
-    Raises:
-        KerassslError: checkpoints exist but none is usable (one line).
-
-    Example:
-        >>> state = load_checkpoint(run / "checkpoints"); state["meta"]["epoch"]
-        3
-    """
-    directory = Path(directory)
-    if not has_checkpoint(directory):
-        return None
-    problems = []
-    for path in checkpoint_files(directory):
-        record = _record_of(directory, path)
-        if record is None:
-            problems.append(f"{path.name} has no readable record ({_record_name(path.name)})")
-            continue
-        try:
-            arrays = _read_arrays(path)
-        except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, KeyError) as e:
-            problems.append(f"{path.name} is truncated or corrupt ({_why_unreadable(e)})")
-            continue
-        if problems:
-            log.warning("%s: %s; resuming from %s (epoch %d)", directory, "; ".join(problems), path.name,
-                        record["epoch"])
-        return {"meta": record, "arrays": arrays, "path": path}
-    found = "; ".join(problems) or "no ckpt-*.npz file beside latest.json"
-    raise KerassslError(f"{directory}: no usable checkpoint ({found}); start again in a new --run-dir")
-
-
-def restore_checkpoint(model, directory, checkpoint=None):
-    """Load a checkpoint into a compiled, built ``model``; returns its record.
-
-    Every array is checked against the model before any is assigned, so a
-    mismatch leaves the model as it was. The optimizer is built first so its
-    variables exist to receive the state.
-
-    Args:
-        model: the compiled method model.
-        directory: the checkpoint folder.
-        checkpoint: what :func:`load_checkpoint` returned (default: load the newest usable one).
-
-    Raises:
-        KerassslError: no usable checkpoint, or it does not match the model.
-
-    Example:
-        >>> meta = restore_checkpoint(model, run / "checkpoints"); meta["epoch"]
-        3
-    """
-    directory = Path(directory)
-    if checkpoint is None:
-        checkpoint = load_checkpoint(directory)
-    if checkpoint is None:
-        raise KerassslError(f"{directory}: no checkpoint to resume from")
-    if not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
-    path, data = checkpoint["path"], checkpoint["arrays"]
-    pairs = []
-    groups = (("model", model.variables), ("optimizer", model.optimizer.variables))
-    for prefix, variables in groups:
-        keys = sorted(k for k in data if k.startswith(prefix + "_"))
-        if len(keys) != len(variables):
-            raise KerassslError(
-                f"{path}: checkpoint has {len(keys)} {prefix} variables, the model {len(variables)}; "
-                "was the run's config changed?"
-            )
-        for key, var in zip(keys, variables):
-            value = data[key]
-            if tuple(value.shape) != tuple(var.shape):
-                raise KerassslError(f"{path}: {prefix} variable {var.path} has shape {value.shape} in the "
-                                    f"checkpoint, {tuple(var.shape)} in the model")
-            pairs.append((var, value))
-    for var, value in pairs:
-        var.assign(value)
-    return checkpoint["meta"]

@@ -180,6 +180,9 @@ class PretrainConfig:
             memory bound of streaming; folder pools need none).
         skip_bad: skip unreadable pool files, count them and list them in
             ``RUN/skipped_files.txt`` (``--skip-bad``); default: one bad file stops the run.
+        checkpoint_every: also checkpoint every this many steps within an epoch
+            (``--checkpoint-every``; 0 = at epoch ends only): for long epochs,
+            ``--resume`` then continues from the step, with the same data order.
     """
 
     method: str = "simclr"
@@ -202,6 +205,7 @@ class PretrainConfig:
     unlabeled: list = field(default_factory=list)
     shuffle_buffer: int = 2048
     skip_bad: bool = False
+    checkpoint_every: int = 0
 
     def __post_init__(self):
         self.validate()
@@ -242,6 +246,9 @@ class PretrainConfig:
             raise KerassslError(f"pretrain.unlabeled names a pool twice: {list(unlabeled)}")
         _check_positive_int("pretrain.shuffle_buffer", self.shuffle_buffer)
         _check_bool("pretrain.skip_bad", self.skip_bad)
+        if not _is_int(self.checkpoint_every) or self.checkpoint_every < 0:
+            raise KerassslError(f"pretrain.checkpoint_every must be a step count >= 0 (0 = epoch ends only), "
+                                f"got {self.checkpoint_every!r}")
 
 
 @dataclass

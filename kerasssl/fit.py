@@ -239,10 +239,13 @@ def _pretraining_state(run_dir, previous, cfg) -> str:
     if not (has_encoder or has_checkpoints):
         return "new"
     same = previous is not None and previous.data == cfg.data and previous.seed == cfg.seed
-    if same and has_encoder and previous.pretrain == cfg.pretrain:
+    # How often it checkpointed does not change what was trained.
+    before = dataclasses.replace(previous.pretrain, checkpoint_every=cfg.pretrain.checkpoint_every) \
+        if previous is not None else None
+    if same and has_encoder and before == cfg.pretrain:
         return "done"
     if same and has_checkpoints and not has_encoder \
-            and dataclasses.replace(previous.pretrain, epochs=cfg.pretrain.epochs) == cfg.pretrain:
+            and dataclasses.replace(before, epochs=cfg.pretrain.epochs) == cfg.pretrain:
         return "resume"
     raise KerassslError(
         f"{run_dir}: already holds a pretraining run with other data/pretrain settings; "

@@ -10,10 +10,12 @@
   The pools are streamed with the train split (:mod:`kerasssl.data.poolstream`),
   never loaded whole; pool images equal to a val/test image are left out (leak guard);
 - ``preprocess.json``: the in-model NaN repair + normalisation;
-- ``checkpoints/``: one atomic checkpoint per good epoch, the last two kept
-  (see :class:`kerasssl.callbacks.EpochCheckpoint`);
+- ``checkpoints/``: one atomic checkpoint per good epoch, and with
+  ``pretrain.checkpoint_every`` (``--checkpoint-every N``) one every N steps
+  within an epoch, the last two kept (see :mod:`kerasssl.checkpoints`);
 - ``history.json``: per-epoch ``loss``, ``embedding_std``, ``learning_rate``,
-  ``val_knn_auc`` (lists), rewritten after each checkpoint;
+  ``val_knn_auc`` (lists) and ``step_loss`` (per epoch, the list of its
+  steps' losses), rewritten after each epoch;
 - ``tensorboard/``: the same scalars for TensorBoard;
 - ``encoder.keras``: the backbone alone (float32 policy), which takes
   *preprocessed* images (classifier = Preprocess -> encoder -> head).
@@ -23,10 +25,15 @@ a refused run creates no run directory and leaves another run's as it was.
 The run directory's files are named by :class:`kerasssl.rundir.RunDir`.
 
 ``resume=True`` restores the newest readable checkpoint (weights, optimizer
-state, augmentation RNG state, epoch, history; a truncated newest one is
-skipped with a warning) and continues to ``epochs``; a crash or ``kill -9``
-loses at most the epoch in progress, and a run killed after its last
-checkpoint only gets ``encoder.keras`` written. A NaN/Inf loss stops the run
+state, the method's state, augmentation RNG state, epoch, step, history; a
+truncated newest one is skipped with a warning) and continues to ``epochs``;
+a crash or ``kill -9`` loses at most the steps since the last checkpoint (the
+epoch in progress without ``checkpoint_every``), and a run killed after its
+last checkpoint only gets ``encoder.keras`` written. Each epoch's data order
+follows from ``(seed, epoch)`` alone (:func:`kerasssl.data.pipeline.epoch_batches`)
+and a resumed epoch skips the batches its checkpoint had trained, so a resumed
+run sees the batches an uninterrupted one would: its loss curve continues the
+same (exactly, on CPU; tested). A NaN/Inf loss stops the run
 with a one-line :class:`KerassslError` (what to try, see
 :func:`kerasssl.callbacks.nonfinite_hint`) and leaves the last good checkpoint.
 
@@ -270,6 +277,7 @@ class PretrainingPlan:
         train_idx / val_idx: rows of the train and validation splits.
         checkpoint: the checkpoint to resume from (:func:`kerasssl.callbacks.load_checkpoint`), or None.
         done: epochs already trained.
+        step: steps of the next epoch already trained (a mid-epoch checkpoint), else 0.
         finish_only: every epoch is trained but ``encoder.keras`` was never written
             (killed after the last checkpoint): only the encoder and history are left to write.
         batch_size / steps_per_epoch: as the run will use them.
@@ -291,6 +299,7 @@ class PretrainingPlan:
     dist: object = None
     pools: Optional[object] = None
     input_shape: Optional[tuple] = None
+    step: int = 0
 
 
 def plan_pretraining(cfg: RunConfig, data_path, run_dir, *, resume=False, image_set=None, dist=None,
@@ -332,18 +341,21 @@ def plan_pretraining(cfg: RunConfig, data_path, run_dir, *, resume=False, image_
     run_dir = _worker_run_dir(dist, RunDir(run_dir), resume)
     ckpt_dir = run_dir.checkpoints
     has_encoder = run_dir.encoder.exists()
-    checkpoint, done = None, 0
+    checkpoint, done, step = None, 0, 0
     if resume:
         checkpoint = load_checkpoint(ckpt_dir)  # the newest readable one (one warning if it skipped one)
         if checkpoint is None:
             raise KerassslError(f"{ckpt_dir}: no checkpoint to resume from; start without --resume")
-        done = int(checkpoint["meta"]["epoch"])
+        done, step = int(checkpoint["meta"]["epoch"]), int(checkpoint["meta"].get("step") or 0)
         if done > p.epochs or (done == p.epochs and has_encoder):
             raise KerassslError(f"{run_dir}: already trained {done} epoch(s); raise --epochs to continue")
     elif has_checkpoint(ckpt_dir) or has_encoder:
         raise KerassslError(f"{run_dir}: already holds a pretraining run; use --resume or a new --run-dir")
 
     if data_path is None and image_set is None:
+        if resume and run_dir.split.exists():  # else it would go on without DATA's train split
+            raise KerassslError(f"{run_dir}: this run pretrained on DATA's train split too "
+                                f"({run_dir.split.name}); give DATA to resume it")
         if not p.unlabeled:
             raise KerassslError("nothing to pretrain on: give DATA or --unlabeled POOL (pretrain.unlabeled)")
         split, train_idx, val_idx = None, np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -375,10 +387,15 @@ def plan_pretraining(cfg: RunConfig, data_path, run_dir, *, resume=False, image_
         raise KerassslError(f"--batch-size {batch_size} must be a multiple of the {dist.num_replicas} "
                             "devices of --strategy mirrored under JAX")
     steps_per_epoch = p.steps_per_epoch or max(n_images // batch_size, 1)
+    saved_spe = checkpoint["meta"].get("steps_per_epoch") if checkpoint is not None else None
+    if step and saved_spe != steps_per_epoch:
+        raise KerassslError(f"{checkpoint['path']}: taken at step {step} of a {saved_spe}-step epoch; "
+                            f"this run has {steps_per_epoch} steps per epoch")
     return PretrainingPlan(run_dir=run_dir, image_set=image_set, split=split, train_idx=train_idx,
                            val_idx=val_idx, checkpoint=checkpoint, done=done,
                            finish_only=resume and done == p.epochs, batch_size=batch_size,
-                           steps_per_epoch=steps_per_epoch, dist=dist, pools=pools, input_shape=input_shape)
+                           steps_per_epoch=steps_per_epoch, dist=dist, pools=pools, input_shape=input_shape,
+                           step=step)
 
 
 def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, image_set=None,
@@ -428,7 +445,7 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
         nonfinite_hint,
         restore_checkpoint,
     )
-    from kerasssl.data.pipeline import make_dataset
+    from kerasssl.data.pipeline import epoch_batches, make_dataset
     from kerasssl.data.split import load_or_create_split
     from kerasssl.layers.preprocess import load_or_create_preprocess
 
@@ -455,10 +472,14 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
         if dist.num_replicas > 1 and p.sync_batchnorm:
             distribute.synchronize_batchnorm(model)  # global-batch BN statistics (TF)
         history = {}
+        checkpoint = EpochCheckpoint(ckpt_dir, history=history, every_steps=p.checkpoint_every,
+                                     steps_per_epoch=plan.steps_per_epoch,
+                                     data_position=lambda epoch, step: _data_position(cfg, plan, epoch, step))
         if plan.checkpoint:
             meta = restore_checkpoint(model, ckpt_dir, checkpoint=plan.checkpoint)
+            history.update({k: list(v) for k, v in meta["history"].items()})
+            checkpoint.resume_from(plan.checkpoint)  # the epoch's metric sums and step losses (mid-epoch)
             plan.checkpoint = None  # its arrays are in the model now
-            history = {k: list(v) for k, v in meta["history"].items()}
 
     # Accepted: from here on the run writes.
     if on_accepted is not None:
@@ -473,41 +494,49 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
     if plan.finish_only:
         log.info("%s: all %d epochs are checkpointed; writing the encoder", run_dir, plan.done)
         return _finish(model, cfg, input_shape, run_dir, history, dist, train_images, pools)
-    if plan.done:
-        log.info("resuming %s after epoch %d", run_dir, plan.done)
+    if plan.done or plan.step:
+        log.info("resuming %s after epoch %d, step %d", run_dir, plan.done, plan.step)
 
     # Full batches only (BatchNorm and the contrastive losses dislike a tiny
-    # last batch); repeat so steps_per_epoch may exceed one pass. The shuffle
-    # seed moves with the epoch so a resumed run sees fresh orders.
+    # last batch); repeat so steps_per_epoch may exceed one pass. Each epoch's
+    # stream is seeded by (seed, epoch): the same batches in a resumed run.
     stream_errors = None
     if pools is not None:
         from kerasssl.data.poolstream import StreamErrors, make_pretraining_dataset
 
         stream_errors = StreamErrors()
-        dataset = make_pretraining_dataset(
-            pools.scans, train_images, batch_size=plan.batch_size, seed=cfg.seed + 1000 * plan.done,
-            image_size=cfg.data.image_size, allow_pickle=cfg.data.allow_pickle,
-            shuffle_buffer=p.shuffle_buffer, errors=stream_errors)
+
+        def make(seed):
+            return make_pretraining_dataset(
+                pools.scans, train_images, batch_size=plan.batch_size, seed=seed,
+                image_size=cfg.data.image_size, allow_pickle=cfg.data.allow_pickle,
+                shuffle_buffer=p.shuffle_buffer, errors=stream_errors)
     else:
-        dataset = make_dataset(train_images, batch_size=plan.batch_size, shuffle=True,
-                               seed=cfg.seed + 1000 * plan.done, repeat=True, drop_remainder=True)
+        def make(seed):
+            return make_dataset(train_images, batch_size=plan.batch_size, shuffle=True, seed=seed, repeat=True,
+                                drop_remainder=True)
 
-    def write_history(epoch, hist):
-        write_json_atomic(run_dir.history, hist)
-
+    checkpoint.on_saved = lambda epoch, hist: write_json_atomic(run_dir.history, hist)
     guard = NonFiniteLossGuard()
     callbacks = [LearningRateLogger()]
     probe = _probe_callback(cfg, image_set, split, plan.train_idx, plan.val_idx) if image_set is not None else None
     if probe is not None:
         callbacks.append(probe)
-    callbacks += [
-        guard,
-        EpochCheckpoint(ckpt_dir, history=history, on_saved=write_history),
-        ScalarEventWriter(run_dir.tensorboard),
-    ]
+    events = ScalarEventWriter(run_dir.tensorboard)
+    callbacks += [guard, checkpoint, events]
+    # One fit per epoch, over that epoch's own stream (a resumed epoch: the steps left);
+    # one callback list across them, so the progress bar counts all epochs.
+    callback_list = keras.callbacks.CallbackList(callbacks, add_history=True, add_progbar=verbose != 0,
+                                                 verbose=verbose, epochs=p.epochs, steps=plan.steps_per_epoch,
+                                                 model=model)
     try:
-        model.fit(dataset, epochs=p.epochs, initial_epoch=plan.done, steps_per_epoch=plan.steps_per_epoch,
-                  callbacks=callbacks, verbose=verbose, shuffle=False)
+        for epoch in range(plan.done, p.epochs):
+            first = checkpoint.step_offset
+            dataset = epoch_batches(make, cfg.seed, epoch, plan.steps_per_epoch, start_step=first)
+            model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=plan.steps_per_epoch - first,
+                      callbacks=callback_list, verbose=verbose, shuffle=False)
+            if guard.failure or model.stop_training:
+                break
     except Exception as e:  # noqa: BLE001 - a pool file that changed mid-run: one line, not TF's traceback
         if stream_errors is None:
             raise
@@ -520,15 +549,33 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
         from kerasssl.errors import first_line
 
         last = load_checkpoint_meta(ckpt_dir)
-        kept = f"last good checkpoint: epoch {last['epoch']}" if last else "no checkpoint was written"
+        kept = _last_good(last)
         raise KerassslError(f"{', '.join(p.unlabeled)}: reading the pool failed during pretraining "
                             f"({first_line(e)}): did a file change since the run checked it? {kept}") from None
+    finally:
+        events.close()
     if guard.failure:
         last = load_checkpoint_meta(ckpt_dir)
-        kept = f"last good checkpoint: epoch {last['epoch']}" if last else "no checkpoint was written"
+        kept = _last_good(last)
         hint = nonfinite_hint(seen, cfg.data.normalization)
         raise KerassslError(f"pretraining stopped: {guard.failure}; {kept}; {hint}")
     return _finish(model, cfg, input_shape, run_dir, history, dist, train_images, pools)
+
+
+def _data_position(cfg, plan, epoch, step):
+    """Where a checkpoint stands in the input stream (its record's ``data``): a resume rebuilds
+    epoch ``epoch``'s (0-based) stream from its seed and skips ``batches_consumed`` batches."""
+    from kerasssl.data.pipeline import epoch_seed
+
+    return {"epoch": epoch, "batches_consumed": step, "epoch_seed": epoch_seed(cfg.seed, epoch),
+            "global_batch": epoch * plan.steps_per_epoch + step, "batch_size": plan.batch_size}
+
+
+def _last_good(meta):
+    """The last good checkpoint, in words (for a stopped run's one-line error)."""
+    if not meta:
+        return "no checkpoint was written"
+    return f"last good checkpoint: epoch {meta['epoch']}" + (f", step {meta['step']}" if meta.get("step") else "")
 
 
 def _stats_images(train_images, pools, input_shape):

@@ -127,7 +127,7 @@ TIERS = [
      "kerasssl.fingerprints"],
     ["kerasssl.layers", "kerasssl.encoders", "kerasssl.heads", "kerasssl.losses", "kerasssl.schedules",
      "kerasssl.distribute", "kerasssl.optimizers"],
-    ["kerasssl.methods", "kerasssl.callbacks", "kerasssl.classifier", "kerasssl.models"],
+    ["kerasssl.methods", "kerasssl.checkpoints", "kerasssl.callbacks", "kerasssl.classifier", "kerasssl.models"],
     ["kerasssl.poolplan", "kerasssl.pretrain", "kerasssl.finetune", "kerasssl.evaluate", "kerasssl.tflite", "kerasssl.export",
      "kerasssl.predict", "kerasssl.survey", "kerasssl.inference", "kerasssl.scan", "kerasssl.similarity",
      "kerasssl.pipelines"],

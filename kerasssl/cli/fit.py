@@ -4,8 +4,9 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import (command_line, data_options, distribution_options, encoder_option, group_options,
-                                  group_overrides, method_option, pool_options, pool_overrides, prevalence_option)
+from kerasssl.cli.options import (checkpoint_option, command_line, data_options, distribution_options,
+                                  encoder_option, group_options, group_overrides, method_option, pool_options,
+                                  pool_overrides, prevalence_option)
 from kerasssl.config import FINETUNE_MODES, PRECISIONS
 
 
@@ -29,13 +30,14 @@ from kerasssl.config import FINETUNE_MODES, PRECISIONS
 @click.option("--seed", type=int, default=None, help="Seed of the split, pretraining and fine-tuning.")
 @click.option("--no-export", is_flag=True, default=False, help="Skip the SavedModel export.")
 @prevalence_option
+@checkpoint_option
 @pool_options
 @distribution_options
 @group_options
 @data_options
 def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, image_size, batch_size,
-        precision, labels_fraction, mode, seed, no_export, prevalence, unlabeled, skip_bad, strategy, cpu_devices,
-        sync_batchnorm, allow_pickle, channel_axis, group_by, groups):
+        precision, labels_fraction, mode, seed, no_export, prevalence, checkpoint_every, unlabeled, skip_bad,
+        strategy, cpu_devices, sync_batchnorm, allow_pickle, channel_axis, group_by, groups):
     """The whole job on DATA: split, pretrain, fine-tune, evaluate (and export).
 
     With --unlabeled POOL, pretraining streams the pools with DATA's train split
@@ -71,6 +73,7 @@ def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, im
         "pretrain.strategy": strategy,
         "pretrain.cpu_devices": cpu_devices,
         "pretrain.sync_batchnorm": sync_batchnorm,
+        "pretrain.checkpoint_every": checkpoint_every,
         "data.allow_pickle": allow_pickle,
         "data.channel_axis": channel_axis,
         **pool_overrides(unlabeled, skip_bad),

@@ -182,6 +182,15 @@ def pool_options(command):
     return command
 
 
+def checkpoint_option(command):
+    """--checkpoint-every N on pretrain and fit (pretrain.checkpoint_every)."""
+    return click.option(
+        "--checkpoint-every", "checkpoint_every", type=click.IntRange(min=0), default=None, metavar="N",
+        help="Also checkpoint every N steps within an epoch (pretrain.checkpoint_every; 0 = epoch ends "
+             "only, the default): for long epochs, --resume then continues from that step with the "
+             "same data order.")(command)
+
+
 def pool_overrides(unlabeled, skip_bad) -> dict:
     """Config overrides of --unlabeled / --skip-bad (flags given replace the config's list)."""
     return {"pretrain.unlabeled": [str(p) for p in unlabeled] if unlabeled else None,

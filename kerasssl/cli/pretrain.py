@@ -5,8 +5,9 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import (command_line, data_options, distribution_options, encoder_option, group_options,
-                                  group_overrides, method_option, pool_options, pool_overrides)
+from kerasssl.cli.options import (checkpoint_option, command_line, data_options, distribution_options,
+                                  encoder_option, group_options, group_overrides, method_option, pool_options,
+                                  pool_overrides)
 from kerasssl.config import PRECISIONS
 
 
@@ -27,13 +28,14 @@ from kerasssl.config import PRECISIONS
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="Run config YAML (e.g. a previous RUN/config.yaml); flags override it.")
 @click.option("--seed", type=int, default=None, help="Seed of the split, initialisation and augmentation.")
+@checkpoint_option
 @pool_options
 @distribution_options
 @group_options
 @data_options
 def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, precision, steps_per_epoch,
-             resume, config_path, seed, unlabeled, skip_bad, strategy, cpu_devices, sync_batchnorm,
-             allow_pickle, channel_axis, group_by, groups):
+             resume, config_path, seed, checkpoint_every, unlabeled, skip_bad, strategy, cpu_devices,
+             sync_batchnorm, allow_pickle, channel_axis, group_by, groups):
     """Pretrain an encoder on DATA's train split (and unlabeled pools) with a self-supervised method.
 
     With --unlabeled POOL the pools are streamed with DATA's train split (never
@@ -70,9 +72,11 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
             **group_overrides(group_by, groups),
         })
     # The devices may differ on resume (another machine): flags override the saved run.
-    # So may --allow-pickle: it changes which files can be read, not what is read from them.
+    # So may --allow-pickle: it changes which files can be read, not what is read from them,
+    # and --checkpoint-every: it changes when the state is saved, not what is trained.
     cfg = cfg.with_overrides({"pretrain.strategy": strategy, "pretrain.cpu_devices": cpu_devices,
-                              "pretrain.sync_batchnorm": sync_batchnorm, "data.allow_pickle": allow_pickle})
+                              "pretrain.sync_batchnorm": sync_batchnorm, "data.allow_pickle": allow_pickle,
+                              "pretrain.checkpoint_every": checkpoint_every})
     if data is None and not cfg.pretrain.unlabeled:
         raise click.UsageError("give DATA, or --unlabeled POOL (pretrain.unlabeled), or both")
     # pretrain() checks everything (and sets up the devices) before its first write; the command

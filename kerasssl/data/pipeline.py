@@ -125,3 +125,50 @@ def _from_dataset(ds, batch_size, shuffle, seed, repeat, drop_remainder, cache, 
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The data seed of one epoch, derived from the run's seed and the epoch (0-based) alone.
+
+    Every epoch's order follows from ``(seed, epoch)``, not from the epochs
+    before it, so a resumed run rebuilds any epoch's stream as it was.
+
+    Example:
+        >>> epoch_seed(0, 3) == epoch_seed(0, 3) != epoch_seed(0, 4)
+        True
+    """
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch)]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def epoch_batches(make, seed: int, epoch: int, steps_per_epoch: int, start_step: int = 0):
+    """Epoch ``epoch``'s batches from step ``start_step`` on: reproducible and positionable.
+
+    ``make(seed)`` builds an endless, deterministic dataset of batches (e.g.
+    :func:`make_dataset` with ``repeat=True``, or the pools'
+    ``make_pretraining_dataset``); the epoch uses ``make(epoch_seed(seed,
+    epoch))``'s first ``steps_per_epoch`` batches. A resumed epoch skips the
+    ``start_step`` batches its checkpoint had trained: ``Dataset.skip`` reads
+    and decodes them without training (for in-memory arrays a gather each;
+    for pools the reads of those images, about ``start_step`` steps of the
+    input pipeline alone, which runs several times faster than the steps).
+
+    Args:
+        make: ``fn(seed) -> tf.data.Dataset`` of batches, endless.
+        seed: the run's data seed.
+        epoch: 0-based epoch.
+        steps_per_epoch: batches per epoch.
+        start_step: batches of the epoch already trained.
+
+    Returns:
+        A dataset of exactly ``steps_per_epoch - start_step`` batches.
+
+    Example:
+        >>> ds = epoch_batches(lambda s: make_dataset(x, batch_size=8, seed=s, repeat=True), 0, 2, 10, start_step=4)
+    """
+    start_step, steps_per_epoch = int(start_step), int(steps_per_epoch)
+    if not 0 <= start_step < steps_per_epoch:
+        raise KerassslError(f"step {start_step} is outside an epoch of {steps_per_epoch} steps")
+    ds = make(epoch_seed(seed, epoch))
+    if start_step:
+        ds = ds.skip(start_step)
+    return ds.take(steps_per_epoch - start_step)

@@ -24,7 +24,8 @@ register under their name with :func:`register_method`; one file holds it all::
 
 Monitors reported by ``fit`` every epoch: ``loss`` and ``embedding_std``
 (std of L2-normalised projections over the batch: about 1/sqrt(d) healthy,
-about 0 collapsed).
+about 0 collapsed); ``step_loss`` is each step's own loss (:class:`LastValue`),
+which the pretraining history records per step.
 """
 
 from __future__ import annotations
@@ -57,6 +58,37 @@ def register_method(name):
         return METHODS.register(name)(cls)
 
     return decorate
+
+
+@keras.saving.register_keras_serializable(package="kerasssl")
+class LastValue(keras.metrics.Metric):
+    """A metric whose result is its latest update: the step's loss, where ``Mean`` averages the epoch.
+
+    Across replicas the values are averaged (each replica's loss covers its
+    share of the global batch).
+
+    Args:
+        name: metric name (the log key).
+        dtype: the value's dtype.
+
+    Example:
+        >>> tracker = LastValue(name="step_loss"); tracker.update_state(2.5); float(tracker.result())
+        2.5
+    """
+
+    def __init__(self, name="last_value", dtype="float32"):
+        super().__init__(name=name, dtype=dtype)
+        self.last = self.add_variable(shape=(), initializer="zeros", dtype=self.dtype, aggregation="mean",
+                                      name="last")
+
+    def update_state(self, value):
+        self.last.assign(ops.cast(value, self.dtype))
+
+    def result(self):
+        return ops.convert_to_tensor(self.last)
+
+    def reset_state(self):
+        self.last.assign(ops.zeros((), self.dtype))
 
 
 @keras.saving.register_keras_serializable(package="kerasssl")
@@ -105,6 +137,7 @@ class SSLMethod(keras.Model):
         self.projection_layers = int(projection_layers)
         self.feature_dim = int(encoder.output_shape[-1])
         self.collapse_tracker = keras.metrics.Mean(name="embedding_std")
+        self.step_loss_tracker = LastValue(name="step_loss")  # the history's per-step loss curve
         self.build_heads()
 
     # -- to be specialised -------------------------------------------------
@@ -157,6 +190,7 @@ class SSLMethod(keras.Model):
         if self.losses:
             loss = loss + ops.cast(ops.sum(self.losses), "float32")
         self.collapse_tracker.update_state(losses.embedding_std(out["z1"]))
+        self.step_loss_tracker.update_state(loss)
         # Under tf.distribute Keras sums replica gradients: return loss / replicas
         # (what keras.Model.compute_loss does) so training matches one device.
         return distribute.scale_loss_for_replicas(loss)
