@@ -85,7 +85,9 @@ class LastValue(keras.metrics.Metric):
         self.last.assign(ops.cast(value, self.dtype))
 
     def result(self):
-        return ops.convert_to_tensor(self.last)
+        # An op, not the variable's read: under MultiWorkerMirroredStrategy a bare read has no
+        # device, and the cross-worker reduce of the step's logs refuses it.
+        return ops.add(self.last, ops.zeros((), self.dtype))
 
     def reset_state(self):
         self.last.assign(ops.zeros((), self.dtype))
