@@ -2,7 +2,9 @@
 
 Variants (each changes ONE thing of SimCLR's default views, ``kerasssl.methods.SimCLR.default_views``:
 dihedral, rotation +-14.4 deg, resized crop 70-100 %, blur sigma 0.1-1.5 px p=0.5,
-noise 0-1 x the sky std p=0.5):
+noise 0-1 x the sky std p=0.5; ``shift``, ``d4`` and ``any-angle`` are the library's
+named stage sets ``kerasssl.layers.views.STAGE_SETS``, so a winner among them becomes
+every method's default by setting ``views.DEFAULT_STAGES`` to its name):
 
 - ``baseline``: the default views as they are;
 - ``shift``: the resized crop (zoom: it changes the apparent Einstein radius)
@@ -152,10 +154,15 @@ def _round(value):
 
 def variant_augment(variant, args, stats, channels):
     """``pretrain.augment`` for one variant: overrides of SimCLR's default views."""
+    from kerasssl.layers.views import STAGE_DEFAULTS, STAGE_SETS
+
     if variant == "baseline":
         return {}
-    if variant == "shift":
-        return {"crop": False, "shift": {"max_shift": args.max_shift}}
+    if variant in STAGE_SETS:  # a named set of the library: what DEFAULT_STAGES may name
+        overrides = set_overrides(variant)
+        if variant == "shift" and args.max_shift != STAGE_DEFAULTS["shift"]["max_shift"]:
+            overrides["shift"] = {"max_shift": args.max_shift}
+        return overrides
     if variant == "reddening":
         return {"reddening": {"ebv": [0.0, 0.1]}}
     if variant == "psf":
@@ -170,11 +177,17 @@ def variant_augment(variant, args, stats, channels):
             "target_std": [[_round(s), _round(1.5 * s)] for s in stats["median_sky_std"]],
             "relative": False,
             "probability": 0.5}}
-    if variant == "d4":
-        return {"rotation": False}
-    if variant == "any-angle":
-        return {"rotation": {"factor": 0.5}}
     raise ValueError(variant)
+
+
+def set_overrides(name):
+    """``pretrain.augment`` that turns the default stage set into STAGE_SETS[name]."""
+    from kerasssl.layers.views import DEFAULT_STAGES, STAGE_SETS
+
+    base, target = STAGE_SETS[DEFAULT_STAGES], STAGE_SETS[name]
+    overrides = {stage: False for stage in base if stage not in target}
+    overrides.update({stage: value for stage, value in target.items() if base.get(stage) != value})
+    return overrides
 
 
 def steps_to_epochs(n_images, batch_size, steps):
@@ -292,17 +305,28 @@ def estimate(args):
     """Time one full-size cell and project the whole ablation's wall time."""
     from kerasssl.data.load import load_images
 
+    import os
+    import resource
+
     scratch = args.out / "estimate"
     data = prepare_data(args, args.out)
     image_set = load_images(data)
     t = time.perf_counter()
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
     cell = run_cell(args, data, image_set, "baseline", args.seeds[0], scratch / "cell")
     seconds = time.perf_counter() - t
-    total = seconds * len(args.variants) * len(args.seeds)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_s = (after.ru_utime - cpu.ru_utime) + (after.ru_stime - cpu.ru_stime)
+    cells = len(args.variants) * len(args.seeds)
+    # On a quiet machine a cell takes between its CPU time spread over every
+    # core and its CPU time on one; a shared machine's wall time is above both.
+    quiet = (cpu_s / (os.cpu_count() or 1), cpu_s)
     print(f"one cell (baseline, seed {args.seeds[0]}, {cell['pretrain_steps']} pretraining steps, "
-          f"arms {', '.join(args.arms)}): {seconds:.0f} s; the ablation "
-          f"({len(args.variants)} variants x {len(args.seeds)} seeds) ~ {total / 60:.0f} min "
-          "on this machine now (more if it is shared)")
+          f"arms {', '.join(args.arms)}): {seconds:.0f} s wall, {cpu_s:.0f} s CPU; the ablation "
+          f"({len(args.variants)} variants x {len(args.seeds)} seeds = {cells} cells): "
+          f"~{seconds * cells / 60:.0f} min at this wall time, "
+          f"{quiet[0] * cells / 60:.0f}-{quiet[1] * cells / 60:.0f} min from the CPU time "
+          "on a quiet machine")
     shutil.rmtree(scratch)
     return total
 

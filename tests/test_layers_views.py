@@ -7,7 +7,9 @@ import pytest
 from kerasssl.errors import KerassslError
 from kerasssl.layers.views import (
     ASYMMETRIC,
+    DEFAULT_STAGES,
     PRESETS,
+    STAGE_SETS,
     STAGES,
     SYMMETRIC,
     build_view_pair,
@@ -172,3 +174,24 @@ def test_rotation_and_crop_fuse_into_one_resample_with_the_same_draws():
     assert "RandomRotatedCrop" not in [type(layer).__name__ for layer in shifted.layers]
     nearest = build_view_pipeline(dict(cfg, crop={"interpolation": "nearest"}), seed=0)
     assert "RandomRotatedCrop" not in [type(layer).__name__ for layer in nearest.layers]
+
+
+def test_the_default_views_come_from_one_named_stage_set():
+    # Both presets (so every method's default views) are built from STAGE_SETS[DEFAULT_STAGES].
+    assert DEFAULT_STAGES == "lensing"
+    for views in (SYMMETRIC, ASYMMETRIC):
+        for view in (1, 2):
+            on = {stage for stage, options in view_config(views, view).items() if options is not False}
+            assert on == set(STAGE_SETS[DEFAULT_STAGES])
+    # Each other set changes one thing of the default and builds a working view.
+    base = STAGE_SETS["lensing"]
+    changed = {name: sorted(stage for stage in set(base) | set(cfg) if base.get(stage) != cfg.get(stage))
+               for name, cfg in STAGE_SETS.items()}
+    assert changed == {"lensing": [], "shift": ["crop", "shift"], "d4": ["rotation"],
+                       "any-angle": ["rotation"]}
+    x = images()
+    for name, cfg in STAGE_SETS.items():
+        out = np.asarray(build_view_pipeline(cfg, seed=0)(x, training=True))
+        assert out.shape == x.shape and np.isfinite(out).all() and not np.allclose(out, x), name
+    assert view_config(STAGE_SETS["any-angle"])["rotation"]["factor"] == 0.5
+    assert view_config(STAGE_SETS["shift"])["crop"] is False

@@ -82,9 +82,27 @@ STAGE_DEFAULTS = {
     "skynoise": {"target_std": [1.0, 1.5], "relative": True, "probability": 0.5},
 }
 
-# Presets of view pairs. BYOL-style methods use asymmetric views (always blur
-# one view, rarely the other), as in their papers; the rest symmetric ones.
-_ALL_STAGES = {stage: True for stage in ("dihedral", "rotation", "crop", "blur", "noise")}
+# Named stage sets: what the views hold. "lensing" is the default; the others
+# change one thing of it, as benchmarks/ablation.py measures them: "shift"
+# translates by +-2 px instead of zooming (a resized crop changes the apparent
+# Einstein radius), "d4" keeps the exact symmetries only, "any-angle" rotates
+# by any angle. The stages that need the survey's numbers (psf, skynoise
+# targets, reddening's coefficients per band) are not in a generic set; give
+# them in `pretrain.augment`.
+STAGE_SETS = {
+    "lensing": {stage: True for stage in ("dihedral", "rotation", "crop", "blur", "noise")},
+}
+STAGE_SETS["shift"] = dict(STAGE_SETS["lensing"], crop=False, shift=True)
+STAGE_SETS["d4"] = dict(STAGE_SETS["lensing"], rotation=False)
+STAGE_SETS["any-angle"] = dict(STAGE_SETS["lensing"], rotation={"factor": 0.5})
+
+# THE one place that sets every method's default views: a name of STAGE_SETS.
+DEFAULT_STAGES = "lensing"
+
+# Presets of view pairs, from the default stage set. BYOL-style methods use
+# asymmetric views (always blur one view, rarely the other), as in their
+# papers; the rest symmetric ones.
+_ALL_STAGES = STAGE_SETS[DEFAULT_STAGES]
 SYMMETRIC = (_ALL_STAGES, _ALL_STAGES)
 ASYMMETRIC = (
     dict(_ALL_STAGES, blur={"sigma": [0.1, 1.5], "probability": 1.0}),
