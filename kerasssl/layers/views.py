@@ -15,8 +15,15 @@ are physical fluxes. The physical stages (off in the presets; turn them on in
 ``reddening`` (E(B-V) with per-band extinction instead of colour jitter),
 ``psf`` (blur to a target PSF per band, never sharper) and ``skynoise`` (noise
 up to a target sky level per band, never less). Views run after ``Preprocess``:
-PSF matching and reddening are exact on linear fluxes (``normalization: none``
-or ``dataset``), approximate after an asinh stretch.
+PSF matching, sky noise and reddening are exact on linear fluxes
+(``normalization: none``; ``dataset`` too, but for reddening's offset of
+``(1 - f) * mean / std`` per band), approximate after an asinh stretch; so
+``benchmarks/ablation.py`` runs every variant with ``dataset``.
+
+A view that rotates and crops samples the image once: :class:`RandomRotatedCrop`
+composes the dihedral, rotation and crop matrices, with the stages' own
+options and seeds (``fuse_resampling=False`` keeps one layer per stage).
+The default stage set is named in one place, :data:`DEFAULT_STAGES`.
 
 A *view pair* is ``(view1 config, view2 config)``. Presets: :data:`SYMMETRIC`
 (both views alike, as SimCLR) and :data:`ASYMMETRIC` (always blur one view,
