@@ -72,7 +72,7 @@ FIELD_OF_VIEW = 12.8  # arcsec
 SEEING_WIDENING = 0.45  # arcsec: the broadest target above the worst seeing
 
 FULL = dict(n_lenses=600, n_nonlenses=600, size=32, encoder="tiny", pretrain_batch=64,
-            pretrain_steps=400, steps=200, finetune_batch=32, labels_fraction=0.1,
+            pretrain_steps=300, steps=150, finetune_batch=32, labels_fraction=0.1,
             max_shift=2, seeds=[0, 1, 2])
 QUICK = dict(n_lenses=40, n_nonlenses=40, size=32, encoder="tiny", pretrain_batch=16,
              pretrain_steps=6, steps=4, finetune_batch=8, labels_fraction=0.5,
@@ -328,7 +328,7 @@ def estimate(args):
           f"{quiet[0] * cells / 60:.0f}-{quiet[1] * cells / 60:.0f} min from the CPU time "
           "on a quiet machine")
     shutil.rmtree(scratch)
-    return total
+    return quiet[1] * cells
 
 
 def main(argv=None):
