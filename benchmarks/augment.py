@@ -11,8 +11,17 @@ It also says whether `jit_compile=True` is really used: Keras turns it off
 for a model whose layers do not support XLA (stock RandomRotation on TF),
 and `tf.function(jit_compile=True)` either compiles or raises.
 
+With ``--suite simclr`` it times instead what one SimCLR training step's
+augmentation costs (throughput.py's variants b and c without the encoder):
+SimCLR's default view with rotation and crop fused into one resample (what
+the views build), the same view with the two resampled in turn (before the
+fusion), the stock Keras view of throughput.py's variant (c), and each
+stage of the kerasssl view on its own, on 128 images (two views of a batch
+of 64) at 64x64x1, alternating, median of ``--repeats``.
+
 Usage:
     .venv/bin/python benchmarks/augment.py                      # TF, 64x64x3 and 128x128x1
+    .venv/bin/python benchmarks/augment.py --suite simclr --repeats 21
     .venv/bin/python benchmarks/augment.py --backend jax        # jax.jit of stateless calls
     .venv/bin/python benchmarks/augment.py --shapes 128x128x1 --repeats 9 --json out.json
 """
@@ -28,14 +37,25 @@ import time
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=("tensorflow", "jax"), default="tensorflow")
-    parser.add_argument("--shapes", default="64x64x3,128x128x1",
-                        help="comma-separated HxWxC image shapes")
-    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--suite", choices=("flip-rotation-blur", "simclr"),
+                        default="flip-rotation-blur",
+                        help="what to time: the three-layer comparison, or SimCLR's views")
+    parser.add_argument("--shapes", default=None,
+                        help="comma-separated HxWxC image shapes (default 64x64x3,128x128x1; "
+                             "simclr: 64x64x1)")
+    parser.add_argument("--batch", type=int, default=None,
+                        help="images per call (default 256; simclr: 128, two views of 64)")
     parser.add_argument("--repeats", type=int, default=5, help="timed batches per pipeline")
     parser.add_argument("--no-layers", action="store_true",
                         help="skip the per-layer timings (pipelines only)")
     parser.add_argument("--json", help="also write the results to this JSON file")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    simclr = args.suite == "simclr"
+    if args.shapes is None:
+        args.shapes = "64x64x1" if simclr else "64x64x3,128x128x1"
+    if args.batch is None:
+        args.batch = 128 if simclr else 256
+    return args
 
 
 ROTATION_FACTOR = 0.04  # +-14.4 degrees
@@ -64,6 +84,36 @@ def stock_layers():
                                                  sigma=SIGMA, value_range=(-1e30, 1e30),
                                                  seed=3)),
     ]
+
+
+def simclr_layers(fuse_resampling):
+    """SimCLR's default view as named layers: rotation and crop fused, or in turn."""
+    from kerasssl.layers.views import SYMMETRIC, build_view_pipeline, view_config
+
+    view = build_view_pipeline(view_config(SYMMETRIC), seed=0,
+                               fuse_resampling=fuse_resampling)
+    return [(layer.name.split("_", 1)[-1], layer) for layer in view.layers]
+
+
+def stock_simclr_layers():
+    """throughput.py's variant (c): the stock Keras layers nearest SimCLR's view."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from throughput import stock_view
+
+    return [(layer.name, layer) for layer in stock_view(0).layers]
+
+
+def simclr_runners(shape, backend, per_stage):
+    runners = {"kerasssl view (fused)": make_runner(simclr_layers(True), shape, backend),
+               "kerasssl view (two resamples)": make_runner(simclr_layers(False), shape, backend)}
+    if backend == "tensorflow":
+        runners["stock view (c)"] = make_runner(stock_simclr_layers(), shape, backend)
+    if per_stage:
+        stages = dict(simclr_layers(True))
+        stages.update(simclr_layers(False))
+        for name, layer in stages.items():
+            runners[f"  stage {name}"] = make_runner([(name, layer)], shape, backend)
+    return runners
 
 
 def make_runner(layers, shape, backend):
@@ -156,30 +206,43 @@ def main(argv=None):
     print(f"backend={keras.backend.backend()} device={device} batch={args.batch} "
           f"keras={keras.__version__}", flush=True)
 
-    results = {"backend": args.backend, "device": device, "batch": args.batch, "shapes": {}}
+    results = {"backend": args.backend, "suite": args.suite, "device": device,
+               "batch": args.batch, "shapes": {}}
     for text in args.shapes.split(","):
         shape = tuple(int(v) for v in text.lower().split("x"))
         batch = np.random.default_rng(0).normal(0, 1, size=(args.batch,) + shape)
         batch = keras.ops.convert_to_tensor(batch.astype("float32"))
-        ours, stock = kerasssl_layers(), stock_layers()
-        runners = {"kerasssl": make_runner(ours, shape, args.backend),
-                   "stock": make_runner(stock, shape, args.backend)}
-        if not args.no_layers:
-            for (name, a), (_, b) in zip(kerasssl_layers(), stock_layers()):
-                runners[f"kerasssl {name}"] = make_runner([(name, a)], shape, args.backend)
-                runners[f"stock {name}"] = make_runner([(name, b)], shape, args.backend)
+        if args.suite == "simclr":
+            runners = simclr_runners(shape, args.backend, not args.no_layers)
+            baseline = "kerasssl view (fused)"
+            ratios = {"speedup_fused_vs_two_resamples": "kerasssl view (two resamples)",
+                      "speedup_fused_vs_stock": "stock view (c)"}
+            what = "SimCLR view"
+        else:
+            ours, stock = kerasssl_layers(), stock_layers()
+            runners = {"kerasssl": make_runner(ours, shape, args.backend),
+                       "stock": make_runner(stock, shape, args.backend)}
+            if not args.no_layers:
+                for (name, a), (_, b) in zip(kerasssl_layers(), stock_layers()):
+                    runners[f"kerasssl {name}"] = make_runner([(name, a)], shape, args.backend)
+                    runners[f"stock {name}"] = make_runner([(name, b)], shape, args.backend)
+            baseline = "kerasssl"
+            ratios = {"speedup_kerasssl_vs_stock": "stock"}
+            what = "flip + rotation + blur"
         seconds = time_alternating(runners, batch, args.repeats)
         entry = {name: {"ms_per_batch": round(1000 * s, 1),
                         "images_per_s": round(args.batch / s, 1)}
                  for name, s in seconds.items()}
-        entry["speedup_kerasssl_vs_stock"] = round(seconds["stock"] / seconds["kerasssl"], 2)
-        results["shapes"][text] = entry
-        print(f"\n{text}  (flip + rotation + blur, batch {args.batch})")
+        print(f"\n{text}  ({what}, batch {args.batch}, median of {args.repeats})")
         for name, s in seconds.items():
-            print(f"  {name:20s} {1000 * s:9.1f} ms/batch {args.batch / s:10.1f} images/s")
-        print(f"  kerasssl / stock speed: {entry['speedup_kerasssl_vs_stock']:.2f}x", flush=True)
+            print(f"  {name:32s} {1000 * s:9.1f} ms/batch {args.batch / s:10.1f} images/s")
+        for key, other in ratios.items():
+            if other in seconds:
+                entry[key] = round(seconds[other] / seconds[baseline], 2)
+                print(f"  {key}: {entry[key]:.2f}x", flush=True)
+        results["shapes"][text] = entry
 
-    if args.backend == "tensorflow":
+    if args.backend == "tensorflow" and args.suite != "simclr":
         shape = tuple(int(v) for v in args.shapes.split(",")[0].lower().split("x"))
         results["xla"] = xla_report(shape)
         print("\njit_compile=True on TF:")

@@ -35,6 +35,8 @@ def example_value(name):
         "total_steps": lambda: 10,
         "psf_fwhm": lambda: 2.0,
         "target_fwhm": lambda: (2.0, 3.0),
+        "rotation": lambda: {"factor": 0.1},
+        "crop": lambda: {"scale": (0.7, 1.0)},
     }
     if name not in values:
         raise AssertionError(f"no example value for the required argument {name!r}: add one to example_value")

@@ -12,9 +12,12 @@ from kerasssl.layers import (
     RandomFlip,
     RandomResizedCrop,
     RandomRot90,
+    RandomRotatedCrop,
     RandomRotation,
 )
 from kerasssl.layers.affine import affine_sample
+from kerasssl.layers.dihedral import apply_symmetry, symmetry_matrices
+from kerasssl.layers.rotatedcrop import compose_matrices
 from kerasssl.layers.rotation import rotation_matrices
 
 SCIPY_MODES = {"reflect": "reflect", "wrap": "grid-wrap", "nearest": "nearest",
@@ -187,3 +190,55 @@ def test_flip_modes():
 def test_quarter_turns_need_square_images(layer_class):
     with pytest.raises(ValueError, match="square"):
         layer_class(seed=0)(np.zeros((2, 8, 6, 1), "float32"), training=True)
+
+
+# --- one resample for dihedral + rotation + crop ----------------------------------------------
+
+def test_symmetry_matrices_sample_exactly_the_permutation():
+    rng = np.random.default_rng(0)
+    images = sky(8, 6, 6, 2)
+    masks = [np.array([(k >> bit) & 1 for k in range(8)], bool) for bit in range(3)]
+    want = np.asarray(apply_symmetry(images, *masks))
+    matrices = symmetry_matrices(*masks, 6, 6)
+    for interpolation in ("bilinear", "nearest"):
+        got = np.asarray(affine_sample(images, matrices, "reflect", interpolation=interpolation))
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-3)
+    del rng
+
+
+def test_composed_matrices_apply_inner_then_outer():
+    rng = np.random.default_rng(1)
+    outer, inner = (rng.normal(size=(5, 2, 3)).astype("float32") for _ in range(2))
+    point = np.array([2.0, -3.0, 1.0])
+    got = np.asarray(compose_matrices(outer, inner)) @ point
+    want = np.einsum("nij,nj->ni", outer, np.concatenate(
+        [np.einsum("nij,j->ni", inner, point), np.ones((5, 1))], axis=1))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_rotated_crop_is_the_separate_layers_resampled_once():
+    rotation, crop = {"factor": 0.1}, {"scale": (0.6, 1.0), "ratio": (0.8, 1.25)}
+    # Bilinear sampling is exact on a ramp: one resample equals two inside the image.
+    yy, xx = np.mgrid[:20, :20].astype("float32")
+    ramp = np.repeat((0.5 * yy + 0.2 * xx - 3.0)[None, :, :, None], 8, axis=0)
+    two = RandomResizedCrop(**crop, seed=4)(RandomRotation(**rotation, seed=3)(ramp, training=True),
+                                           training=True)
+    one = RandomRotatedCrop(dict(rotation, seed=3), dict(crop, seed=4))(ramp, training=True)
+    np.testing.assert_allclose(np.asarray(one)[:, 4:-4, 4:-4], np.asarray(two)[:, 4:-4, 4:-4],
+                               atol=1e-4)
+    # The dihedral part is exact everywhere, on any image.
+    images = sky(8, 12, 12, 2)
+    first = np.asarray(RandomDihedral(seed=5)(images, training=True))
+    want = RandomRotatedCrop(dict(rotation, seed=3), dict(crop, seed=4))(first, training=True)
+    got = RandomRotatedCrop(dict(rotation, seed=3), dict(crop, seed=4), dihedral={"seed": 5})(
+        images, training=True)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=2e-2)
+    # One interpolation smooths pixel noise less than two (the view is sharper).
+    noise = np.random.default_rng(2).normal(size=(64, 32, 32, 1)).astype("float32")
+    one = np.asarray(RandomRotatedCrop(dict(rotation, seed=3), dict(crop, seed=4))(
+        noise, training=True))
+    two = np.asarray(RandomResizedCrop(**crop, seed=4)(
+        RandomRotation(**rotation, seed=3)(noise, training=True), training=True))
+    assert two.std() < one.std() < noise.std()
+    with pytest.raises(ValueError, match="bilinear"):
+        RandomRotatedCrop({"factor": 0.1, "interpolation": "nearest"}, {})

@@ -22,6 +22,8 @@ CHILD = textwrap.dedent("""
     layers = {
         "rotation": lambda s: L.RandomRotation(0.2, seed=s),
         "crop": lambda s: L.RandomResizedCrop((0.5, 1.0), seed=s),
+        "rotatedcrop": lambda s: L.RandomRotatedCrop({"factor": 0.2}, {"scale": (0.5, 1.0)},
+                                                     dihedral={}, seed=s),
         "flip": lambda s: L.RandomFlip(seed=s),
         "rot90": lambda s: L.RandomRot90(seed=s),
         "dihedral": lambda s: L.RandomDihedral(seed=s),

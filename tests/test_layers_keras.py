@@ -17,6 +17,8 @@ import kerasssl.layers as L
 LAYERS = {
     "rotation": lambda seed: L.RandomRotation(factor=0.2, seed=seed),
     "crop": lambda seed: L.RandomResizedCrop(scale=(0.5, 1.0), seed=seed),
+    "rotatedcrop": lambda seed: L.RandomRotatedCrop({"factor": 0.2}, {"scale": (0.5, 1.0)},
+                                                   dihedral={}, seed=seed),
     "flip": lambda seed: L.RandomFlip(seed=seed),
     "rot90": lambda seed: L.RandomRot90(seed=seed),
     "dihedral": lambda seed: L.RandomDihedral(seed=seed),
@@ -105,6 +107,8 @@ def test_keras_file_round_trip_in_a_fresh_process(tmp_path):
         again = {{
             "rotation": kerasssl.layers.RandomRotation(factor=0.2, seed=21),
             "crop": kerasssl.layers.RandomResizedCrop(scale=(0.5, 1.0), seed=21),
+            "rotatedcrop": kerasssl.layers.RandomRotatedCrop(
+                {{"factor": 0.2}}, {{"scale": (0.5, 1.0)}}, dihedral={{}}, seed=21),
             "flip": kerasssl.layers.RandomFlip(seed=21),
             "rot90": kerasssl.layers.RandomRot90(seed=21),
             "dihedral": kerasssl.layers.RandomDihedral(seed=21),

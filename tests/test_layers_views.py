@@ -7,11 +7,14 @@ import pytest
 from kerasssl.errors import KerassslError
 from kerasssl.layers.views import (
     ASYMMETRIC,
+    DEFAULT_STAGES,
     PRESETS,
+    STAGE_SETS,
     STAGES,
     SYMMETRIC,
     build_view_pair,
     build_view_pipeline,
+    stage_layers,
     view_config,
 )
 
@@ -19,10 +22,6 @@ from kerasssl.layers.views import (
 def images(n=4, size=16, channels=3):
     rng = np.random.default_rng(0)
     return rng.normal(0.0, 2.0, size=(n, size, size, channels)).astype("float32")
-
-
-def stage_layers(pipeline):
-    return {layer.name.rsplit("_", 1)[-1]: layer for layer in pipeline.layers}
 
 
 def assert_lensing_views(views):
@@ -84,7 +83,7 @@ def test_overrides_merge_per_option_and_per_view():
     assert "flip" in s2 and "flip" not in s1
     # Stage order is fixed whatever the order of the keys.
     order = list(STAGES)
-    names = [layer.name.rsplit("_", 1)[-1] for layer in view2.layers]
+    names = list(stage_layers(view2))
     assert names == sorted(names, key=order.index)
 
 
@@ -141,5 +140,58 @@ def test_physical_stages_build_from_their_defaults_and_leave_the_preset_seeds_al
     # Adding stages does not move the seeds of the stages a preset uses (slots before the change:
     # dihedral 2, rotation 3, crop 4, blur 5, noise 6), so seeded runs augment as before.
     view1, _ = build_view_pair(SYMMETRIC, seed=3)
-    assert [layer.seed for layer in view1.layers] == [2 * 3 * 16 + s for s in (2, 3, 4, 5, 6)]
+    assert [layer.seed for layer in stage_layers(view1).values()] == \
+        [2 * 3 * 16 + s for s in (2, 3, 4, 5, 6)]
     assert list(STAGES)[:4] == ["flip", "rot90", "dihedral", "rotation"]
+
+
+def test_rotation_and_crop_fuse_into_one_resample_with_the_same_draws():
+    # SimCLR's view: dihedral, rotation and crop in one RandomRotatedCrop, whose
+    # sub-layers carry the stages' own options and seeds.
+    cfg = view_config(SYMMETRIC)
+    fused = build_view_pipeline(cfg, seed=2)
+    separate = build_view_pipeline(cfg, seed=2, fuse_resampling=False)
+    assert [type(layer).__name__ for layer in fused.layers] == \
+        ["RandomRotatedCrop", "RandomGaussianBlur", "RandomGaussianNoise"]
+    assert [type(layer).__name__ for layer in separate.layers] == \
+        ["RandomDihedral", "RandomRotation", "RandomResizedCrop", "RandomGaussianBlur",
+         "RandomGaussianNoise"]
+    for stage, layer in stage_layers(separate).items():
+        twin = stage_layers(fused)[stage]
+        assert type(twin) is type(layer) and twin.get_config()["seed"] == layer.seed
+    # On a linear ramp bilinear sampling is exact, so one resample equals two
+    # (blur and noise off) away from the edges, where fills differ.
+    geometric = dict(cfg, blur=False, noise=False)
+    yy, xx = np.mgrid[:24, :24].astype("float32")
+    ramp = np.repeat((0.7 * yy - 0.3 * xx + 5.0)[None, :, :, None], 6, axis=0)
+    one = np.asarray(build_view_pipeline(geometric, seed=5)(ramp, training=True))
+    two = np.asarray(build_view_pipeline(geometric, seed=5, fuse_resampling=False)(
+        ramp, training=True))
+    np.testing.assert_allclose(one[:, 5:-5, 5:-5], two[:, 5:-5, 5:-5], atol=1e-4)
+    assert not np.allclose(one, ramp)
+    # A shift sits between rotation and crop: no fusion then; nor for nearest sampling.
+    shifted = build_view_pipeline(dict(cfg, shift=True), seed=0)
+    assert "RandomRotatedCrop" not in [type(layer).__name__ for layer in shifted.layers]
+    nearest = build_view_pipeline(dict(cfg, crop={"interpolation": "nearest"}), seed=0)
+    assert "RandomRotatedCrop" not in [type(layer).__name__ for layer in nearest.layers]
+
+
+def test_the_default_views_come_from_one_named_stage_set():
+    # Both presets (so every method's default views) are built from STAGE_SETS[DEFAULT_STAGES].
+    assert DEFAULT_STAGES == "lensing"
+    for views in (SYMMETRIC, ASYMMETRIC):
+        for view in (1, 2):
+            on = {stage for stage, options in view_config(views, view).items() if options is not False}
+            assert on == set(STAGE_SETS[DEFAULT_STAGES])
+    # Each other set changes one thing of the default and builds a working view.
+    base = STAGE_SETS["lensing"]
+    changed = {name: sorted(stage for stage in set(base) | set(cfg) if base.get(stage) != cfg.get(stage))
+               for name, cfg in STAGE_SETS.items()}
+    assert changed == {"lensing": [], "shift": ["crop", "shift"], "d4": ["rotation"],
+                       "any-angle": ["rotation"]}
+    x = images()
+    for name, cfg in STAGE_SETS.items():
+        out = np.asarray(build_view_pipeline(cfg, seed=0)(x, training=True))
+        assert out.shape == x.shape and np.isfinite(out).all() and not np.allclose(out, x), name
+    assert view_config(STAGE_SETS["any-angle"])["rotation"]["factor"] == 0.5
+    assert view_config(STAGE_SETS["shift"])["crop"] is False

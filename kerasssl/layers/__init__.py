@@ -5,6 +5,8 @@ clipping, float32 maths under mixed precision, XLA-compilable):
 
 - :class:`RandomRotation`: any angle per image, bilinear, reflect fill.
 - :class:`RandomResizedCrop`: the SimCLR crop, through the same affine sampler.
+- :class:`RandomRotatedCrop`: both in one resample (what the views use when a
+  view has both).
 - :class:`RandomFlip`, :class:`RandomRot90`, :class:`RandomDihedral`: exact
   pixel permutations (the symmetries of the square).
 - :class:`RandomGaussianBlur`: per-image sigma, separable, flux-conserving.
@@ -41,6 +43,7 @@ from kerasssl.layers.noise import RandomGaussianNoise
 from kerasssl.layers.preprocess import Preprocess
 from kerasssl.layers.psf import PSFMatchBlur
 from kerasssl.layers.reddening import RandomReddening
+from kerasssl.layers.rotatedcrop import RandomRotatedCrop
 from kerasssl.layers.rotation import RandomRotation
 from kerasssl.layers.shift import RandomShift
 from kerasssl.layers.skynoise import SkyNoiseMatch
@@ -54,6 +57,7 @@ __all__ = [
     "RandomGaussianNoise",
     "RandomReddening",
     "RandomResizedCrop",
+    "RandomRotatedCrop",
     "RandomRot90",
     "RandomRotation",
     "RandomShift",

@@ -71,7 +71,12 @@ class RandomResizedCrop(RandomImageLayer):
         self.interpolation = check_interpolation(interpolation)
         self.fill_mode = check_fill_mode(fill_mode)
 
-    def augment(self, images):
+    def draw_matrices(self, images):
+        """This call's output -> input matrices ``(N, 2, 3)``: each crop resized to the image.
+
+        Drawn from the layer's seed generator; :class:`RandomRotatedCrop`
+        composes them with a rotation's to resample once.
+        """
         height, width = images.shape[1], images.shape[2]
         n = (ops.shape(images)[0],)
         area = keras.random.uniform(n, self.scale[0], self.scale[1], seed=self.seed_generator)
@@ -83,10 +88,12 @@ class RandomResizedCrop(RandomImageLayer):
         crop_w = ops.minimum(width * ops.sqrt(area * aspect), float(width))
         top = keras.random.uniform(n, seed=self.seed_generator) * (height - crop_h)
         left = keras.random.uniform(n, seed=self.seed_generator) * (width - crop_w)
-        matrices = crop_matrices(top, left, crop_h, crop_w, height, width)
+        return crop_matrices(top, left, crop_h, crop_w, height, width)
+
+    def augment(self, images):
         # Crops lie inside the image: no coordinate needs folding.
-        return affine_sample(images, matrices, self.fill_mode, 0.0, self.interpolation,
-                             reach="inside")
+        return affine_sample(images, self.draw_matrices(images), self.fill_mode, 0.0,
+                             self.interpolation, reach="inside")
 
     def get_config(self):
         config = super().get_config()

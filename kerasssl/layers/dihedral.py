@@ -44,6 +44,31 @@ def apply_symmetry(images, transpose=None, flip_rows=None, flip_cols=None):
     return images
 
 
+def symmetry_matrices(transpose, flip_rows, flip_cols, height, width):
+    """Output -> input affine matrices ``(N, 2, 3)`` of :func:`apply_symmetry`'s permutation.
+
+    The same transform as a matrix, so a resampler can compose it with others
+    (:class:`kerasssl.layers.RandomRotatedCrop`): these maps send pixel
+    centres to pixel centres, so bilinear sampling through them is exact.
+
+    Args:
+        transpose, flip_rows, flip_cols: bool ``(N,)`` masks.
+        height, width: image size (Python ints; equal when any transpose).
+
+    Example:
+        >>> symmetry_matrices(t, r, c, 8, 8)   # (N, 2, 3)
+    """
+    t, r, c = (ops.cast(mask, "float32") for mask in (transpose, flip_rows, flip_cols))
+    # Output (i, j) reads the transposed image at (i', j') = (flip_r(i), flip_c(j)),
+    # and that reads the input at (i', j') or (j', i').
+    ri, ci = 1.0 - 2.0 * r, 1.0 - 2.0 * c  # +1 or -1
+    ro, co = r * (height - 1.0), c * (width - 1.0)
+    keep, swap = 1.0 - t, t
+    row_y = ops.stack([keep * ri, swap * ci, keep * ro + swap * co], axis=-1)
+    row_x = ops.stack([swap * ri, keep * ci, swap * ro + keep * co], axis=-1)
+    return ops.stack([row_y, row_x], axis=1)
+
+
 def _require_square(layer, images):
     if images.shape[1] != images.shape[2]:
         raise ValueError(
@@ -124,7 +149,11 @@ class RandomDihedral(RandomImageLayer):
         >>> views = RandomDihedral(seed=0)(images, training=True)
     """
 
-    def augment(self, images):
+    def draw_symmetry(self, images):
+        """This call's per-image ``(transpose, flip_rows, flip_cols)`` bool masks ``(N,)``."""
         _require_square(self, images)
         draws = keras.random.uniform((ops.shape(images)[0], 3), seed=self.seed_generator) < 0.5
-        return apply_symmetry(images, draws[:, 0], draws[:, 1], draws[:, 2])
+        return draws[:, 0], draws[:, 1], draws[:, 2]
+
+    def augment(self, images):
+        return apply_symmetry(images, *self.draw_symmetry(images))

@@ -63,18 +63,29 @@ class RandomRotation(RandomImageLayer):
         self.interpolation = check_interpolation(interpolation)
         self.fill_value = float(fill_value)
 
-    def augment(self, images):
+    def draw_matrices(self, images):
+        """This call's output -> input matrices ``(N, 2, 3)`` and the sampler's ``reach``.
+
+        Drawn from the layer's seed generator; :class:`RandomRotatedCrop`
+        composes them with a crop's to resample once.
+        """
         height, width = images.shape[1], images.shape[2]
         turns = keras.random.uniform(
             (ops.shape(images)[0],), minval=self.factor[0], maxval=self.factor[1],
             seed=self.seed_generator,
         )
         matrices = rotation_matrices(turns * (2.0 * math.pi), height, width)
-        # A rotation about the centre reads within the circumscribed circle;
-        # when that lies within one image size of every edge, one mirror or
-        # wrap folds all coordinates (cheaper than a general modulo).
-        half_diagonal = math.hypot((height - 1) / 2.0, (width - 1) / 2.0)
+        # A rotation about the centre reads within the circumscribed circle
+        # (of the pixel-edge box: a crop composed with it reads up to half a
+        # pixel past the centres); when that lies within one image size of
+        # every edge, one mirror or wrap folds all coordinates (cheaper than
+        # a general modulo).
+        half_diagonal = math.hypot(height / 2.0, width / 2.0)
         reach = "near" if half_diagonal <= 1.5 * min(height, width) - 1.0 else "any"
+        return matrices, reach
+
+    def augment(self, images):
+        matrices, reach = self.draw_matrices(images)
         return affine_sample(images, matrices, self.fill_mode, self.fill_value,
                              self.interpolation, reach=reach)
 

@@ -15,8 +15,15 @@ are physical fluxes. The physical stages (off in the presets; turn them on in
 ``reddening`` (E(B-V) with per-band extinction instead of colour jitter),
 ``psf`` (blur to a target PSF per band, never sharper) and ``skynoise`` (noise
 up to a target sky level per band, never less). Views run after ``Preprocess``:
-PSF matching and reddening are exact on linear fluxes (``normalization: none``
-or ``dataset``), approximate after an asinh stretch.
+PSF matching, sky noise and reddening are exact on linear fluxes
+(``normalization: none``; ``dataset`` too, but for reddening's offset of
+``(1 - f) * mean / std`` per band), approximate after an asinh stretch; so
+``benchmarks/ablation.py`` runs every variant with ``dataset``.
+
+A view that rotates and crops samples the image once: :class:`RandomRotatedCrop`
+composes the dihedral, rotation and crop matrices, with the stages' own
+options and seeds (``fuse_resampling=False`` keeps one layer per stage).
+The default stage set is named in one place, :data:`DEFAULT_STAGES`.
 
 A *view pair* is ``(view1 config, view2 config)``. Presets: :data:`SYMMETRIC`
 (both views alike, as SimCLR) and :data:`ASYMMETRIC` (always blur one view,
@@ -42,6 +49,7 @@ from kerasssl.layers.dihedral import RandomDihedral, RandomFlip, RandomRot90
 from kerasssl.layers.noise import RandomGaussianNoise
 from kerasssl.layers.psf import PSFMatchBlur
 from kerasssl.layers.reddening import RandomReddening
+from kerasssl.layers.rotatedcrop import RandomRotatedCrop
 from kerasssl.layers.rotation import RandomRotation
 from kerasssl.layers.shift import RandomShift
 from kerasssl.layers.skynoise import SkyNoiseMatch
@@ -81,9 +89,27 @@ STAGE_DEFAULTS = {
     "skynoise": {"target_std": [1.0, 1.5], "relative": True, "probability": 0.5},
 }
 
-# Presets of view pairs. BYOL-style methods use asymmetric views (always blur
-# one view, rarely the other), as in their papers; the rest symmetric ones.
-_ALL_STAGES = {stage: True for stage in ("dihedral", "rotation", "crop", "blur", "noise")}
+# Named stage sets: what the views hold. "lensing" is the default; the others
+# change one thing of it, as benchmarks/ablation.py measures them: "shift"
+# translates by +-2 px instead of zooming (a resized crop changes the apparent
+# Einstein radius), "d4" keeps the exact symmetries only, "any-angle" rotates
+# by any angle. The stages that need the survey's numbers (psf, skynoise
+# targets, reddening's coefficients per band) are not in a generic set; give
+# them in `pretrain.augment`.
+STAGE_SETS = {
+    "lensing": {stage: True for stage in ("dihedral", "rotation", "crop", "blur", "noise")},
+}
+STAGE_SETS["shift"] = dict(STAGE_SETS["lensing"], crop=False, shift=True)
+STAGE_SETS["d4"] = dict(STAGE_SETS["lensing"], rotation=False)
+STAGE_SETS["any-angle"] = dict(STAGE_SETS["lensing"], rotation={"factor": 0.5})
+
+# THE one place that sets every method's default views: a name of STAGE_SETS.
+DEFAULT_STAGES = "lensing"
+
+# Presets of view pairs, from the default stage set. BYOL-style methods use
+# asymmetric views (always blur one view, rarely the other), as in their
+# papers; the rest symmetric ones.
+_ALL_STAGES = STAGE_SETS[DEFAULT_STAGES]
 SYMMETRIC = (_ALL_STAGES, _ALL_STAGES)
 ASYMMETRIC = (
     dict(_ALL_STAGES, blur={"sigma": [0.1, 1.5], "probability": 1.0}),
@@ -172,7 +198,19 @@ def _layer_seed(seed, stage):
     return None if seed is None else int(seed) * 16 + _SEED_SLOTS[stage]
 
 
-def build_view_pipeline(cfg, seed=None, name="view"):
+def _fusable(resolved):
+    """Whether rotation and crop (and dihedral) can run as one resample (:class:`RandomRotatedCrop`).
+
+    Both on and bilinear, and nothing between them (``shift`` sits there);
+    a dihedral stage just before the rotation joins them.
+    """
+    rotation, crop = resolved["rotation"], resolved["crop"]
+    return (rotation is not False and crop is not False and resolved["shift"] is False
+            and rotation.get("interpolation", "bilinear") == "bilinear"
+            and crop.get("interpolation", "bilinear") == "bilinear")
+
+
+def build_view_pipeline(cfg, seed=None, name="view", fuse_resampling=True):
     """Build one view's augmentation pipeline from a config dict.
 
     Args:
@@ -181,6 +219,10 @@ def build_view_pipeline(cfg, seed=None, name="view"):
         seed: integer seed; each layer gets its own seed derived from it.
             None: unseeded.
         name: the Sequential's name.
+        fuse_resampling: when a view both rotates and crops, do it (and the
+            dihedral symmetry, if on) in one :class:`RandomRotatedCrop`: the
+            same draws and seeds, one resample instead of two. False keeps
+            one layer per stage.
 
     Returns:
         A ``keras.Sequential`` of kerasssl layers (an ``Identity`` layer when
@@ -194,24 +236,54 @@ def build_view_pipeline(cfg, seed=None, name="view"):
         >>> augmented = view(images, training=True)
     """
     resolved = _resolve(cfg, where=name)
-    layers = []
-    for stage, layer_class in STAGES.items():
-        options = resolved[stage]
-        if options is False:
-            continue
-        if "seed" in options or "name" in options:
+    for stage, options in resolved.items():
+        if options is not False and ("seed" in options or "name" in options):
             raise KerassslError(
                 f"augment: {name}: stage {stage!r}: seeds and names are set by the "
                 "pipeline (give `seed` to the run instead)"
             )
+    layers = {}
+    for stage, layer_class in STAGES.items():
+        options = resolved[stage]
+        if options is False:
+            continue
         try:
-            layers.append(layer_class(**options, seed=_layer_seed(seed, stage),
-                                      name=f"{name}_{stage}"))
+            layers[stage] = layer_class(**options, seed=_layer_seed(seed, stage),
+                                        name=f"{name}_{stage}")
         except (TypeError, ValueError) as error:
             raise KerassslError(f"augment: {name}: stage {stage!r}: {error}") from None
+    if bool(fuse_resampling) and _fusable(resolved):
+        # The same options and seeds in one layer: identical draws, one resample.
+        # The dihedral symmetry (exact under resampling) joins it when on.
+        fused = RandomRotatedCrop(
+            dict(resolved["rotation"], seed=layers["rotation"].seed),
+            dict(resolved["crop"], seed=layers["crop"].seed),
+            dihedral=None if "dihedral" not in layers else {"seed": layers["dihedral"].seed},
+            name=f"{name}_rotatedcrop")
+        merged = [stage for stage in ("dihedral", "rotation", "crop") if stage in layers]
+        layers = {("rotatedcrop" if stage == merged[0] else stage): layer
+                  for stage, layer in layers.items() if stage == merged[0] or stage not in merged}
+        layers["rotatedcrop"] = fused  # in the place of the first stage it merges
+    layers = list(layers.values())
     if not layers:
         layers.append(keras.layers.Identity(name=f"{name}_identity"))
     return keras.Sequential(layers, name=name)
+
+
+def stage_layers(pipeline):
+    """``{stage: layer}`` of a built view pipeline, a fused rotation + crop as its two stages.
+
+    Example:
+        >>> stage_layers(build_view_pipeline(view_config(SYMMETRIC), seed=0))["crop"].scale
+        (0.7, 1.0)
+    """
+    found = {}
+    for layer in pipeline.layers:
+        parts = getattr(layer, "stages", None)
+        if parts is None:
+            parts = {layer.name.rsplit("_", 1)[-1]: layer}
+        found.update(parts)
+    return found
 
 
 def build_view_pair(views, overrides=None, seed=None, name="view"):
