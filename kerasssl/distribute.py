@@ -330,8 +330,12 @@ def _fix_keras_multiworker_metric_reduce():
     multi-worker ``fit`` fails with "Invalid reduction dimension 0 for input
     with 0 dimensions" (tensorflow/tensorflow#72388). Scalars are reduced with
     ``axis=None`` (an all-reduce mean over the workers) instead; everything
-    else goes to Keras unchanged.
+    else goes to Keras unchanged. A worker with one replica gets plain tensors
+    back from ``strategy.run``; fed by ``distribute_datasets_from_function`` they
+    may carry no device, which ``strategy.reduce`` needs: they are placed on the
+    worker's device first.
     """
+    import tensorflow as tf
     from keras import tree
     from keras.src.backend.tensorflow import trainer as tf_trainer
 
@@ -343,7 +347,15 @@ def _fix_keras_multiworker_metric_reduce():
         if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
             flat = tree.flatten(values)
             if all(getattr(v, "shape", None) is not None and v.shape.rank == 0 for v in flat):
-                return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+                device = strategy.extended.worker_devices[0]
+
+                def mean(v):
+                    if not isinstance(v, tf.distribute.DistributedValues) and not getattr(v, "device", ""):
+                        with tf.device(device):
+                            v = tf.identity(v)
+                    return strategy.reduce("MEAN", v, axis=None)
+
+                return tree.map_structure(mean, values)
         return original(values, strategy, reduction)
 
     reduce_per_replica._kerasssl_fixed = True
