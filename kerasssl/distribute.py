@@ -23,6 +23,19 @@ Strategies (``pretrain.strategy`` / ``--strategy``):
 - ``multiworker``: TF ``MultiWorkerMirroredStrategy`` configured from the
   ``TF_CONFIG`` environment variable (every worker runs the same command).
 
+Input: :func:`epoch_input` gives ``fit`` one epoch's batches. Under
+``multiworker`` each worker builds its own pipeline through
+``strategy.distribute_datasets_from_function``: its own files / shard files /
+train rows (:mod:`kerasssl.data.inputshard`, by ``InputContext.input_pipeline_id``
+of ``num_input_pipelines``), batched to the per-replica batch (global batch /
+replicas), so TF shards nothing again and no image is read by two workers in
+an epoch. Under JAX with one process (``DataParallel`` over local devices) the
+one process feeds every device: Keras splits each global batch, there is
+nothing to shard. With multi-process JAX (``jax.process_count() > 1``, after
+``jax.distributed.initialize``) each process reads its own part the same way
+(``jax.process_index()``), in per-process batches, and Keras's own
+element-level sharding is turned off (``auto_shard_dataset=False``).
+
 SimCLR's negatives come from the whole global batch: :func:`gather_replicas`
 all-gathers projections inside a ``tf.distribute`` replica context
 (``ReplicaContext.all_gather`` is differentiable: its gradient all-reduces
@@ -172,7 +185,7 @@ class Distribution:
         distribution: the ``keras.distribution.Distribution`` (JAX), else None.
         num_replicas: replicas that share each global batch.
         is_chief: whether this process writes checkpoints and run files.
-        task_id: this worker's index (multiworker), else 0.
+        task_id: this worker's index (multiworker) or JAX process, else 0.
 
     Example:
         >>> dist = setup("none")
@@ -317,8 +330,12 @@ def _fix_keras_multiworker_metric_reduce():
     multi-worker ``fit`` fails with "Invalid reduction dimension 0 for input
     with 0 dimensions" (tensorflow/tensorflow#72388). Scalars are reduced with
     ``axis=None`` (an all-reduce mean over the workers) instead; everything
-    else goes to Keras unchanged.
+    else goes to Keras unchanged. A worker with one replica gets plain tensors
+    back from ``strategy.run``; fed by ``distribute_datasets_from_function`` they
+    may carry no device, which ``strategy.reduce`` needs: they are placed on the
+    worker's device first.
     """
+    import tensorflow as tf
     from keras import tree
     from keras.src.backend.tensorflow import trainer as tf_trainer
 
@@ -330,7 +347,15 @@ def _fix_keras_multiworker_metric_reduce():
         if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
             flat = tree.flatten(values)
             if all(getattr(v, "shape", None) is not None and v.shape.rank == 0 for v in flat):
-                return tree.map_structure(lambda v: strategy.reduce("MEAN", v, axis=None), values)
+                device = strategy.extended.worker_devices[0]
+
+                def mean(v):
+                    if not isinstance(v, tf.distribute.DistributedValues) and not getattr(v, "device", ""):
+                        with tf.device(device):
+                            v = tf.identity(v)
+                    return strategy.reduce("MEAN", v, axis=None)
+
+                return tree.map_structure(mean, values)
         return original(values, strategy, reduction)
 
     reduce_per_replica._kerasssl_fixed = True
@@ -338,6 +363,8 @@ def _fix_keras_multiworker_metric_reduce():
 
 
 def _setup_jax(name, cpu_devices):
+    import jax
+
     if name == "multiworker":
         raise KerassslError(
             "--strategy multiworker uses TF_CONFIG and tf.distribute: run it with KERAS_BACKEND=tensorflow"
@@ -350,11 +377,92 @@ def _setup_jax(name, cpu_devices):
     if len(devices) == 1:
         log.warning("--strategy mirrored found one JAX device; use --cpu-devices N to split a CPU")
         return Distribution("mirrored", "jax")
-    distribution = keras.distribution.DataParallel(devices=devices)
+    # Several processes: each feeds its own part (epoch_input), so Keras must not shard again.
+    processes = jax.process_count()
+    distribution = keras.distribution.DataParallel(devices=devices, auto_shard_dataset=processes == 1)
     keras.distribution.set_distribution(distribution)
-    dist = Distribution("mirrored", "jax", distribution=distribution, num_replicas=len(devices))
+    dist = Distribution("mirrored", "jax", distribution=distribution, num_replicas=len(devices),
+                        is_chief=jax.process_index() == 0, task_id=jax.process_index())
     log.info("distribution: %s", dist.describe())
     return dist
+
+
+# ---------------------------------------------------------------------------
+# Input: one epoch of batches, each input pipeline reading its own part
+# ---------------------------------------------------------------------------
+def input_shard(dist):
+    """The input pipeline this process is, outside ``distribute_datasets_from_function``.
+
+    Multi-process JAX: ``jax.process_index()`` of ``jax.process_count()``. Anything
+    else (one device, ``mirrored``, one JAX process): the only pipeline. (Under
+    ``multiworker`` the strategy hands each worker its ``InputContext``; see
+    :func:`epoch_input`.)
+
+    Example:
+        >>> input_shard(setup("none"))
+        InputShard(index=0, count=1)
+    """
+    from kerasssl.data.inputshard import InputShard
+
+    if dist is not None and dist.backend == "jax" and dist.distribution is not None:
+        import jax
+
+        return InputShard(jax.process_index(), jax.process_count())
+    return InputShard()
+
+
+def epoch_input(dist, make, seed, epoch, steps_per_epoch, global_batch, start_step=0):
+    """What ``model.fit`` gets for one epoch: each input pipeline's own batches.
+
+    ``make(seed, shard, batch_size)`` builds an endless, deterministic dataset of
+    ``batch_size`` batches of the part of the data that ``shard``
+    (:class:`kerasssl.data.inputshard.InputShard`) reads. Every pipeline takes its
+    ``steps_per_epoch`` batches of the epoch from ``make(epoch_seed(seed, epoch), ...)``
+    and skips the ``start_step`` already trained
+    (:func:`kerasssl.data.pipeline.epoch_batches`): the resume semantics hold per worker.
+
+    - ``multiworker``: ``strategy.distribute_datasets_from_function``; each worker
+      batches ``per-replica batch x local replicas`` (= global batch / workers) and
+      splits it into per-replica batches (``rebatch``), so one step takes one batch
+      from each worker and the workers' images are disjoint;
+    - multi-process JAX: this process's part, in batches of global batch / processes
+      (Keras assembles the global batch across processes);
+    - otherwise: the whole data in global batches (Keras splits them over local replicas).
+
+    Args:
+        dist: the :class:`Distribution` (None: one device).
+        make: ``fn(seed, shard, batch_size) -> tf.data.Dataset`` of batches, endless.
+        seed: the run's data seed.
+        epoch: 0-based epoch.
+        steps_per_epoch: global steps per epoch.
+        global_batch: images per step, all replicas together.
+        start_step: steps of the epoch already trained.
+
+    Example:
+        >>> ds = epoch_input(dist, lambda s, shard, b: make_pretraining_dataset(
+        ...     scans, x, batch_size=b, seed=s, shard=shard), 0, epoch, 100, 64)
+        >>> model.fit(ds, steps_per_epoch=100)
+    """
+    from kerasssl.data import pipeline
+    from kerasssl.data.inputshard import InputShard
+
+    global_batch = int(global_batch)
+    if dist is not None and dist.name == "multiworker" and dist.strategy is not None:
+        def dataset_fn(context):
+            shard = InputShard.from_input_context(context)
+            per_replica = context.get_per_replica_batch_size(global_batch)
+            local = context.num_replicas_in_sync // context.num_input_pipelines
+            log.info("%s: per-replica batch %d, %d local replica(s)", shard, per_replica, local)
+            ds = pipeline.epoch_batches(lambda s: make(s, shard, per_replica * local), seed, epoch,
+                                        steps_per_epoch, start_step)
+            return ds.rebatch(per_replica) if local > 1 else ds
+
+        return dist.strategy.distribute_datasets_from_function(dataset_fn)
+    shard = input_shard(dist)
+    if global_batch % shard.count:
+        raise KerassslError(f"--batch-size {global_batch} must be a multiple of the {shard.count} processes")
+    return pipeline.epoch_batches(lambda s: make(s, shard, global_batch // shard.count), seed, epoch,
+                                  steps_per_epoch, start_step)
 
 
 # ---------------------------------------------------------------------------

@@ -386,6 +386,10 @@ def plan_pretraining(cfg: RunConfig, data_path, run_dir, *, resume=False, image_
         # keras.distribution.DataParallel shards each batch evenly over the devices.
         raise KerassslError(f"--batch-size {batch_size} must be a multiple of the {dist.num_replicas} "
                             "devices of --strategy mirrored under JAX")
+    if dist.name == "multiworker" and batch_size % dist.num_replicas:
+        # Each worker feeds its replicas per-replica batches of global batch / replicas.
+        raise KerassslError(f"--batch-size {batch_size} must be a multiple of the {dist.num_replicas} "
+                            "replicas of --strategy multiworker")
     steps_per_epoch = p.steps_per_epoch or max(n_images // batch_size, 1)
     saved_spe = checkpoint["meta"].get("steps_per_epoch") if checkpoint is not None else None
     if step and saved_spe != steps_per_epoch:
@@ -445,7 +449,7 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
         nonfinite_hint,
         restore_checkpoint,
     )
-    from kerasssl.data.pipeline import epoch_batches, make_dataset
+    from kerasssl.data.pipeline import make_dataset
     from kerasssl.data.split import load_or_create_split
     from kerasssl.layers.preprocess import load_or_create_preprocess
 
@@ -506,15 +510,16 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
 
         stream_errors = StreamErrors()
 
-        def make(seed):
+        def make(seed, shard, batch_size):  # one input pipeline's part (all of it on one worker)
             return make_pretraining_dataset(
-                pools.scans, train_images, batch_size=plan.batch_size, seed=seed,
+                pools.scans, train_images, batch_size=batch_size, seed=seed,
                 image_size=cfg.data.image_size, allow_pickle=cfg.data.allow_pickle,
-                shuffle_buffer=p.shuffle_buffer, errors=stream_errors)
+                shuffle_buffer=p.shuffle_buffer, errors=stream_errors, shard=shard)
     else:
-        def make(seed):
-            return make_dataset(train_images, batch_size=plan.batch_size, shuffle=True, seed=seed, repeat=True,
-                                drop_remainder=True)
+        def make(seed, shard, batch_size):
+            rows = train_images if shard.whole else train_images[shard.rows(len(train_images))]
+            return make_dataset(rows, batch_size=batch_size, shuffle=True, seed=seed + 104729 * shard.index,
+                                repeat=True, drop_remainder=True)
 
     checkpoint.on_saved = lambda epoch, hist: write_json_atomic(run_dir.history, hist)
     guard = NonFiniteLossGuard()
@@ -532,7 +537,9 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
     try:
         for epoch in range(plan.done, p.epochs):
             first = checkpoint.step_offset
-            dataset = epoch_batches(make, cfg.seed, epoch, plan.steps_per_epoch, start_step=first)
+            # Each worker (input pipeline) streams its own part: distribute.epoch_input.
+            dataset = distribute.epoch_input(dist, make, cfg.seed, epoch, plan.steps_per_epoch, plan.batch_size,
+                                             start_step=first)
             model.fit(dataset, epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=plan.steps_per_epoch - first,
                       callbacks=callback_list, verbose=verbose, shuffle=False)
             if guard.failure or model.stop_training:

@@ -6,6 +6,12 @@ ports), running the same ``kerasssl.pretrain.pretrain`` call with
 directory, as on a cluster with a shared file system. Both must finish, agree
 on the loss of every epoch (Keras all-reduces the logged loss), and only the
 chief (worker 0) may write into the run directory.
+
+With unlabeled pools each worker streams its own part (file-level sharding):
+the workers record the images of every batch they trained on (a wrapper on
+``kerasssl.data.pipeline.epoch_batches``, applied after the epoch's ``take``, so
+exactly the consumed batches), and the ids of the two workers must be disjoint
+and together the whole pool, for a folder pool and a 4-shard TFRecord pool.
 """
 
 import json
@@ -54,11 +60,55 @@ def worker_main(data_dir, run_dir):
     return {"loss": [float(v) for v in losses]}
 
 
-@pytest.fixture(scope="module")
-def two_workers(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mw")
-    data = write_class_folders(tmp / "data", {"lenses": 16, "nonlenses": 16}, size=16, channels=1)
-    run_dir = tmp / "run"
+def pool_worker_main(out_dir, *pools):
+    """Runs in each worker process: one tiny pretraining per pool, recording what each step trained on."""
+    import tensorflow as tf
+
+    from kerasssl import pretrain
+    from kerasssl.config import RunConfig
+    from kerasssl.data import pipeline
+    from kerasssl.distribute import read_tf_config
+    from kerasssl.fingerprints import fingerprints
+
+    index = read_tf_config()["task"]["index"]
+    seen = {}
+    real = pipeline.epoch_batches
+
+    def recording(make, seed, epoch, steps_per_epoch, start_step=0):
+        # Keras reads a batch of every fit's dataset to build the model under a strategy, then
+        # iterates it afresh to train: each iteration is recorded apart (a token drawn as it starts).
+        iterations = seen.setdefault(str(epoch), [])
+
+        def start():
+            iterations.append([])
+            return np.int64(len(iterations) - 1)
+
+        def record(k, batch):
+            iterations[int(k)].extend(bytes(r).hex() for r in fingerprints(batch))
+            return batch
+
+        ds = real(make, seed, epoch, steps_per_epoch, start_step)
+        token = tf.data.Dataset.range(1).map(lambda _: tf.numpy_function(start, [], tf.int64))
+        return token.flat_map(lambda k: ds.map(
+            lambda b: tf.ensure_shape(tf.numpy_function(record, [k, b], tf.float32), b.shape)))
+
+    pipeline.epoch_batches = recording
+    results = {}
+    for name, pool in zip(("folder", "tfrecord"), pools):
+        seen.clear()
+        cfg = RunConfig.from_dict({"data": {"image_size": 16}, "pretrain": {
+            "method": "simclr", "encoder": "tiny", "epochs": 1, "steps_per_epoch": 3, "batch_size": 8,
+            # 1: one epoch is exactly one pass over each worker's shards (no blending of passes)
+            "shuffle_buffer": 1, "strategy": "multiworker", "knn_monitor": False, "unlabeled": [pool],
+            "method_options": {"projection_dim": 16, "hidden_dim": 32}}})
+        history = pretrain.pretrain(cfg, None, Path(out_dir) / f"run-{name}", verbose=0)
+        results[name] = {"loss": history["loss"], "seen": dict(seen)}
+    (Path(out_dir) / f"worker{index}.json").write_text(json.dumps(results))
+    return {"index": index}
+
+
+def start_workers(args):
+    """Two worker processes running this file with ``args``; their last stdout line (JSON) each."""
     ports = free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
     procs = []
@@ -66,7 +116,7 @@ def two_workers(tmp_path_factory):
         env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2",
                    CUDA_VISIBLE_DEVICES="", PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}",
                    TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        procs.append(subprocess.Popen([sys.executable, __file__, str(data), str(run_dir)], env=env,
+        procs.append(subprocess.Popen([sys.executable, __file__, *map(str, args)], env=env,
                                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
     try:
@@ -79,7 +129,15 @@ def two_workers(tmp_path_factory):
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
-    return {"results": results, "run_dir": run_dir}
+    return results
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mw")
+    data = write_class_folders(tmp / "data", {"lenses": 16, "nonlenses": 16}, size=16, channels=1)
+    run_dir = tmp / "run"
+    return {"results": start_workers([data, run_dir]), "run_dir": run_dir}
 
 
 def test_two_workers_finish_and_agree_on_the_loss(two_workers):
@@ -99,6 +157,42 @@ def test_only_the_chief_writes_the_run_directory(two_workers):
     assert not [p for p in run_dir.rglob("*") if "worker" in p.name]
 
 
+@pytest.mark.slow  # two MWMS pretrainings in two processes (~40 CPU-s each)
+def test_each_worker_trains_on_its_own_part_of_the_pool(tmp_path, capsys):
+    from conftest import run_cli
+    from test_pool import scanned, write_pool
+
+    pool = write_pool(tmp_path / "pool", 24, nested=False)
+    shards = tmp_path / "shards"
+    code, _, err = run_cli(["convert", pool, shards, "--to", "tfrecord", "--unlabeled", "--shards", "4",
+                            "--no-progress"], capsys)
+    assert code == 0, err
+    pattern = str(shards / "*.tfrecord*")
+    out = tmp_path / "out"
+    out.mkdir()
+    start_workers(["pools", out, pool, pattern])
+    workers = [json.loads((out / f"worker{k}.json").read_text()) for k in range(2)]
+    for name, path in (("folder", pool), ("tfrecord", pattern)):
+        scan = scanned(path)
+        by_fingerprint = {bytes(f).hex(): int(i) for f, i in zip(scan.fingerprints, scan.ids)}
+        # The last iteration of epoch 0 is the one fit trained on.
+        ids = [[by_fingerprint[f] for f in w[name]["seen"]["0"][-1]] for w in workers]
+        # 3 steps x 8 images = 24, 4 per worker per step: each worker its own 12, once each.
+        assert [len(i) for i in ids] == [12, 12] and [len(set(i)) for i in ids] == [12, 12], name
+        assert not set(ids[0]) & set(ids[1]), name
+        assert set(ids[0]) | set(ids[1]) == set(scan.ids.tolist()), name
+        # Whatever a worker read (Keras's look-ahead too) is its own part only.
+        read = [{by_fingerprint[f] for it in w[name]["seen"]["0"] for f in it} for w in workers]
+        assert read == [set(i) for i in ids], name
+        if name == "tfrecord":  # file-level: each worker read whole shard files of its own
+            assert not {i >> 32 for i in ids[0]} & {i >> 32 for i in ids[1]}
+        assert workers[0][name]["loss"] == workers[1][name]["loss"]  # one model, trained together
+    assert (tmp_path / "out" / "run-folder" / "encoder.keras").exists()
+
+
 if __name__ == "__main__":
-    print(json.dumps(worker_main(*sys.argv[1:3])), flush=True)
+    if sys.argv[1] == "pools":
+        print(json.dumps(pool_worker_main(*sys.argv[2:])), flush=True)
+    else:
+        print(json.dumps(worker_main(*sys.argv[1:3])), flush=True)
     os._exit(0)  # skip TF's slow teardown: the result is out

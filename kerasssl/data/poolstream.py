@@ -18,6 +18,11 @@ Memory is bounded by the shuffle buffer and the prefetch, not by the pools:
   all share one stored shape (:mod:`kerasssl.data.tfrecord`);
 - **the train split**: from memory (the labelled set is small), reshuffled each epoch.
 
+With several input pipelines (multi-worker, multi-process JAX) each builds
+this stream for its own :class:`kerasssl.data.inputshard.InputShard`: its own
+files, shard files (or, with fewer shards than pipelines, records) and train
+rows, chosen before any read; see :mod:`kerasssl.data.inputshard`.
+
 The sources are mixed in proportion to their sizes (seeded), batched into full
 batches and prefetched. Pixels stay raw: the model's ``Preprocess`` layer
 repairs and normalises them, as for in-memory data.
@@ -30,6 +35,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 import threading
 from pathlib import Path
 from typing import Optional, Sequence
@@ -37,11 +43,14 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from kerasssl.data.inputshard import RECORDS, InputShard, folder_ids, pipeline_ids, shard_reads
 from kerasssl.data.pool import RECORD_BITS, read_pool_file
 from kerasssl.data.poolscan import PoolScan
 from kerasssl.errors import DataError, KerassslError
 
 DEFAULT_SHUFFLE_BUFFER = 2048
+
+log = logging.getLogger(__name__)
 
 
 class StreamErrors:
@@ -62,15 +71,18 @@ class StreamErrors:
 
 
 def folder_stream(scan: PoolScan, *, image_size=None, allow_pickle=False, seed=0,
-                  errors: Optional[StreamErrors] = None) -> tf.data.Dataset:
-    """Single (H, W, C) images of a folder pool's usable files, forever, reshuffled each epoch."""
+                  errors: Optional[StreamErrors] = None, shard: InputShard = InputShard()) -> tf.data.Dataset:
+    """Single (H, W, C) images of a folder pool's usable files (``shard``'s part), forever,
+    reshuffled each epoch."""
     if scan.files.kind != "folder":
         raise KerassslError(f"{scan.files.path}: not a folder pool")
     root = Path(scan.files.root)
-    paths = [str(root / scan.files.files[i]) for i in scan.used_ids]
+    # The file list is sharded before any read: a pipeline opens only its own files.
+    paths = [str(root / scan.files.files[i]) for i in folder_ids(scan, shard)]
     n = len(paths)
     if not n:
-        raise DataError(scan.files.path, "no image of the pool is left to pretrain on")
+        raise DataError(scan.files.path, "no image of the pool is left to pretrain on"
+                        + ("" if shard.whole else f" for {shard}"))
     shape = tuple(scan.image_shape)
     axis = scan.layout.axis
     errors = errors if errors is not None else StreamErrors()
@@ -138,21 +150,26 @@ def _model_image(array, stored, axis, shape):
     return array[..., top:top + height, left:left + width, :]
 
 
-def shard_stream(scan: PoolScan, *, image_size=None, seed=0,
-                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER) -> tf.data.Dataset:
-    """Single (H, W, C) images of a shard pool's usable records, forever (bounded shuffle)."""
+def shard_stream(scan: PoolScan, *, image_size=None, seed=0, shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+                 shard: InputShard = InputShard()) -> tf.data.Dataset:
+    """Single (H, W, C) images of a shard pool's usable records (``shard``'s part), forever
+    (bounded shuffle)."""
     from kerasssl.data.imageset import center_crop_tensor as center_crop
     from kerasssl.data.tfrecord.records import IMAGE_FEATURES, decode_image
     from kerasssl.data.tfrecord.shards import compression_of
 
     if scan.files.kind != "tfrecord":
         raise KerassslError(f"{scan.files.path}: not a TFRecord pool")
-    shards = list(scan.files.files)
+    reads = shard_reads(scan, shard)  # this pipeline's shard files, chosen before the interleave
+    if not len(reads.ids):
+        raise DataError(scan.files.path, "no record of the pool is left to pretrain on"
+                        + ("" if shard.whole else f" for {shard}"))
+    shards = [scan.files.files[k] for k in reads.shards]
     height, width, channels = (int(d) for d in scan.image_shape)
     channels_first = scan.layout.axis == "first"
     removed = _removed_ids(scan)
-    files = tf.data.Dataset.from_tensor_slices(
-        (shards, np.arange(len(shards), dtype=np.int64), [compression_of(s) for s in shards]))
+    # k stays the shard's position in the whole pool: record ids are the same for every pipeline.
+    files = tf.data.Dataset.from_tensor_slices((shards, reads.shards, [compression_of(s) for s in shards]))
     files = files.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True).repeat()
 
     def read(path, k, compression):
@@ -165,6 +182,18 @@ def shard_stream(scan: PoolScan, *, image_size=None, seed=0,
         table = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
             tf.constant(removed, tf.int64), tf.ones(len(removed), tf.int64)), 0)
         records = records.filter(lambda i, r: tf.equal(table.lookup(i), 0))
+    if reads.mode == RECORDS:  # fewer shards than pipelines: keep this pipeline's records
+        log.warning("%s: %d shard file(s) cannot give each of %d input pipelines its own: sharding by "
+                    "record (each worker reads every shard and keeps 1/%d of the records)",
+                    scan.files.path, len(shards), shard.count, shard.count)
+        count, index = tf.constant(shard.count, tf.int64), tf.constant(shard.index, tf.int64)
+        low = tf.constant((1 << RECORD_BITS) - 1, tf.int64)
+
+        def owned(i, r):
+            owner = (tf.bitwise.right_shift(i, RECORD_BITS) + tf.bitwise.bitwise_and(i, low)) % count
+            return tf.equal(owner, index)
+
+        records = records.filter(owned)
     records = records.shuffle(int(shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
     if scan.raw_layout is not None:  # one stored shape: parse and decode a block at a time
         stored = tuple(scan.raw_layout[2])
@@ -212,46 +241,68 @@ def array_stream(images, *, seed=0) -> tf.data.Dataset:
 def make_pretraining_dataset(scans: Sequence[PoolScan], train_images=None, *, batch_size: int,
                              seed: int = 0, image_size=None, allow_pickle: bool = False,
                              shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
-                             errors: Optional[StreamErrors] = None) -> tf.data.Dataset:
+                             errors: Optional[StreamErrors] = None,
+                             shard: InputShard = InputShard()) -> tf.data.Dataset:
     """Full batches of raw images from the pools (and the train split), mixed by size, forever.
 
     Args:
         scans: the pools after their content pass (:func:`kerasssl.data.pool.scan_pool`),
             leak guard applied.
         train_images: the labelled train split (N, H, W, C), or None.
-        batch_size: images per batch (every batch is full).
+        batch_size: images per batch (every batch is full): the pipeline's own
+            batch when there are several (the global batch / pipelines).
         seed: orders, shuffles and the mix; the same seed gives the same batches.
         image_size: the centre crop (``data.image_size``), as in the content pass.
         allow_pickle: as in the content pass.
         shuffle_buffer: records in each shard pool's shuffle buffer.
         errors: collects a reader's DataError (see :class:`StreamErrors`).
+        shard: the input pipeline this stream feeds (default: the only one): it
+            reads its own files / shard files / train rows only
+            (:mod:`kerasssl.data.inputshard`), mixed by its own counts.
 
     Returns:
         ``tf.data.Dataset`` of float32 (batch_size, H, W, C), prefetched; use ``steps_per_epoch``.
 
+    Raises:
+        KerassslError: nothing at all for this pipeline to read.
+
     Example:
         >>> ds = make_pretraining_dataset(scans, x_train, batch_size=64, seed=1)
+        >>> ds_worker1 = make_pretraining_dataset(scans, x_train, batch_size=32, seed=1,
+        ...                                       shard=InputShard(index=1, count=2))
     """
+    # Pipelines differ in their seeds too (one pipeline: unchanged); each is still a
+    # function of (seed, pipeline) alone, so a resumed worker rebuilds its own stream.
+    seed = int(seed) + 104729 * shard.index
     sources, weights = [], []
     for k, scan in enumerate(scans):
-        source_seed = int(seed) + 7919 * (k + 1)
+        source_seed = seed + 7919 * (k + 1)
+        n_mine = len(pipeline_ids(scan, shard)) if not shard.whole else scan.n_used
+        if not n_mine:  # a pool smaller than the number of pipelines: the others read it
+            log.warning("%s: %d usable image(s), fewer than the %d input pipelines: none for %s",
+                        scan.files.path, scan.n_used, shard.count, shard)
+            continue
         if scan.files.kind == "folder":
             ds = folder_stream(scan, image_size=image_size, allow_pickle=allow_pickle,
-                               seed=source_seed, errors=errors)
+                               seed=source_seed, errors=errors, shard=shard)
         else:
             ds = shard_stream(scan, image_size=image_size, seed=source_seed,
-                              shuffle_buffer=shuffle_buffer)
+                              shuffle_buffer=shuffle_buffer, shard=shard)
         sources.append(ds)
-        weights.append(scan.n_used)
+        weights.append(n_mine)
     if train_images is not None and len(train_images):
-        sources.append(array_stream(train_images, seed=int(seed)))
-        weights.append(len(train_images))
+        rows = shard.rows(len(train_images))
+        if len(rows):
+            sources.append(array_stream(train_images if shard.whole else np.asarray(train_images)[rows],
+                                        seed=seed))
+            weights.append(len(rows))
     if not sources:
-        raise KerassslError("nothing to pretrain on: no pool and no train split")
+        raise KerassslError("nothing to pretrain on: no pool and no train split"
+                            + ("" if shard.whole else f" for {shard}"))
     if len(sources) == 1:
         stream = sources[0]
     else:
         total = float(sum(weights))
         stream = tf.data.Dataset.sample_from_datasets(
-            sources, weights=[w / total for w in weights], seed=int(seed))
+            sources, weights=[w / total for w in weights], seed=seed)
     return stream.batch(int(batch_size), drop_remainder=True).prefetch(tf.data.AUTOTUNE)
