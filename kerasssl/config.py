@@ -165,6 +165,10 @@ class PretrainConfig:
             memory bound of streaming; folder pools need none).
         skip_bad: skip unreadable pool files, count them and list them in
             ``RUN/skipped_files.txt`` (``--skip-bad``); default: one bad file stops the run.
+        debug_nans: check every tensor of each train step (views, features,
+            projections, loss terms, gradients, updated weights) and stop at the
+            first non-finite one, naming it (``--debug-nans``, see
+            :mod:`kerasssl.nandebug`); one device only. Off: no cost.
     """
 
     method: str = "simclr"
@@ -187,6 +191,7 @@ class PretrainConfig:
     unlabeled: list = field(default_factory=list)
     shuffle_buffer: int = 2048
     skip_bad: bool = False
+    debug_nans: bool = False
 
     def __post_init__(self):
         self.validate()
@@ -227,6 +232,11 @@ class PretrainConfig:
             raise KerassslError(f"pretrain.unlabeled names a pool twice: {list(unlabeled)}")
         _check_positive_int("pretrain.shuffle_buffer", self.shuffle_buffer)
         _check_bool("pretrain.skip_bad", self.skip_bad)
+        _check_bool("pretrain.debug_nans", self.debug_nans)
+        if self.debug_nans and strategy.lower() != "none":
+            # Keras combines per-replica step outputs, which would blur "the first tensor".
+            raise KerassslError(f"pretrain.debug_nans runs on one device; drop pretrain.strategy: {strategy} "
+                                "(--strategy) to debug")
 
 
 @dataclass

@@ -28,7 +28,9 @@ skipped with a warning) and continues to ``epochs``; a crash or ``kill -9``
 loses at most the epoch in progress, and a run killed after its last
 checkpoint only gets ``encoder.keras`` written. A NaN/Inf loss stops the run
 with a one-line :class:`KerassslError` (what to try, see
-:func:`kerasssl.callbacks.nonfinite_hint`) and leaves the last good checkpoint.
+:func:`kerasssl.callbacks.nonfinite_hint`) and leaves the last good checkpoint;
+with ``pretrain.debug_nans`` (``--debug-nans``) every tensor of each step is
+checked and the error names the first non-finite one (:mod:`kerasssl.nandebug`).
 
 :func:`build_pretraining_model` holds model construction + compile in one
 place, so a ``tf.distribute`` scope can wrap it.
@@ -431,6 +433,7 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
     from kerasssl.data.pipeline import make_dataset
     from kerasssl.data.split import load_or_create_split
     from kerasssl.layers.preprocess import load_or_create_preprocess
+    from kerasssl.nandebug import NaNDebugReport
 
     if plan is None:  # sets up data parallelism (tf.distribute / keras.distribution) before any TF op
         plan = plan_pretraining(cfg, data_path, run_dir, resume=resume, image_set=image_set, progress=progress)
@@ -452,6 +455,7 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
                                                            reuse=resume, dtype="float32")
     with dist.scope():  # variables mirrored / sharded; Keras then splits each global batch
         model = build_pretraining_model(cfg, input_shape, preprocess, steps_per_epoch=plan.steps_per_epoch)
+        model.debug_nans = bool(p.debug_nans)  # before fit() traces the step
         if dist.num_replicas > 1 and p.sync_batchnorm:
             distribute.synchronize_batchnorm(model)  # global-batch BN statistics (TF)
         history = {}
@@ -496,7 +500,9 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
         write_json_atomic(run_dir.history, hist)
 
     guard = NonFiniteLossGuard()
-    callbacks = [LearningRateLogger()]
+    # First: it takes the debug step's entries out of the logs the others see.
+    nan_report = NaNDebugReport(initial_step=plan.done * plan.steps_per_epoch) if p.debug_nans else None
+    callbacks = ([nan_report] if nan_report is not None else []) + [LearningRateLogger()]
     probe = _probe_callback(cfg, image_set, split, plan.train_idx, plan.val_idx) if image_set is not None else None
     if probe is not None:
         callbacks.append(probe)
@@ -523,11 +529,13 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
         kept = f"last good checkpoint: epoch {last['epoch']}" if last else "no checkpoint was written"
         raise KerassslError(f"{', '.join(p.unlabeled)}: reading the pool failed during pretraining "
                             f"({first_line(e)}): did a file change since the run checked it? {kept}") from None
-    if guard.failure:
+    # The debug report names the first non-finite tensor (maybe a gradient, a step before the loss).
+    failure = (nan_report.failure if nan_report is not None else None) or guard.failure
+    if failure:
         last = load_checkpoint_meta(ckpt_dir)
         kept = f"last good checkpoint: epoch {last['epoch']}" if last else "no checkpoint was written"
         hint = nonfinite_hint(seen, cfg.data.normalization)
-        raise KerassslError(f"pretraining stopped: {guard.failure}; {kept}; {hint}")
+        raise KerassslError(f"pretraining stopped: {failure}; {kept}; {hint}")
     return _finish(model, cfg, input_shape, run_dir, history, dist, train_images, pools)
 
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import (command_line, data_options, distribution_options, encoder_option, method_option,
-                                  pool_options, pool_overrides, prevalence_option)
+from kerasssl.cli.options import (command_line, data_options, debug_nans_option, distribution_options, encoder_option,
+                                  method_option, pool_options, pool_overrides, prevalence_option)
 from kerasssl.config import FINETUNE_MODES, PRECISIONS
 
 
@@ -32,9 +32,10 @@ from kerasssl.config import FINETUNE_MODES, PRECISIONS
 @pool_options
 @distribution_options
 @data_options
+@debug_nans_option
 def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, image_size, batch_size,
         precision, labels_fraction, mode, seed, no_export, prevalence, unlabeled, skip_bad, strategy, cpu_devices,
-        sync_batchnorm, allow_pickle, channel_axis):
+        sync_batchnorm, allow_pickle, channel_axis, debug_nans):
     """The whole job on DATA: split, pretrain, fine-tune, evaluate (and export).
 
     With --unlabeled POOL, pretraining streams the pools with DATA's train split
@@ -72,6 +73,7 @@ def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, im
         "pretrain.sync_batchnorm": sync_batchnorm,
         "data.allow_pickle": allow_pickle,
         "data.channel_axis": channel_axis,
+        "pretrain.debug_nans": debug_nans,
         **pool_overrides(unlabeled, skip_bad),
     })
     # fit() checks everything (and sets up the devices) before its first write; the command

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import (command_line, data_options, distribution_options, encoder_option, method_option,
-                                  pool_options, pool_overrides)
+from kerasssl.cli.options import (command_line, data_options, debug_nans_option, distribution_options, encoder_option,
+                                  method_option, pool_options, pool_overrides)
 from kerasssl.config import PRECISIONS
 
 
@@ -30,9 +30,10 @@ from kerasssl.config import PRECISIONS
 @pool_options
 @distribution_options
 @data_options
+@debug_nans_option
 def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, precision, steps_per_epoch,
              resume, config_path, seed, unlabeled, skip_bad, strategy, cpu_devices, sync_batchnorm,
-             allow_pickle, channel_axis):
+             allow_pickle, channel_axis, debug_nans):
     """Pretrain an encoder on DATA's train split (and unlabeled pools) with a self-supervised method.
 
     With --unlabeled POOL the pools are streamed with DATA's train split (never
@@ -68,9 +69,11 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
             **pool_overrides(unlabeled, skip_bad),
         })
     # The devices may differ on resume (another machine): flags override the saved run.
-    # So may --allow-pickle: it changes which files can be read, not what is read from them.
+    # So may --allow-pickle: it changes which files can be read, not what is read from them;
+    # and --debug-nans, a diagnostic that changes no result.
     cfg = cfg.with_overrides({"pretrain.strategy": strategy, "pretrain.cpu_devices": cpu_devices,
-                              "pretrain.sync_batchnorm": sync_batchnorm, "data.allow_pickle": allow_pickle})
+                              "pretrain.sync_batchnorm": sync_batchnorm, "data.allow_pickle": allow_pickle,
+                              "pretrain.debug_nans": debug_nans})
     if data is None and not cfg.pretrain.unlabeled:
         raise click.UsageError("give DATA, or --unlabeled POOL (pretrain.unlabeled), or both")
     # pretrain() checks everything (and sets up the devices) before its first write; the command
