@@ -1,11 +1,12 @@
-"""MultiWorkerMirroredStrategy: two worker processes on 127.0.0.1 pretrain together.
+"""MultiWorkerMirroredStrategy: two worker processes on 127.0.0.1 pretrain (and fine-tune) together.
 
 Each worker is a fresh interpreter with its own ``TF_CONFIG`` (two free local
 ports), running the same ``kerasssl.pretrain.pretrain`` call with
 ``pretrain.strategy = multiworker`` on the same data and the same run
 directory, as on a cluster with a shared file system. Both must finish, agree
 on the loss of every epoch (Keras all-reduces the logged loss), and only the
-chief (worker 0) may write into the run directory.
+chief (worker 0) may write into the run directory. Fine-tuning (which shares
+``pretrain.strategy``) is held to the same: two workers, one loss, one writer.
 """
 
 import json
@@ -54,9 +55,24 @@ def worker_main(data_dir, run_dir):
     return {"loss": [float(v) for v in losses]}
 
 
-@pytest.fixture(scope="module")
-def two_workers(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("mw")
+def worker_finetune_main(data_dir, run_dir):
+    """Runs in each worker process: a tiny supervised fine-tuning under multiworker."""
+    from kerasssl import finetune
+    from kerasssl.config import RunConfig
+
+    cfg = RunConfig.from_dict({
+        "data": {"image_size": 16},
+        "pretrain": {"encoder": "tiny", "strategy": "multiworker"},
+        "finetune": {"mode": "supervised", "epochs": 2, "batch_size": 8, "augment": False},
+    })
+    record = finetune.finetune(cfg, data_dir, run_dir)
+    return {"loss": [float(v) for v in record["loss"]], "distribution": record["distribution"]}
+
+
+WORKERS = {"pretrain": worker_main, "finetune": worker_finetune_main}
+
+
+def run_two_workers(tmp, job):
     data = write_class_folders(tmp / "data", {"lenses": 16, "nonlenses": 16}, size=16, channels=1)
     run_dir = tmp / "run"
     ports = free_ports(2)
@@ -66,7 +82,7 @@ def two_workers(tmp_path_factory):
         env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2",
                    CUDA_VISIBLE_DEVICES="", PYTHONPATH=f"{ROOT}:{ROOT / 'tests'}",
                    TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}}))
-        procs.append(subprocess.Popen([sys.executable, __file__, str(data), str(run_dir)], env=env,
+        procs.append(subprocess.Popen([sys.executable, __file__, job, str(data), str(run_dir)], env=env,
                                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
     try:
@@ -80,6 +96,16 @@ def two_workers(tmp_path_factory):
                 proc.kill()
                 proc.communicate()
     return {"results": results, "run_dir": run_dir}
+
+
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    return run_two_workers(tmp_path_factory.mktemp("mw"), "pretrain")
+
+
+@pytest.fixture(scope="module")
+def two_finetuning_workers(tmp_path_factory):
+    return run_two_workers(tmp_path_factory.mktemp("mw_finetune"), "finetune")
 
 
 def test_two_workers_finish_and_agree_on_the_loss(two_workers):
@@ -99,6 +125,17 @@ def test_only_the_chief_writes_the_run_directory(two_workers):
     assert not [p for p in run_dir.rglob("*") if "worker" in p.name]
 
 
+@pytest.mark.slow
+def test_two_finetuning_workers_agree_on_the_loss_and_only_the_chief_writes(two_finetuning_workers):
+    chief, worker = two_finetuning_workers["results"]
+    assert len(chief["loss"]) == 2 and np.all(np.isfinite(chief["loss"]))
+    np.testing.assert_allclose(worker["loss"], chief["loss"], rtol=1e-6)
+    assert chief["distribution"].startswith("multiworker") and "2 replica(s)" in chief["distribution"]
+    run_dir = two_finetuning_workers["run_dir"]
+    assert (run_dir / "classifier.keras").exists() and (run_dir / "finetune.json").exists()
+    assert not [p for p in run_dir.rglob("*") if "worker" in p.name]
+
+
 if __name__ == "__main__":
-    print(json.dumps(worker_main(*sys.argv[1:3])), flush=True)
+    print(json.dumps(WORKERS[sys.argv[1]](*sys.argv[2:4])), flush=True)
     os._exit(0)  # skip TF's slow teardown: the result is out
