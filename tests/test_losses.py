@@ -102,8 +102,6 @@ def test_negative_cosine_and_symmetric_forms(pair):
     np.testing.assert_allclose(float(losses.byol_loss(p1, p2, z1, z2)), byol, rtol=1e-5)
 
 
-
-
 def test_l2_normalize_matches_numpy_and_keeps_tiny_rows_finite(pair):
     z1, _ = pair
     np.testing.assert_allclose(losses.l2_normalize(z1).numpy(), _norm(z1), rtol=1e-5, atol=1e-6)
