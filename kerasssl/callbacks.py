@@ -11,7 +11,7 @@ and TensorBoard callbacks (``kerasssl.pretrain`` does):
 - :class:`ScalarEventWriter`: the epoch scalars as TensorBoard event files
   (written directly as Event protos, so the ``tensorboard`` package that
   ``tf.summary`` needs is not required).
-- :class:`kerasssl.checkpoints.EpochCheckpoint` (re-exported here): weights +
+- :class:`kerasssl.checkpoints.EpochCheckpoint` (its own module): weights +
   optimizer state + epoch + RNG state + history, written atomically to
   ``RUN/checkpoints`` after each good epoch (and every N steps).
 
@@ -34,15 +34,6 @@ import keras
 import numpy as np
 
 from kerasssl import metrics
-from kerasssl.checkpoints import (  # noqa: F401 - the checkpoint API, re-exported where it used to live
-    LATEST,
-    EpochCheckpoint,
-    checkpoint_files,
-    has_checkpoint,
-    load_checkpoint,
-    load_checkpoint_meta,
-    restore_checkpoint,
-)
 
 log = logging.getLogger(__name__)
 

@@ -183,6 +183,10 @@ class PretrainConfig:
         checkpoint_every: also checkpoint every this many steps within an epoch
             (``--checkpoint-every``; 0 = at epoch ends only): for long epochs,
             ``--resume`` then continues from the step, with the same data order.
+        debug_nans: check every tensor of each train step (views, features,
+            projections, loss terms, gradients, updated weights) and stop at the
+            first non-finite one, naming it (``--debug-nans``, see
+            :mod:`kerasssl.nandebug`); one device only. Off: no cost.
     """
 
     method: str = "simclr"
@@ -206,6 +210,7 @@ class PretrainConfig:
     shuffle_buffer: int = 2048
     skip_bad: bool = False
     checkpoint_every: int = 0
+    debug_nans: bool = False
 
     def __post_init__(self):
         self.validate()
@@ -249,6 +254,11 @@ class PretrainConfig:
         if not _is_int(self.checkpoint_every) or self.checkpoint_every < 0:
             raise KerassslError(f"pretrain.checkpoint_every must be a step count >= 0 (0 = epoch ends only), "
                                 f"got {self.checkpoint_every!r}")
+        _check_bool("pretrain.debug_nans", self.debug_nans)
+        if self.debug_nans and strategy.lower() != "none":
+            # Keras combines per-replica step outputs, which would blur "the first tensor".
+            raise KerassslError(f"pretrain.debug_nans runs on one device; drop pretrain.strategy: {strategy} "
+                                "(--strategy) to debug")
 
 
 @dataclass

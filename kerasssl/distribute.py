@@ -297,6 +297,7 @@ def _setup_tf(name, cpu_devices):
         # The cluster resolver reads TF_CONFIG itself; collectives over gRPC.
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         _fix_keras_multiworker_metric_reduce()
+        _fix_multiworker_structure_reduce(strategy)
         dist = Distribution(
             "multiworker",
             "tensorflow",
@@ -360,6 +361,31 @@ def _fix_keras_multiworker_metric_reduce():
 
     reduce_per_replica._kerasssl_fixed = True
     tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+def _fix_multiworker_structure_reduce(strategy):
+    """Let ``strategy.reduce`` take a structure of per-replica values under multiworker.
+
+    Keras's TF ``fit`` reduces the first distributed batch, ``(x, y, sample_weight)``,
+    with one ``strategy.reduce("MEAN", batch, axis=None)`` to build the model; the
+    multi-worker strategy only reduces single values and fails converting the tuple
+    ("Attempt to convert a value (PerReplica ...)"), so fine-tuning (arrays with
+    labels) could not start, while pretraining (a batch of images alone) could.
+    Each leaf is reduced on its own instead, in the same order on every worker.
+    """
+    from keras import tree
+
+    original = strategy.reduce
+    if getattr(original, "_kerasssl_fixed", False):
+        return
+
+    def reduce(reduce_op, value, axis):
+        if isinstance(value, (tuple, list, dict)):
+            return tree.map_structure(lambda v: original(reduce_op, v, axis), value)
+        return original(reduce_op, value, axis)
+
+    reduce._kerasssl_fixed = True
+    strategy.reduce = reduce
 
 
 def _setup_jax(name, cpu_devices):

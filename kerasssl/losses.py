@@ -27,6 +27,8 @@ Example:
 
 from keras import ops
 
+from kerasssl.nandebug import probe  # names loss terms for --debug-nans (a no-op otherwise)
+
 # Subtracted from masked logits (after the float32 cast): exp() of it is 0.
 _MASK_OFFSET = 1e9
 
@@ -36,10 +38,17 @@ def _f32(x):
 
 
 def l2_normalize(x, axis=-1, epsilon=1e-12):
-    """x / max(||x||, epsilon) along ``axis``, in float32."""
+    """x / max(||x||, epsilon) along ``axis``, in float32, with a finite gradient everywhere.
+
+    Computed as ``x * rsqrt(max(||x||^2, epsilon^2))`` (as ``tf.math.l2_normalize``):
+    ``x / max(sqrt(||x||^2), epsilon)`` has the same value but a NaN gradient at
+    a zero row (0 from the max times sqrt's infinite slope at 0), and one zero
+    projection then turns every weight NaN at the next step. ``epsilon^2`` = 1e-24
+    is a normal float32 (the cast comes first; float16 would flush it to 0).
+    """
     x = _f32(x)
-    norm = ops.sqrt(ops.sum(ops.square(x), axis=axis, keepdims=True))
-    return x / ops.maximum(norm, epsilon)
+    squared_norm = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    return x * ops.rsqrt(ops.maximum(squared_norm, epsilon * epsilon))
 
 
 def nt_xent(z1, z2, temperature=0.1, all_z1=None, all_z2=None, offset=0):
@@ -69,14 +78,14 @@ def nt_xent(z1, z2, temperature=0.1, all_z1=None, all_z2=None, offset=0):
     Example:
         >>> loss = nt_xent(z1, z2, temperature=0.2)
     """
-    q = l2_normalize(ops.concatenate([z1, z2], axis=0))
+    q = probe("nt_xent normalised embeddings", l2_normalize(ops.concatenate([z1, z2], axis=0)))
     n = ops.shape(z1)[0]
     if all_z1 is None:
         keys, m, offset = q, n, 0
     else:
-        keys = l2_normalize(ops.concatenate([all_z1, all_z2], axis=0))
+        keys = probe("nt_xent normalised keys", l2_normalize(ops.concatenate([all_z1, all_z2], axis=0)))
         m = ops.shape(all_z1)[0]
-    logits = ops.matmul(q, ops.transpose(keys)) / temperature
+    logits = probe("nt_xent logits", ops.matmul(q, ops.transpose(keys)) / temperature)
     # Row r is view (r // N), sample (r % N); its own column in `keys` is
     # view * M + offset + sample and its positive the same sample in the
     # other view.
@@ -87,10 +96,10 @@ def nt_xent(z1, z2, temperature=0.1, all_z1=None, all_z2=None, offset=0):
     positive_index = (1 - view) * m + offset + sample
     # Remove self-similarity from the softmax (finite offset, float32).
     logits = logits - _MASK_OFFSET * ops.one_hot(self_index, 2 * m, dtype="float32")
-    positives = ops.take_along_axis(
+    positives = probe("nt_xent positive logits", ops.take_along_axis(
         logits, ops.expand_dims(positive_index, 1), axis=1
-    )[:, 0]
-    return ops.mean(ops.logsumexp(logits, axis=1) - positives)
+    )[:, 0])
+    return ops.mean(probe("nt_xent logsumexp", ops.logsumexp(logits, axis=1)) - positives)
 
 
 def negative_cosine(p, z):
@@ -106,9 +115,9 @@ def negative_cosine(p, z):
     Example:
         >>> negative_cosine(p1, z2)
     """
-    p = l2_normalize(p)
-    z = l2_normalize(ops.stop_gradient(z))
-    return -ops.mean(ops.sum(p * z, axis=-1))
+    p = probe("normalised predictions", l2_normalize(p))
+    z = probe("normalised targets", l2_normalize(ops.stop_gradient(z)))
+    return -ops.mean(probe("cosine similarities", ops.sum(p * z, axis=-1)))
 
 
 def simsiam_loss(p1, p2, z1, z2):
@@ -160,7 +169,7 @@ def barlow_twins(z1, z2, lambda_offdiag=5e-3, epsilon=1e-5):
     z1 = _standardize_columns(_f32(z1), epsilon)
     z2 = _standardize_columns(_f32(z2), epsilon)
     n = ops.cast(ops.shape(z1)[0], "float32")
-    c = ops.matmul(ops.transpose(z1), z2) / n
+    c = probe("barlow_twins cross-correlation", ops.matmul(ops.transpose(z1), z2) / n)
     d = ops.shape(c)[0]
     eye = ops.eye(d, dtype="float32")
     on_diag = ops.sum(ops.square(ops.diagonal(c) - 1.0))
@@ -202,8 +211,9 @@ def vicreg(z1, z2, sim_weight=25.0, var_weight=25.0, cov_weight=1.0, epsilon=1e-
         unbiased_var = ops.var(z, axis=0) * n / (n - 1.0)
         return ops.mean(ops.relu(1.0 - ops.sqrt(unbiased_var + epsilon)))
 
-    variance = 0.5 * (std_term(z1) + std_term(z2))
-    covariance = _off_diagonal_cov_penalty(z1) + _off_diagonal_cov_penalty(z2)
+    probe("vicreg invariance", invariance)
+    variance = probe("vicreg variance", 0.5 * (std_term(z1) + std_term(z2)))
+    covariance = probe("vicreg covariance", _off_diagonal_cov_penalty(z1) + _off_diagonal_cov_penalty(z2))
     return sim_weight * invariance + var_weight * variance + cov_weight * covariance
 
 
@@ -214,7 +224,7 @@ def _infonce_queue(q, k, queue, temperature):
     negatives = l2_normalize(ops.stop_gradient(queue))
     positive = ops.sum(q * k, axis=-1, keepdims=True) / temperature
     negative = ops.matmul(q, ops.transpose(negatives)) / temperature
-    logits = ops.concatenate([positive, negative], axis=1)
+    logits = probe("moco logits", ops.concatenate([positive, negative], axis=1))
     return ops.mean(ops.logsumexp(logits, axis=1) - positive[:, 0])
 
 

@@ -35,7 +35,9 @@ and a resumed epoch skips the batches its checkpoint had trained, so a resumed
 run sees the batches an uninterrupted one would: its loss curve continues the
 same (exactly, on CPU; tested). A NaN/Inf loss stops the run
 with a one-line :class:`KerassslError` (what to try, see
-:func:`kerasssl.callbacks.nonfinite_hint`) and leaves the last good checkpoint.
+:func:`kerasssl.callbacks.nonfinite_hint`) and leaves the last good checkpoint;
+with ``pretrain.debug_nans`` (``--debug-nans``) every tensor of each step is
+checked and the error names the first non-finite one (:mod:`kerasssl.nandebug`).
 
 :func:`build_pretraining_model` holds model construction + compile in one
 place, so a ``tf.distribute`` scope can wrap it.
@@ -275,7 +277,7 @@ class PretrainingPlan:
             worker's private copy).
         image_set / split: the data and the split the run will record.
         train_idx / val_idx: rows of the train and validation splits.
-        checkpoint: the checkpoint to resume from (:func:`kerasssl.callbacks.load_checkpoint`), or None.
+        checkpoint: the checkpoint to resume from (:func:`kerasssl.checkpoints.load_checkpoint`), or None.
         done: epochs already trained.
         step: steps of the next epoch already trained (a mid-epoch checkpoint), else 0.
         finish_only: every epoch is trained but ``encoder.keras`` was never written
@@ -330,7 +332,7 @@ def plan_pretraining(cfg: RunConfig, data_path, run_dir, *, resume=False, image_
         >>> plan.done, len(plan.train_idx)
         (0, 252)
     """
-    from kerasssl.callbacks import has_checkpoint, load_checkpoint
+    from kerasssl.checkpoints import has_checkpoint, load_checkpoint
     from kerasssl.data.load import check_data_path, load_images
     from kerasssl.data.split import check_split
 
@@ -440,18 +442,12 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
     import keras
 
     from kerasssl import distribute
-    from kerasssl.callbacks import (
-        EpochCheckpoint,
-        LearningRateLogger,
-        NonFiniteLossGuard,
-        ScalarEventWriter,
-        load_checkpoint_meta,
-        nonfinite_hint,
-        restore_checkpoint,
-    )
+    from kerasssl.callbacks import LearningRateLogger, NonFiniteLossGuard, ScalarEventWriter, nonfinite_hint
+    from kerasssl.checkpoints import EpochCheckpoint, load_checkpoint_meta, restore_checkpoint
     from kerasssl.data.pipeline import make_dataset
     from kerasssl.data.split import load_or_create_split
     from kerasssl.layers.preprocess import load_or_create_preprocess
+    from kerasssl.nandebug import NaNDebugReport
 
     if plan is None:  # sets up data parallelism (tf.distribute / keras.distribution) before any TF op
         plan = plan_pretraining(cfg, data_path, run_dir, resume=resume, image_set=image_set, progress=progress)
@@ -473,6 +469,7 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
                                                            reuse=resume, dtype="float32")
     with dist.scope():  # variables mirrored / sharded; Keras then splits each global batch
         model = build_pretraining_model(cfg, input_shape, preprocess, steps_per_epoch=plan.steps_per_epoch)
+        model.debug_nans = bool(p.debug_nans)  # before fit() traces the step
         if dist.num_replicas > 1 and p.sync_batchnorm:
             distribute.synchronize_batchnorm(model)  # global-batch BN statistics (TF)
         history = {}
@@ -523,7 +520,9 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
 
     checkpoint.on_saved = lambda epoch, hist: write_json_atomic(run_dir.history, hist)
     guard = NonFiniteLossGuard()
-    callbacks = [LearningRateLogger()]
+    # First: it takes the debug step's entries out of the logs the others see.
+    nan_report = NaNDebugReport(initial_step=plan.done * plan.steps_per_epoch) if p.debug_nans else None
+    callbacks = ([nan_report] if nan_report is not None else []) + [LearningRateLogger()]
     probe = _probe_callback(cfg, image_set, split, plan.train_idx, plan.val_idx) if image_set is not None else None
     if probe is not None:
         callbacks.append(probe)
@@ -561,11 +560,13 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
                             f"({first_line(e)}): did a file change since the run checked it? {kept}") from None
     finally:
         events.close()
-    if guard.failure:
+    # The debug report names the first non-finite tensor (maybe a gradient, a step before the loss).
+    failure = (nan_report.failure if nan_report is not None else None) or guard.failure
+    if failure:
         last = load_checkpoint_meta(ckpt_dir)
         kept = _last_good(last)
         hint = nonfinite_hint(seen, cfg.data.normalization)
-        raise KerassslError(f"pretraining stopped: {guard.failure}; {kept}; {hint}")
+        raise KerassslError(f"pretraining stopped: {failure}; {kept}; {hint}")
     return _finish(model, cfg, input_shape, run_dir, history, dist, train_images, pools)
 
 

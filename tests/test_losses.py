@@ -102,6 +102,13 @@ def test_negative_cosine_and_symmetric_forms(pair):
     np.testing.assert_allclose(float(losses.byol_loss(p1, p2, z1, z2)), byol, rtol=1e-5)
 
 
+def test_l2_normalize_matches_numpy_and_keeps_tiny_rows_finite(pair):
+    z1, _ = pair
+    np.testing.assert_allclose(losses.l2_normalize(z1).numpy(), _norm(z1), rtol=1e-5, atol=1e-6)
+    tiny = np.full((1, 4), 1e-20, np.float32)  # below epsilon: divided by epsilon, as before
+    np.testing.assert_allclose(losses.l2_normalize(tiny).numpy(), tiny / 1e-12, rtol=1e-5)
+
+
 def test_negative_cosine_stops_gradient_through_target(pair):
     z1, z2 = pair
     p = tf.Variable(z1)

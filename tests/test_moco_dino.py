@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kerasssl import losses, methods
-from kerasssl.callbacks import EpochCheckpoint, restore_checkpoint
+from kerasssl.checkpoints import EpochCheckpoint, restore_checkpoint
 from kerasssl.config import RunConfig
 from kerasssl.encoders import build_encoder
 

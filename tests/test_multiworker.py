@@ -5,7 +5,8 @@ ports), running the same ``kerasssl.pretrain.pretrain`` call with
 ``pretrain.strategy = multiworker`` on the same data and the same run
 directory, as on a cluster with a shared file system. Both must finish, agree
 on the loss of every epoch (Keras all-reduces the logged loss), and only the
-chief (worker 0) may write into the run directory.
+chief (worker 0) may write into the run directory. Fine-tuning (which shares
+``pretrain.strategy``) is held to the same: two workers, one loss, one writer.
 
 With unlabeled pools each worker streams its own part (file-level sharding):
 the workers record the images of every batch they trained on (a wrapper on
@@ -58,6 +59,20 @@ def worker_main(data_dir, run_dir):
     history = pretrain.pretrain(cfg, data_dir, run_dir)
     losses = history["loss"] if "loss" in history else history["history"]["loss"]
     return {"loss": [float(v) for v in losses]}
+
+
+def worker_finetune_main(data_dir, run_dir):
+    """Runs in each worker process: a tiny supervised fine-tuning under multiworker."""
+    from kerasssl import finetune
+    from kerasssl.config import RunConfig
+
+    cfg = RunConfig.from_dict({
+        "data": {"image_size": 16},
+        "pretrain": {"encoder": "tiny", "strategy": "multiworker"},
+        "finetune": {"mode": "supervised", "epochs": 2, "batch_size": 8, "augment": False},
+    })
+    record = finetune.finetune(cfg, data_dir, run_dir)
+    return {"loss": [float(v) for v in record["loss"]], "distribution": record["distribution"]}
 
 
 def pool_worker_main(out_dir, *pools):
@@ -140,6 +155,14 @@ def two_workers(tmp_path_factory):
     return {"results": start_workers([data, run_dir]), "run_dir": run_dir}
 
 
+@pytest.fixture(scope="module")
+def two_finetuning_workers(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mw_finetune")
+    data = write_class_folders(tmp / "data", {"lenses": 16, "nonlenses": 16}, size=16, channels=1)
+    run_dir = tmp / "run"
+    return {"results": start_workers(["finetune", data, run_dir]), "run_dir": run_dir}
+
+
 def test_two_workers_finish_and_agree_on_the_loss(two_workers):
     chief, worker = two_workers["results"]
     assert len(chief["loss"]) == 2
@@ -190,9 +213,22 @@ def test_each_worker_trains_on_its_own_part_of_the_pool(tmp_path, capsys):
     assert (tmp_path / "out" / "run-folder" / "encoder.keras").exists()
 
 
+@pytest.mark.slow
+def test_two_finetuning_workers_agree_on_the_loss_and_only_the_chief_writes(two_finetuning_workers):
+    chief, worker = two_finetuning_workers["results"]
+    assert len(chief["loss"]) == 2 and np.all(np.isfinite(chief["loss"]))
+    np.testing.assert_allclose(worker["loss"], chief["loss"], rtol=1e-6)
+    assert chief["distribution"].startswith("multiworker") and "2 replica(s)" in chief["distribution"]
+    run_dir = two_finetuning_workers["run_dir"]
+    assert (run_dir / "classifier.keras").exists() and (run_dir / "finetune.json").exists()
+    assert not [p for p in run_dir.rglob("*") if "worker" in p.name]
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "pools":
         print(json.dumps(pool_worker_main(*sys.argv[2:])), flush=True)
+    elif sys.argv[1] == "finetune":
+        print(json.dumps(worker_finetune_main(*sys.argv[2:4])), flush=True)
     else:
         print(json.dumps(worker_main(*sys.argv[1:3])), flush=True)
     os._exit(0)  # skip TF's slow teardown: the result is out

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import (checkpoint_option, command_line, data_options, distribution_options,
-                                  encoder_option, group_options, group_overrides, method_option, pool_options,
-                                  pool_overrides, prevalence_option)
+from kerasssl.cli.options import (checkpoint_option, command_line, data_options, debug_nans_option,
+                                  distribution_options, encoder_option, group_options, group_overrides,
+                                  method_option, pool_options, pool_overrides, prevalence_option)
 from kerasssl.config import FINETUNE_MODES, PRECISIONS
 
 
@@ -35,9 +35,10 @@ from kerasssl.config import FINETUNE_MODES, PRECISIONS
 @distribution_options
 @group_options
 @data_options
+@debug_nans_option
 def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, image_size, batch_size,
         precision, labels_fraction, mode, seed, no_export, prevalence, checkpoint_every, unlabeled, skip_bad,
-        strategy, cpu_devices, sync_batchnorm, allow_pickle, channel_axis, group_by, groups):
+        strategy, cpu_devices, sync_batchnorm, allow_pickle, channel_axis, group_by, groups, debug_nans):
     """The whole job on DATA: split, pretrain, fine-tune, evaluate (and export).
 
     With --unlabeled POOL, pretraining streams the pools with DATA's train split
@@ -76,6 +77,7 @@ def fit(data, run_dir, config_path, epochs, finetune_epochs, method, encoder, im
         "pretrain.checkpoint_every": checkpoint_every,
         "data.allow_pickle": allow_pickle,
         "data.channel_axis": channel_axis,
+        "pretrain.debug_nans": debug_nans,
         **pool_overrides(unlabeled, skip_bad),
         **group_overrides(group_by, groups),
     })

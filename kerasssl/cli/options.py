@@ -166,6 +166,15 @@ def distribution_options(command):
     return command
 
 
+def debug_nans_option(command):
+    """--debug-nans (pretrain.debug_nans): name the first non-finite tensor of a pretraining step."""
+    return click.option(
+        "--debug-nans", "debug_nans", is_flag=True, default=None,
+        help="Check every tensor of each pretraining step (views, encoder layers, projections, loss "
+             "terms, gradients, updated weights) and stop at the first NaN/Inf one, naming it and the "
+             "step (pretrain.debug_nans; one device; slower).")(command)
+
+
 def pool_options(command):
     """--unlabeled POOL (repeatable) / --skip-bad on pretrain and fit (pretrain.unlabeled, pretrain.skip_bad)."""
     command = click.option(

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import click
 
-from kerasssl.cli.options import (checkpoint_option, command_line, data_options, distribution_options,
-                                  encoder_option, group_options, group_overrides, method_option, pool_options,
-                                  pool_overrides)
+from kerasssl.cli.options import (checkpoint_option, command_line, data_options, debug_nans_option,
+                                  distribution_options, encoder_option, group_options, group_overrides,
+                                  method_option, pool_options, pool_overrides)
 from kerasssl.config import PRECISIONS
 
 
@@ -33,9 +33,10 @@ from kerasssl.config import PRECISIONS
 @distribution_options
 @group_options
 @data_options
+@debug_nans_option
 def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, precision, steps_per_epoch,
              resume, config_path, seed, checkpoint_every, unlabeled, skip_bad, strategy, cpu_devices,
-             sync_batchnorm, allow_pickle, channel_axis, group_by, groups):
+             sync_batchnorm, allow_pickle, channel_axis, group_by, groups, debug_nans):
     """Pretrain an encoder on DATA's train split (and unlabeled pools) with a self-supervised method.
 
     With --unlabeled POOL the pools are streamed with DATA's train split (never
@@ -72,11 +73,12 @@ def pretrain(data, run_dir, method, encoder, image_size, epochs, batch_size, pre
             **group_overrides(group_by, groups),
         })
     # The devices may differ on resume (another machine): flags override the saved run.
-    # So may --allow-pickle: it changes which files can be read, not what is read from them,
-    # and --checkpoint-every: it changes when the state is saved, not what is trained.
+    # So may --allow-pickle: it changes which files can be read, not what is read from them;
+    # --checkpoint-every: it changes when the state is saved, not what is trained;
+    # and --debug-nans, a diagnostic that changes no result.
     cfg = cfg.with_overrides({"pretrain.strategy": strategy, "pretrain.cpu_devices": cpu_devices,
                               "pretrain.sync_batchnorm": sync_batchnorm, "data.allow_pickle": allow_pickle,
-                              "pretrain.checkpoint_every": checkpoint_every})
+                              "pretrain.checkpoint_every": checkpoint_every, "pretrain.debug_nans": debug_nans})
     if data is None and not cfg.pretrain.unlabeled:
         raise click.UsageError("give DATA, or --unlabeled POOL (pretrain.unlabeled), or both")
     # pretrain() checks everything (and sets up the devices) before its first write; the command

@@ -22,6 +22,12 @@ register under their name with :func:`register_method`; one file holds it all::
         default_views = views.ASYMMETRIC   # from kerasssl.layers import views
         def method_loss(self, out): ...
 
+With ``model.debug_nans = True`` (``--debug-nans``) the step is
+:func:`kerasssl.nandebug.train_step`: the same step, plus a check of every
+tensor it computes, stopping at the first non-finite one. The forward pass and
+the losses name their tensors with :func:`kerasssl.nandebug.probe` (a no-op
+otherwise).
+
 Monitors reported by ``fit`` every epoch: ``loss`` and ``embedding_std``
 (std of L2-normalised projections over the batch: about 1/sqrt(d) healthy,
 about 0 collapsed); ``step_loss`` is each step's own loss (:class:`LastValue`),
@@ -33,7 +39,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from kerasssl import distribute, losses
+from kerasssl import distribute, losses, nandebug
+from kerasssl.nandebug import probe
 from kerasssl.layers import views
 from kerasssl.registry import Registry
 
@@ -140,6 +147,8 @@ class SSLMethod(keras.Model):
         self.feature_dim = int(encoder.output_shape[-1])
         self.collapse_tracker = keras.metrics.Mean(name="embedding_std")
         self.step_loss_tracker = LastValue(name="step_loss")  # the history's per-step loss curve
+        #: run :func:`kerasssl.nandebug.train_step` (set before ``fit``; not saved with the model).
+        self.debug_nans = False
         self.build_heads()
 
     # -- to be specialised -------------------------------------------------
@@ -174,23 +183,41 @@ class SSLMethod(keras.Model):
         # One encoder call on both views: half the kernel launches, and the
         # BatchNorm statistics see the whole 2N batch (as in SimCLR).
         n = ops.shape(v1)[0]
-        h = encoder(ops.concatenate([v1, v2], axis=0), training=training)
+        both = ops.concatenate([v1, v2], axis=0)
+        if nandebug.recording_active():  # debug step: every encoder layer's output is checked too
+            h = nandebug.encode_layers(encoder, both, training)
+        else:
+            h = encoder(both, training=training)
+        probe(f"{encoder.name} features of view 1", h[:n])
+        probe(f"{encoder.name} features of view 2", h[n:])
         z = projector(h, training=training)
-        return z[:n], z[n:]
+        return probe(f"{projector.name} of view 1", z[:n]), probe(f"{projector.name} of view 2", z[n:])
 
     def make_views(self, x, training):
-        x = self.preprocess(x)
-        return self.view1(x, training=training), self.view2(x, training=training)
+        # Not the raw batch: NaN pixels there are expected, the Preprocess layer repairs them.
+        x = probe("preprocessed batch", self.preprocess(x))
+        return (probe("view 1", self.view1(x, training=training)),
+                probe("view 2", self.view2(x, training=training)))
 
     def call(self, x, training=False):
         v1, v2 = self.make_views(x, training)
-        return self.project(v1, v2, training)
+        out = self.project(v1, v2, training)
+        for key, value in out.items():
+            probe(f"output {key}", value)
+        return out
+
+    def train_step(self, *args):
+        # Off: Keras's own step, untouched (the check costs nothing when not asked for).
+        if self.debug_nans:
+            return nandebug.train_step(self, *args)
+        return super().train_step(*args)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         out = {k: ops.cast(v, "float32") for k, v in y_pred.items()}
         loss = ops.cast(self.method_loss(out), "float32")
         if self.losses:
             loss = loss + ops.cast(ops.sum(self.losses), "float32")
+        probe("loss", loss)
         self.collapse_tracker.update_state(losses.embedding_std(out["z1"]))
         self.step_loss_tracker.update_state(loss)
         # Under tf.distribute Keras sums replica gradients: return loss / replicas
