@@ -75,10 +75,12 @@ def test_tfrecord_pool_is_sharded_by_file(tmp_path, pool, capsys, n_shards):
                     .take(3)) for s in TWO]
     assert not set(parts[0]) & set(parts[1]) and set(parts[0]) | set(parts[1]) == set(scan.ids.tolist())
     assert [{i >> 32 for i in p} for p in parts] == [set(r.shards.tolist()) for r in reads]  # whole shards each
-    # With the default shuffle buffer the passes blend, but a pipeline never leaves its own shards.
+    # With the default shuffle buffer the passes blend (so coverage within a few batches is only
+    # likely, not certain: a test of it was flaky), but a pipeline never leaves its own shards.
     mixed = [set(ids_of(scan, make_pretraining_dataset([scan], batch_size=4, seed=1, shard=s).take(12)))
              for s in TWO]
-    assert not mixed[0] & mixed[1] and mixed[0] | mixed[1] == set(scan.ids.tolist())
+    own = [{i for i in scan.ids.tolist() if i >> 32 in set(r.shards.tolist())} for r in reads]
+    assert all(m and m <= o for m, o in zip(mixed, own)) and not own[0] & own[1]
 
 
 def test_fewer_shards_than_pipelines_falls_back_to_records_and_says_so(tmp_path, pool, capsys, caplog):

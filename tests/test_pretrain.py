@@ -14,6 +14,7 @@ import pytest
 from keras import ops
 
 from kerasssl import callbacks as cb
+from kerasssl import checkpoints
 from kerasssl import pretrain as pt
 from kerasssl.config import RunConfig
 from kerasssl.errors import KerassslError
@@ -107,11 +108,11 @@ def test_checkpoint_round_trip_restores_weights_optimizer_and_rng(tmp_path):
     keras.utils.set_random_seed(0)
     model = pt.build_pretraining_model(_cfg(method="byol"), (16, 16, 1), None, steps_per_epoch=2)
     x = np.random.default_rng(0).normal(size=(16, 16, 16, 1)).astype("float32")
-    ckpt = cb.EpochCheckpoint(tmp_path / "ck", history={})
+    ckpt = checkpoints.EpochCheckpoint(tmp_path / "ck", history={})
     model.run_eagerly = True  # two tiny steps: cheaper than tracing
     model.fit(x, batch_size=8, epochs=1, verbose=0, callbacks=[ckpt])
     fresh = pt.build_pretraining_model(_cfg(method="byol"), (16, 16, 1), None, steps_per_epoch=2)
-    meta = cb.restore_checkpoint(fresh, tmp_path / "ck")
+    meta = checkpoints.restore_checkpoint(fresh, tmp_path / "ck")
     assert meta["epoch"] == 1 and len(meta["history"]["loss"]) == 1
     for a, b in zip(model.variables, fresh.variables):  # incl. seed states and EMA target
         np.testing.assert_array_equal(ops.convert_to_numpy(a.value), ops.convert_to_numpy(b.value))
@@ -120,7 +121,7 @@ def test_checkpoint_round_trip_restores_weights_optimizer_and_rng(tmp_path):
     assert int(fresh.optimizer.iterations) == 2
     wrong = pt.build_pretraining_model(_cfg(method="simclr"), (16, 16, 1), None, steps_per_epoch=2)
     with pytest.raises(KerassslError, match="variables"):
-        cb.restore_checkpoint(wrong, tmp_path / "ck")
+        checkpoints.restore_checkpoint(wrong, tmp_path / "ck")
 
 
 def test_knn_scores_match_bruteforce_vote_and_auc():
@@ -206,7 +207,7 @@ def test_resume_skips_a_truncated_checkpoint_with_one_warning(hst_folder, tmp_pa
     newest = ckpt / "ckpt-0002.npz"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # e.g. the disk filled up
 
-    caplog.set_level("WARNING", logger="kerasssl.callbacks")
+    caplog.set_level("WARNING", logger="kerasssl.checkpoints")
     hist = pt.pretrain(pt.resume_config(run, epochs=3), hst_folder, run, resume=True, verbose=0)
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("kerasssl")]
     assert len(warnings) == 1 and "\n" not in warnings[0], warnings
@@ -214,11 +215,11 @@ def test_resume_skips_a_truncated_checkpoint_with_one_warning(hst_folder, tmp_pa
     assert "resuming from ckpt-0001.npz (epoch 1)" in warnings[0]
     # Epoch 1 came from the checkpoint; epochs 2 and 3 were trained again.
     assert len(hist["loss"]) == 3 and hist["loss"][0] == first["loss"][0]
-    assert [p.name for p in cb.checkpoint_files(ckpt)] == ["ckpt-0003.npz", "ckpt-0002.npz"]
-    assert cb.load_checkpoint(ckpt)["meta"]["epoch"] == 3
+    assert [p.name for p in checkpoints.checkpoint_files(ckpt)] == ["ckpt-0003.npz", "ckpt-0002.npz"]
+    assert checkpoints.load_checkpoint(ckpt)["meta"]["epoch"] == 3
 
     # None usable: one line naming each, and the run is left as it was.
-    for path in cb.checkpoint_files(ckpt):
+    for path in checkpoints.checkpoint_files(ckpt):
         path.write_bytes(b"PK\x03\x04 cut short")
     before = _snapshot(run)
     with pytest.raises(KerassslError) as err:
