@@ -160,30 +160,21 @@ class ReadImages(beam.DoFn):
             yield from self._shard(*item[1:])
 
     def _shard(self, name, path, channel_axis):
-        import tensorflow as tf
+        from kerasssl.data.tfrecord.shards import read_records
 
-        compression = "GZIP" if str(path).endswith(".gz") else ""
-        records = iter(tf.data.TFRecordDataset(path, compression_type=compression).as_numpy_iterator())
         k = 0
-        while True:
-            try:
-                record = next(records)
-            except StopIteration:
-                return
-            except tf.errors.OpError as e:
-                text = (getattr(e, "message", "") or str(e)).strip().splitlines()
-                message = text[0][:120] if text else type(e).__name__
-                yield self._bad(f"{name}:{k}", path, f"corrupt or truncated TFRecord at record {k} ({message}): "
-                                                     "the rest of the shard cannot be read")
-                return
-            try:
-                image = self.reader.read_record(record, f"{path}: record {k}", channel_axis)
-            except READ_ERRORS as e:
-                yield self._bad(f"{name}:{k}", path, f"record {k}: {_problem(e)}")
-            else:
-                self.read_counter.inc()
-                yield f"{name}:{k}", image
-            k += 1
+        try:
+            for k, record in read_records(path):
+                try:
+                    image = self.reader.read_record(record, f"{path}: record {k}", channel_axis)
+                except READ_ERRORS as e:
+                    yield self._bad(f"{name}:{k}", path, f"record {k}: {_problem(e)}")
+                else:
+                    self.read_counter.inc()
+                    yield f"{name}:{k}", image
+                k += 1  # a shard that breaks now breaks at the next record
+        except DataError as e:
+            yield self._bad(f"{name}:{k}", path, f"{e.problem}: the rest of the shard cannot be read")
 
     def _bad(self, item_id, where, problem):
         self.bad_counter.inc()
