@@ -105,6 +105,17 @@ def run_cli(argv, capsys):
     return exit_info.value.code, out, err
 
 
+def cli_exit_code(*args):
+    """Run ``kerasssl ARGS`` in this process and return its exit code (child processes' tests)."""
+    from kerasssl.cli import main
+
+    try:
+        main([str(a) for a in args])
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
 # -- scores with a known ROC-AUC (evaluate's and metrics' tests) --------------------------
 
 def mann_whitney_auc(labels, scores):

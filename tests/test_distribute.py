@@ -219,14 +219,7 @@ def child_setup_errors():
 
 def child_pretrain_resume(data_dir, run_dir):
     """`kerasssl pretrain --strategy mirrored --cpu-devices 2`, then --resume to 2 epochs."""
-    from kerasssl.cli import main as cli_main
-
-    def cli(*args):
-        try:
-            cli_main(list(map(str, args)))
-        except SystemExit as e:
-            return e.code
-        return 0
+    from conftest import cli_exit_code as cli
 
     common = ["--strategy", "mirrored", "--cpu-devices", "2"]
     first = cli("pretrain", data_dir, "--run-dir", run_dir, "--method", "simclr", "--encoder", "tiny",
@@ -252,7 +245,6 @@ def child_finetune(seed, data_dir, run_dir):
 
     from kerasssl import distribute
     from kerasssl import finetune as ft
-    from kerasssl.cli import main as cli_main
     from kerasssl.encoders import build_encoder
     from kerasssl.layers import Preprocess
 
@@ -278,12 +270,7 @@ def child_finetune(seed, data_dir, run_dir):
 
     out = {mode: {"one": losses(mode, None), "two": losses(mode, dist)} for mode in ("full", "linear")}
 
-    def cli(*args):
-        try:
-            cli_main(list(map(str, args)))
-        except SystemExit as e:
-            return e.code
-        return 0
+    from conftest import cli_exit_code as cli
 
     out["cli_exit"] = cli("finetune", run_dir, data_dir, "--mode", "supervised", "--encoder", "tiny",
                           "--epochs", "1", "--batch-size", "8", "--strategy", "mirrored", "--cpu-devices", "2")

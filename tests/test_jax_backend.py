@@ -89,12 +89,7 @@ def child_jax(data_dir, run_dir):
     keras.distribution.set_distribution(None)
     out["finetune_one"] = finetune_losses(None)
 
-    def cli(*args):
-        try:
-            cli_main(list(map(str, args)))
-        except SystemExit as e:
-            return e.code
-        return 0
+    from conftest import cli_exit_code as cli
 
     common = ["--mode", "full", "--epochs", "2", "--strategy", "mirrored", "--cpu-devices", "2"]
     # An odd train split and val split: every sharded predict and the last batch are padded / trimmed.
