@@ -83,12 +83,12 @@ LABELLED_SEED, POOL_SEED = 1234, 4321
 FULL = dict(n_lenses=600, n_nonlenses=600, size=32, encoder="tiny", pool=10,
             pretrain_steps=500, pretrain_epochs=10, pretrain_batch=128, steps=300, finetune_batch=32,
             seeds=[0, 1, 2], fractions=[0.01, 0.03, 0.1, 0.3, 1.0], methods=["simclr"],
-            arms=["supervised", "supervised-long", "ssl+full"],
+            pool_methods=None, arms=["supervised", "supervised-long", "ssl+full"],
             control_steps=1500, control_fractions=[0.1, 1.0])
 QUICK = dict(n_lenses=80, n_nonlenses=60, size=16, encoder="tiny", pool=0,
              pretrain_steps=4, pretrain_epochs=2, pretrain_batch=32, steps=4, finetune_batch=16,
              seeds=[0, 1], fractions=[0.1, 0.3, 1.0], methods=["simclr"],
-             arms=list(BASE_ARMS), control_steps=8, control_fractions=[1.0])
+             pool_methods=None, arms=list(BASE_ARMS), control_steps=8, control_fractions=[1.0])
 
 # Wall time on this 2-core CPU, quiet machine, tiny encoder, 32 px (from the
 # earlier 1200+1200 full run; pool/train ratio from a 60-step pair; a loaded machine is ~2x slower).
@@ -113,6 +113,9 @@ def parse_args(argv=None):
         elif key == "methods":
             p.add_argument(flag, nargs="+", default=None,
                            help="SSL methods (each is another pretraining per seed and variant)")
+        elif key == "pool_methods":
+            p.add_argument(flag, nargs="+", default=None,
+                           help="the methods that also pretrain on the pool (default: every --methods entry)")
         elif key == "pool":
             p.add_argument(flag, type=float, default=None,
                            help="unlabeled pool size as a multiple of the labelled set (0: none)")
@@ -125,6 +128,11 @@ def parse_args(argv=None):
     for key, value in base.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.pool_methods is None:
+        args.pool_methods = list(args.methods)
+    stray = sorted(set(args.pool_methods) - set(args.methods))
+    if stray:
+        p.error(f"--pool-methods {' '.join(stray)}: not in --methods")
     if args.pretrain_steps % args.pretrain_epochs:
         p.error(f"--pretrain-steps {args.pretrain_steps} must be a multiple of --pretrain-epochs "
                 f"{args.pretrain_epochs} (steps_per_epoch is fixed)")
@@ -468,9 +476,9 @@ def estimate_seconds(args, n_train):
     """Rough wall time of the run from the rates measured on this CPU (printed at start)."""
     arms = all_arms(args)
     scale = args.pretrain_batch / 128
-    variants = (["train"] if any(a in ("ssl+linear", "ssl+full") for a in arms) else []) + \
-               (["pool"] if any("+pool" in a for a in arms) else [])
-    pretrain = sum(SECONDS_PER_PRETRAIN_STEP[v] * scale * args.pretrain_steps for v in variants) * len(args.methods)
+    per_method = {"train": len(args.methods) if any(a in ("ssl+linear", "ssl+full") for a in arms) else 0,
+                  "pool": len(args.pool_methods) if any("+pool" in a for a in arms) else 0}
+    pretrain = sum(SECONDS_PER_PRETRAIN_STEP[v] * scale * args.pretrain_steps * n for v, n in per_method.items())
     finetune = 0.0
     for f in args.fractions:
         n = max(1, round(f * n_train))
@@ -478,7 +486,7 @@ def estimate_seconds(args, n_train):
             if arm == "supervised-long" and (not args.control_steps or f not in args.control_fractions):
                 continue
             steps = args.control_steps if arm == "supervised-long" else args.steps
-            times = len(args.methods) if arm in SSL_ARMS else 1
+            times = (len(args.pool_methods) if "+pool" in arm else len(args.methods)) if arm in SSL_ARMS else 1
             epochs = epochs_for(n, args.finetune_batch, steps)
             finetune += times * (FINETUNE_SECONDS["fixed"] + FINETUNE_SECONDS["per_step"] * epochs
                                  * math.ceil(n / args.finetune_batch) + FINETUNE_SECONDS["per_epoch"] * epochs)
@@ -492,20 +500,30 @@ def settings_of(args):
 
 
 def check_resumable(out, settings):
-    """Refuse to mix cells of different settings in one folder (one line, exit 2)."""
+    """Refuse to mix cells of different settings in one folder (one line, exit 2).
+
+    One change is allowed: more methods (and more of them on the pool). Cells are
+    keyed by arm, method, seed and fraction, so a method added to a finished run
+    reuses its supervised cells and every earlier method's cells unchanged.
+    """
+    from kerasssl.rundir import write_json_atomic
+
     path = out / "settings.json"
+    settings = json.loads(json.dumps(settings))
     if path.exists():
         recorded = json.loads(path.read_text())
-        if recorded != json.loads(json.dumps(settings)):
-            diff = sorted(k for k in set(recorded) | set(settings)
-                          if recorded.get(k) != json.loads(json.dumps(settings)).get(k))
+        recorded.setdefault("pool_methods", recorded.get("methods"))  # runs from before the option
+        grown = {k for k in ("methods", "pool_methods")
+                 if set(recorded.get(k) or []) <= set(settings.get(k) or [])}
+        diff = sorted(k for k in set(recorded) | set(settings)
+                      if recorded.get(k) != settings.get(k) and k not in grown)
+        if diff:
             print(f"{out}: holds a run with other settings ({', '.join(diff)}); use another --out",
                   file=sys.stderr)
             sys.exit(2)
-    else:
-        from kerasssl.rundir import write_json_atomic
-
-        write_json_atomic(path, settings)
+        if recorded == settings:
+            return
+    write_json_atomic(path, settings)
 
 
 def pretrain_once(cfg, data, run_dir, split_src, image_set, what):
@@ -584,7 +602,8 @@ def main(argv=None):
         jobs = [(None, None, seed_dir, [a for a in arms if a in SUPERVISED_ARMS], 0.0)]
         for method in args.methods:
             for pool in (False, True):
-                wanted = [a for a in arms if a in SSL_ARMS and ("+pool" in a) == pool]
+                wanted = [a for a in arms if a in SSL_ARMS and ("+pool" in a) == pool
+                          and (not pool or method in args.pool_methods)]
                 if wanted:
                     jobs.append((method, pool, seed_dir / f"{method}{'_pool' if pool else ''}", wanted, None))
         for method, pool, run_dir, job_arms, pretrain_s in jobs:
@@ -599,7 +618,9 @@ def main(argv=None):
             for arm, f in todo:
                 path = cell_dir / f"{key_of[(arm, f)]}.json"
                 if path.exists():
-                    cells.append(json.loads(path.read_text()))
+                    cell = json.loads(path.read_text())
+                    # named again: a method added since the cell was written changes the labels
+                    cells.append(cell | {"label": arm_label(arm, method, args.methods)})
                     continue
                 cell = run_cell(run_cfg, data, run_dir, arm, f, args, image_set)
                 cell.update(seed=seed, method=method, label=arm_label(arm, method, args.methods),

@@ -86,6 +86,36 @@ def test_fine_tuning_budget_is_steps_not_epochs(bench):
     assert bench.epochs_for(1680, 32, 1500) == 29
 
 
+def test_a_finished_run_takes_more_methods_but_refuses_other_changes(bench, tmp_path, capsys):
+    first = bench.parse_args(["--out", str(tmp_path)])
+    bench.check_resumable(tmp_path, bench.settings_of(first))
+    # More methods, only the first on the pool: the old cells stay valid, settings grow.
+    grown = bench.parse_args(["--out", str(tmp_path), "--methods", "simclr", "moco", "dino",
+                              "--pool-methods", "simclr"])
+    bench.check_resumable(tmp_path, bench.settings_of(grown))
+    recorded = json.loads((tmp_path / "settings.json").read_text())
+    assert recorded["methods"] == ["simclr", "moco", "dino"]
+    assert recorded["pool_methods"] == ["simclr"]
+    # Dropping simclr from the pool, or changing the budget, would mix cells: refused.
+    for argv in (["--methods", "simclr", "moco", "dino", "--pool-methods", "moco"],
+                 ["--methods", "simclr", "moco", "dino", "--pool-methods", "simclr", "--steps", "200"]):
+        with pytest.raises(SystemExit) as stop:
+            bench.check_resumable(tmp_path, bench.settings_of(bench.parse_args(["--out", str(tmp_path), *argv])))
+        assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "pool_methods" in err and "steps" in err
+
+
+def test_pool_methods_must_be_methods_and_default_to_all(bench):
+    assert bench.parse_args(["--methods", "simclr", "moco"]).pool_methods == ["simclr", "moco"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--methods", "simclr", "--pool-methods", "dino"])
+    # The estimate counts one pool pretraining per pool method, one train-split one per method.
+    few = bench.parse_args(["--methods", "simclr", "moco", "--pool-methods", "simclr"])
+    many = bench.parse_args(["--methods", "simclr", "moco"])
+    assert bench.estimate_seconds(few, 840) < bench.estimate_seconds(many, 840)
+
+
 @pytest.mark.slow  # ~2 CPU-minutes: the whole script at its --quick size
 def test_quick_run_writes_results(tmp_path):
     out = tmp_path / "le"
