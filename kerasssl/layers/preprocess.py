@@ -36,37 +36,43 @@ def _take(values, index):
     return ops.take_along_axis(values, ops.expand_dims(index, -1), axis=-1)[..., 0]
 
 
-def _kth_with_fill(ordered, count, fill, n_fill, k):
+def _kth_with_fill(ordered, below, fill, n_fill, k):
     """k-th smallest (0-based) of the finite values plus ``n_fill`` copies of ``fill``.
 
     ``ordered`` holds each row's finite values sorted, then +inf padding;
-    ``count`` is the number of finite values. The union, sorted, is
-    ``ordered[:p], fill x n_fill, ordered[p:count]`` with p = #(finite < fill),
-    so no second sort is needed.
+    ``below`` is #(finite < fill). The union, sorted, is
+    ``ordered[:below], fill x n_fill, ordered[below:count]``, so no second
+    sort is needed.
     """
     last = ops.shape(ordered)[-1] - 1
-    below = ops.sum(ops.cast(ordered < ops.expand_dims(fill, -1), "int32"), axis=-1)
     before = _take(ordered, ops.clip(k, 0, last))
     after = _take(ordered, ops.clip(k - n_fill, 0, last))
     return ops.where(k < below, before, ops.where(k < below + n_fill, fill, after))
 
 
-def _kth_distance(ordered, count, centre, j):
-    """j-th smallest (0-based) |x - centre| over the finite values of each row.
+def _kth_distances(distance, count, j):
+    """The j-th and (j+1)-th smallest (0-based) |x - centre| over the finite values of each row.
 
     The j+1 values nearest to ``centre`` are a contiguous run of the sorted
-    row, so the answer is min over windows [l, l + j] of the larger endpoint
-    distance: elementwise work plus one gather, instead of sorting |x - centre|.
+    row, so the j-th distance is the min over windows [l, l + j] of the
+    larger endpoint distance: elementwise work plus one gather, instead of
+    sorting |x - centre|. The windows one longer end one element later, so
+    the (j+1)-th comes from the same gather shifted by one: the MAD's two
+    middle order statistics cost one pass.
+
+    ``distance`` is ``|ordered - centre|`` for the rows sorted as in
+    :func:`_kth_with_fill`; ``count`` their finite values.
     """
-    size = ops.shape(ordered)[-1]
-    start = ops.arange(size, dtype="int32")
-    end = start + ops.expand_dims(j, -1)
-    valid = end < ops.expand_dims(count, -1)
-    centre = ops.expand_dims(centre, -1)
-    near = ops.abs(ordered - centre)
-    far = ops.abs(ops.take_along_axis(ordered, ops.minimum(end, size - 1), axis=-1) - centre)
-    widths = ops.where(valid, ops.maximum(near, far), ops.full_like(near, float("inf")))
-    return ops.min(widths, axis=-1)
+    size = ops.shape(distance)[-1]
+    end = ops.arange(size, dtype="int32") + ops.expand_dims(j, -1)
+    count = ops.expand_dims(count, -1)
+    near = distance
+    far = ops.take_along_axis(distance, ops.minimum(end, size - 1), axis=-1)
+    inf = ops.full_like(near, float("inf"))
+    far_next = ops.concatenate([far[..., 1:], inf[..., :1]], axis=-1)
+    width = ops.where(end < count, ops.maximum(near, far), inf)
+    width_next = ops.where(end + 1 < count, ops.maximum(near, far_next), inf)
+    return ops.min(width, axis=-1), ops.min(width_next, axis=-1)
 
 
 def _median_of_sorted(ordered, count):
@@ -247,28 +253,40 @@ class Preprocess(keras.layers.Layer):
         std = _std_finite(flat, all_finite, mean)
         if method == "zscore":
             return (x - _per_band(mean)) / _per_band(_nonzero_or(std, ops.ones_like(std)))
-        # asinh on the repaired band = finite pixels + n_fill copies of fill.
+        # asinh on the repaired band = finite pixels + n_fill copies of fill:
+        # its two middle order statistics (equal when the size is odd), then
+        # those of the distances to the median, from the one sort.
         total = ops.shape(flat)[-1]
         n_fill = total - count
-        k_lo, k_hi = (total - 1) // 2, total // 2
-        k_lo = ops.zeros_like(count) + k_lo
-        k_hi = ops.zeros_like(count) + k_hi
-        med = 0.5 * _kth_with_fill(ordered, count, fill, n_fill, k_lo) \
-            + 0.5 * _kth_with_fill(ordered, count, fill, n_fill, k_hi)
-        mad = 0.5 * self._kth_deviation(ordered, count, fill, n_fill, med, k_lo) \
-            + 0.5 * self._kth_deviation(ordered, count, fill, n_fill, med, k_hi)
+        k_lo = ops.zeros_like(count) + (total - 1) // 2
+        k_hi = ops.zeros_like(count) + total // 2
+        below = ops.sum(ops.cast(ordered < ops.expand_dims(fill, -1), "int32"), axis=-1)
+        med = 0.5 * _kth_with_fill(ordered, below, fill, n_fill, k_lo) \
+            + 0.5 * _kth_with_fill(ordered, below, fill, n_fill, k_hi)
+        mad = self._middle_deviation(ordered, count, fill, n_fill, med, k_lo, k_hi)
         sigma = ops.where(mad > 0, MAD_TO_SIGMA * mad, _nonzero_or(std, ops.ones_like(std)))
         return _arcsinh((x - _per_band(med)) / _per_band(self.asinh_softening * sigma))
 
     @staticmethod
-    def _kth_deviation(ordered, count, fill, n_fill, centre, k):
-        """k-th smallest |x - centre| over finite pixels plus n_fill copies of fill."""
+    def _middle_deviation(ordered, count, fill, n_fill, centre, k_lo, k_hi):
+        """Mean of the k_lo-th and k_hi-th (= k_lo or k_lo + 1) smallest |x - centre|
+        over the finite pixels plus n_fill copies of fill: the repaired band's MAD."""
         fill_dist = ops.abs(fill - centre)
         dist = ops.abs(ordered - ops.expand_dims(centre, -1))
         closer = ops.sum(ops.cast(dist < ops.expand_dims(fill_dist, -1), "int32"), axis=-1)
-        j = ops.where(k < closer, k, ops.maximum(k - n_fill, 0))
-        from_finite = _kth_distance(ordered, count, centre, j)
-        return ops.where((k >= closer) & (k < closer + n_fill), fill_dist, from_finite)
+
+        def finite_rank(k):  # rank among the finite distances, for k outside the fill's run
+            return ops.where(k < closer, k, ops.maximum(k - n_fill, 0))
+
+        def is_fill(k):
+            return (k >= closer) & (k < closer + n_fill)
+
+        j_lo, j_hi = finite_rank(k_lo), finite_rank(k_hi)
+        at_j, after_j = _kth_distances(dist, count, j_lo)
+        # Where both come from the finite pixels, j_hi is j_lo or j_lo + 1.
+        lo = ops.where(is_fill(k_lo), fill_dist, at_j)
+        hi = ops.where(is_fill(k_hi), fill_dist, ops.where(j_hi == j_lo, at_j, after_j))
+        return 0.5 * lo + 0.5 * hi
 
     def get_config(self):
         config = super().get_config()
