@@ -2,6 +2,7 @@
 
 import math
 
+import keras
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
@@ -15,6 +16,7 @@ from kerasssl.layers import (
     RandomRotatedCrop,
     RandomRotation,
 )
+from kerasssl.layers import affine
 from kerasssl.layers.affine import affine_sample
 from kerasssl.layers.dihedral import apply_symmetry, symmetry_matrices
 from kerasssl.layers.rotatedcrop import compose_matrices
@@ -62,6 +64,45 @@ def test_affine_sample_matches_scipy(fill_mode, interpolation):
         want = scipy_affine(images, matrices, fill_mode, -7.0, order=0)
         agree = np.mean(np.isclose(got, want))
         assert agree > 0.97, agree
+
+
+@pytest.mark.parametrize("fill_mode", ["reflect", "nearest", "constant"])
+def test_tensorflow_kernel_gives_the_keras_ops_samples(fill_mode):
+    # On TF outside XLA these modes run ImageProjectiveTransformV3; it must read
+    # the same samples as the keras.ops sampler (the JAX and XLA path), far outside too.
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the kernel is TensorFlow's")
+    rng = np.random.default_rng(3)
+    images = sky(6, 13, 16, 3)
+    matrices = np.concatenate(
+        [rng.normal(0, 1.5, size=(6, 2, 2)), rng.uniform(-25, 35, size=(6, 2, 1))], axis=2
+    ).astype("float32")
+    assert affine._native_kernel_applies(fill_mode, "bilinear", 13, 16)
+    native = np.asarray(affine._tf_projective_sample(images, matrices, fill_mode, -7.0))
+    portable = np.asarray(affine._ops_sample(images, matrices, fill_mode, -7.0, "bilinear", "any"))
+    np.testing.assert_allclose(native, portable, rtol=1e-5, atol=1e-5 * np.abs(images).max())
+
+
+def test_the_kernel_is_used_outside_xla_and_never_inside():
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the kernel is TensorFlow's")
+    import tensorflow as tf
+
+    images = tf.constant(sky(2, 8, 8, 1))
+
+    def traced(jit_compile, fill_mode="reflect"):
+        layer = RandomRotation(factor=0.1, fill_mode=fill_mode, seed=0)
+        return tf.function(lambda x: layer(x, training=True), jit_compile=jit_compile)
+
+    def op_types(fn):
+        return {op.type for op in fn.get_concrete_function(images).graph.get_operations()}
+
+    assert "ImageProjectiveTransformV3" in op_types(traced(jit_compile=False))
+    # XLA has no kernel for it, and TF's "wrap" is not Keras's: the portable sampler.
+    compiled = traced(jit_compile=True)
+    assert "ImageProjectiveTransformV3" not in op_types(compiled)
+    assert "ImageProjectiveTransformV3" not in op_types(traced(jit_compile=False, fill_mode="wrap"))
+    assert np.isfinite(compiled(images).numpy()).all()  # and it compiles
 
 
 def test_rotation_quarter_turn_equals_rot90():

@@ -22,8 +22,15 @@ sampling reads (for "wrap" and "constant" the image is first padded by the
 pixels they add), so the four bilinear neighbours of a sample are always
 adjacent: a sample near the edge blends real pixels with their reflected,
 wrapped, clamped or constant neighbours, continuously in the matrix.
+
+On the TensorFlow backend, outside XLA, bilinear sampling with "reflect",
+"nearest" or "constant" runs TensorFlow's own ``ImageProjectiveTransformV3``
+kernel instead: the same samples (parity-tested to 1e-4), about half the CPU
+time. Its "wrap" differs from Keras's, and it has no XLA kernel, so those
+cases keep the ``keras.ops`` path.
 """
 
+import keras
 from keras import ops
 
 FILL_MODES = ("reflect", "wrap", "nearest", "constant")
@@ -150,6 +157,47 @@ def affine_sample(images, matrices, fill_mode="reflect", fill_value=0.0,
     check_interpolation(interpolation)
     if reach not in REACHES:
         raise ValueError(f"reach must be one of {REACHES}, got {reach!r}")
+    if _native_kernel_applies(fill_mode, interpolation, height, width):
+        return _tf_projective_sample(images, matrices, fill_mode, fill_value)
+    return _ops_sample(images, matrices, fill_mode, fill_value, interpolation, reach)
+
+
+def _native_kernel_applies(fill_mode, interpolation, height, width):
+    """Whether TensorFlow's projective-transform kernel gives this sampling (see the module doc)."""
+    if keras.backend.backend() != "tensorflow" or interpolation != "bilinear":
+        return False
+    if fill_mode not in ("reflect", "nearest", "constant") or min(height, width) < 2:
+        return False
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util  # TF's own test (cond_v2 uses it)
+
+    return not control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _tf_projective_sample(images, matrices, fill_mode, fill_value):
+    """:func:`affine_sample` through ``ImageProjectiveTransformV3`` (TF backend, no XLA).
+
+    TF's transform maps output (x, y) = (column, row) to input
+    ``(a0 x + a1 y + a2, b0 x + b1 y + b2)``, in the same pixel-centre
+    coordinates; ours maps (row, column), so the two rows swap and so do
+    their linear terms.
+    """
+    import tensorflow as tf
+
+    m = tf.cast(matrices, tf.float32)
+    zero = tf.zeros_like(m[:, 0, 0])
+    transforms = tf.stack([m[:, 1, 1], m[:, 1, 0], m[:, 1, 2],
+                           m[:, 0, 1], m[:, 0, 0], m[:, 0, 2], zero, zero], axis=1)
+    output = tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(images, tf.float32), transforms=transforms,
+        output_shape=tf.shape(images)[1:3], fill_value=float(fill_value),
+        interpolation="BILINEAR", fill_mode=fill_mode.upper())
+    return tf.ensure_shape(output, images.shape)
+
+
+def _ops_sample(images, matrices, fill_mode, fill_value, interpolation, reach):
+    """:func:`affine_sample` from ``keras.ops`` alone (any backend, XLA-compilable)."""
+    height, width, channels = images.shape[1], images.shape[2], images.shape[3]
     pixels = height * width
 
     # Output pixel (i, j) -> input position, per axis as a row term plus a
