@@ -17,6 +17,24 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name):
+    """Import ``benchmarks/NAME.py`` as a module (benchmarks/ is scripts, not a package).
+
+    Example:
+        >>> bench = load_benchmark("throughput")
+        >>> bench.paired_ratio(times_b, times_a)
+    """
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def fake_image(rng, size, lens, channels=1):
     """A (size, size, channels) float32 image: Sersic-ish galaxy, ring if lens, noise."""
     yy, xx = np.mgrid[:size, :size] - (size - 1) / 2.0

@@ -1,19 +1,13 @@
 """benchmarks/pool_memory.py runs end to end at a tiny size (--quick) and reports what it promises."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "pool_memory.py"
+from conftest import load_benchmark
 
 
 @pytest.mark.slow
 def test_pool_memory_quick_run_reports_rss_per_size_and_pipeline_vs_step(tmp_path):
     pytest.importorskip("lenstronomy")
-    spec = importlib.util.spec_from_file_location("pool_memory", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("pool_memory")
     results = bench.main(["--quick", "--out", str(tmp_path), "--workers", "1"])
     assert [row["n_images"] for row in results["rss"]] == [300, 1500]
     assert all(row["peak_rss_mib"] > 100 for row in results["rss"])  # a TF process, in MiB

@@ -4,21 +4,15 @@ Pure functions on made-up supervised curves whose answers are known by hand:
 the interpolation is on log(labels), so a linear-in-labels one fails here.
 """
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "label_efficiency.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("label_efficiency_multiplier", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("label_efficiency")
 
 
 LABELS, AUCS = [10, 100, 1000], [0.60, 0.70, 0.80]
