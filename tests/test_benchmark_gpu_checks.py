@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import BENCHMARKS
 
 ROOT = Path(__file__).resolve().parents[1]
 # The GPU machine has no TensorFlow: block it, as there, then run the script.
@@ -19,7 +20,7 @@ def test_gpu_checks_tiny_run_writes_every_check(tmp_path):
     out = tmp_path / "gpu_checks.json"
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="",
                PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2")
-    proc = subprocess.run([sys.executable, "-c", RUNNER, str(ROOT / "benchmarks" / "gpu_checks.py"), "--tiny",
+    proc = subprocess.run([sys.executable, "-c", RUNNER, str(BENCHMARKS / "gpu_checks.py"), "--tiny",
                            "--json", str(out)], capture_output=True, text=True, timeout=1800, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())

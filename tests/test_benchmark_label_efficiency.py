@@ -7,12 +7,11 @@ made-up cells whose answers are known; the full script runs as a slow test.
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from conftest import load_benchmark
+from conftest import BENCHMARKS, load_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "label_efficiency.py"
+SCRIPT = BENCHMARKS / "label_efficiency.py"
 
 
 @pytest.fixture(scope="module")

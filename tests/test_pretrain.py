@@ -181,9 +181,9 @@ def test_sigkill_mid_run_then_resume_loses_at_most_one_epoch(hst_folder, tmp_pat
 def test_pretrained_encoder_beats_random_init_on_linear_probe(tmp_path):
     # Simulated (lenstronomy-style) three-band data: the conftest fakes are so
     # easy that a random encoder already scores ~0.97, so they cannot show this.
-    from pathlib import Path
+    from conftest import BENCHMARKS
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "pretrain_probe.py"
+    script = BENCHMARKS / "pretrain_probe.py"
     out = tmp_path / "probe"
     subprocess.run([sys.executable, str(script), "--out", str(out), "--n-lenses", "300", "--n-nonlenses", "300",
                     "--size", "32", "--encoder", "tiny", "--method", "simclr", "--epochs", "15", "--seed", "0"],

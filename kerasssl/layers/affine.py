@@ -25,7 +25,7 @@ wrapped, clamped or constant neighbours, continuously in the matrix.
 
 On the TensorFlow backend, outside XLA, bilinear sampling with "reflect",
 "nearest" or "constant" runs TensorFlow's own ``ImageProjectiveTransformV3``
-kernel instead: the same samples (parity-tested to 1e-4), about half the CPU
+kernel instead: the same samples (parity-tested to 1e-5), about half the CPU
 time. Its "wrap" differs from Keras's, and it has no XLA kernel, so those
 cases keep the ``keras.ops`` path.
 """
