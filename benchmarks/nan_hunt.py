@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BASELINE = {"precision": "mixed_bfloat16", "emulate": None, "matmul_precision": None, "size": None,
             "batch": None, "warmup_steps": 0, "fresh_batches": False, "head_float32": False,
             "temperature": 0.2, "loss_dtype": None, "old_l2_normalize": False, "bn_moments_bf16": False,
-            "step": "a", "learning_rate": 1e-3, "jax_debug_nans": False}
+            "step": "a", "learning_rate": 1e-3, "jax_debug_nans": False, "xla_flags": None}
 
 #: name -> (what changes, overrides of BASELINE); each changes one thing.
 VARIANTS = {
@@ -294,16 +294,23 @@ def child_spec(args, overrides):
     return spec
 
 
-def run_child(spec, timeout):
-    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1")
+def child_env(spec, environ=None):
+    """The environment of a variant's interpreter: JAX, this checkout first, and its XLA flags."""
+    env = dict(os.environ if environ is None else environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2",
+               PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    flags = [env.get("XLA_FLAGS", ""), spec.get("xla_flags") or ""]  # e.g. gpu_checks.py's XLA-GPU switches
     if spec["emulate"] == "bf16_accumulation":
-        # XLA may otherwise keep f32 between the bf16 converts and undo the emulation.
-        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_allow_excess_precision=false").strip()
+        flags.append("--xla_allow_excess_precision=false")  # else XLA may keep f32 between the bf16 converts
+    env["XLA_FLAGS"] = " ".join(f for f in flags if f)
+    return env
+
+
+def run_child(spec, timeout):
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True,
-                              text=True, timeout=timeout, env=env, cwd=ROOT)
+                              text=True, timeout=timeout, env=child_env(spec), cwd=ROOT)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s", "wall_s": time.perf_counter() - t0}
     if proc.returncode != 0:
