@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kerasssl.data.pipeline import make_dataset
+from kerasssl.data.pipeline import make_dataset, seeded_order
 from kerasssl.errors import KerassslError
 
 
@@ -50,6 +50,27 @@ def test_repeat_gives_full_batches_and_whole_epochs():
     assert all(len(b) == 4 for b in batches)
     flat = sum(batches, [])
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))
+
+
+def test_an_endless_stream_is_the_same_from_every_iterator():
+    # Keras's fit under a tf.distribute strategy can make an extra iterator before
+    # training; with reshuffle_each_iteration the batches then changed from run to run.
+    ds = make_dataset(indexed_images(10), batch_size=4, seed=1, repeat=True, drop_remainder=True)
+    first = [rows(b) for b in ds.take(6)]
+    assert [rows(b) for b in ds.take(6)] == first
+    assert sorted(sum(first, [])[:10]) == list(range(10))
+
+
+def test_seeded_order_passes_are_permutations_set_by_seed_and_pass_alone():
+    order = seeded_order(7, seed=5)
+    values = [int(i) for i in order.take(21)]
+    passes = [values[k:k + 7] for k in (0, 7, 14)]
+    assert all(sorted(p) == list(range(7)) for p in passes)
+    assert len({tuple(p) for p in passes}) == 3  # each pass its own order
+    assert [int(i) for i in order.take(21)] == values  # a second iterator: the same
+    assert [int(i) for i in seeded_order(7, seed=5).take(21)] == values
+    assert [int(i) for i in seeded_order(7, seed=6).take(21)] != values
+    assert [int(i) for i in seeded_order(1, seed=0).take(3)] == [0, 0, 0]
 
 
 def test_drop_remainder_gives_a_static_batch_size():

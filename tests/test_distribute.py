@@ -227,13 +227,42 @@ def child_pretrain_resume(data_dir, run_dir):
     after_first = json.loads((Path(run_dir) / "checkpoints" / "latest.json").read_text())["epoch"]
     second = cli("pretrain", data_dir, "--run-dir", run_dir, "--resume", "--epochs", "2", *common)
     history = json.loads((Path(run_dir) / "history.json").read_text())
-    return {"exit": [first, second], "epoch_after_first": after_first, "history": history}
+    again = f"{run_dir}_again"  # the same 2 epochs in one go: the same batches and draws
+    third = cli("pretrain", data_dir, "--run-dir", again, "--method", "simclr", "--encoder", "tiny",
+                "--image-size", "16", "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "8", *common)
+    uninterrupted = json.loads((Path(again) / "history.json").read_text())
+    return {"exit": [first, second, third], "epoch_after_first": after_first, "history": history,
+            "uninterrupted": uninterrupted}
+
+
+def child_replica_draws(seed):
+    """A view pipeline on 2 replicas that hold the same images: each replica must draw its own numbers."""
+    import tensorflow as tf
+
+    from kerasssl import distribute
+    from kerasssl.layers.views import SYMMETRIC, build_view_pair
+
+    dist = distribute.setup("mirrored", cpu_devices=2)
+    rng = np.random.default_rng(int(seed))
+    image = rng.normal(size=(1, 16, 16, 1)).astype("float32")
+    image[:, 6:10, 6:10] += 20.0  # a bright centre: rotations and crops move it
+    images = np.repeat(image, 8, axis=0)
+    with dist.scope():
+        view, _ = build_view_pair(SYMMETRIC, seed=int(seed))
+    reference, _ = build_view_pair(SYMMETRIC, seed=int(seed))  # one device, the same seed
+    run = tf.function(lambda x: dist.strategy.run(lambda a: view(a, training=True), args=(x,)))
+    batches = dist.strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices(images).batch(8))
+    per_replica = [o.numpy() for o in dist.strategy.experimental_local_results(run(next(iter(batches))))]
+    one = reference(images[:4], training=True).numpy()
+    return {"replica_gap": float(np.abs(per_replica[0] - per_replica[1]).max()),
+            "replica0_vs_one_device": float(np.abs(per_replica[0] - one).max()),
+            "shapes": [list(o.shape) for o in per_replica]}
 
 
 def child_mirrored(seed, data_dir, run_dir):
     """Every mirrored check in one process (TensorFlow starts once: ~10-30 s here)."""
     out = {"gather": child_gather(seed), "simclr": child_simclr_first_step(seed),
-           "momentum": child_momentum_methods(seed)}
+           "momentum": child_momentum_methods(seed), "draws": child_replica_draws(seed)}
     out["pretrain"] = child_pretrain_resume(data_dir, run_dir)
     out["errors"] = child_setup_errors()  # last: TF is initialised by now
     return out
@@ -341,6 +370,15 @@ def test_simclr_first_step_loss_two_replicas_equals_one_device(mirrored):
     assert abs(r["unsynced"] - r["one"]) > 1e-4 * abs(r["one"])
 
 
+def test_each_replica_draws_its_own_augmentations(mirrored):
+    # Every replica holds a copy of each layer's seed state; with plain SeedGenerators
+    # all copies draw the same numbers, so the same image on two replicas came out the same.
+    r = mirrored["draws"]
+    assert r["shapes"] == [[4, 16, 16, 1], [4, 16, 16, 1]]
+    assert r["replica_gap"] > 1.0
+    assert r["replica0_vs_one_device"] < 1e-5  # replica 0 keeps the one-device stream
+
+
 @pytest.mark.parametrize("case", sorted(MOMENTUM_CASES))
 def test_moco_and_dino_two_replicas_equal_one_device(mirrored, case):
     r = mirrored["momentum"][case]
@@ -360,10 +398,14 @@ def test_moco_and_dino_two_replicas_equal_one_device(mirrored, case):
 
 def test_pretrain_cli_mirrored_checkpoint_and_resume(mirrored):
     r = mirrored["pretrain"]
-    assert r["exit"] == [0, 0]
+    assert r["exit"] == [0, 0, 0]
     assert r["epoch_after_first"] == 1
     losses = r["history"]["loss"]
     assert len(losses) == 2 and np.all(np.isfinite(losses))
+    # Resumed or not, 2 replicas train on the same batches with the same draws: the
+    # batches once depended on how many iterators Keras made (reshuffle per iterator).
+    np.testing.assert_allclose(np.ravel(r["history"]["step_loss"]), np.ravel(r["uninterrupted"]["step_loss"]),
+                               rtol=1e-5)
 
 
 def test_setup_user_errors_are_one_line(mirrored):

@@ -91,11 +91,14 @@ def make_dataset(
         source_images = tf.constant(images.astype(np.float32, copy=False))
         source_labels = None if labels is None else tf.constant(labels)
 
-    ds = tf.data.Dataset.range(n)
-    if shuffle:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
+    if shuffle and repeat:  # endless (pretraining): the order follows from the seed alone
+        ds = seeded_order(n, seed)
+    else:  # one pass per iterator: Keras makes one per epoch, and each reshuffles
+        ds = tf.data.Dataset.range(n)
+        if shuffle:
+            ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
 
     def gather(idx):
@@ -125,6 +128,38 @@ def _from_dataset(ds, batch_size, shuffle, seed, repeat, drop_remainder, cache, 
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def seeded_order(n: int, seed: int):
+    """Indices ``0..n-1`` forever, each pass in its own order: a function of ``(seed, pass)`` only.
+
+    ``Dataset.shuffle(reshuffle_each_iteration=True)`` draws a new order for every
+    iterator made from the dataset, so what a run trains on would depend on how
+    many iterators were made before, e.g. by Keras's ``fit`` under a
+    ``tf.distribute`` strategy, which made 2-replica pretraining differ from run
+    to run. Here each pass is a stateless permutation (``index_shuffle``), and no
+    shuffle buffer is held.
+
+    Args:
+        n: how many indices (> 0).
+        seed: integer seed.
+
+    Returns:
+        An endless ``tf.data.Dataset`` of int64 indices.
+
+    Example:
+        >>> order = seeded_order(5, seed=0)
+        >>> [int(i) for i in order.take(10)]  # two passes, each a permutation of 0..4
+    """
+    import tensorflow as tf
+
+    n, seed = int(n), tf.constant(int(seed), tf.int64)
+
+    def one_pass(p):
+        key = tf.stack([seed, p])
+        return tf.data.Dataset.range(n).map(lambda i: tf.random.experimental.index_shuffle(i, key, n - 1))
+
+    return tf.data.Dataset.counter().flat_map(one_pass)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

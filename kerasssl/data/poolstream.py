@@ -44,6 +44,7 @@ import numpy as np
 import tensorflow as tf
 
 from kerasssl.data.inputshard import RECORDS, InputShard, folder_ids, pipeline_ids, shard_reads
+from kerasssl.data.pipeline import seeded_order
 from kerasssl.data.pool import RECORD_BITS, read_pool_file
 from kerasssl.data.poolscan import PoolScan
 from kerasssl.errors import DataError, KerassslError
@@ -88,13 +89,6 @@ def folder_stream(scan: PoolScan, *, image_size=None, allow_pickle=False, seed=0
     errors = errors if errors is not None else StreamErrors()
     with tf.device("/cpu:0"):
         names = tf.constant(paths)
-    seed = tf.constant(int(seed), tf.int64)
-
-    def epoch(e):
-        # A fresh permutation of 0..n-1 per epoch, computed per index: no shuffle buffer.
-        key = tf.stack([seed, e])
-        return tf.data.Dataset.range(n).map(
-            lambda i: tf.random.experimental.index_shuffle(i, key, n - 1))
 
     def read(path):
         name = path.decode("utf-8", "surrogateescape")
@@ -119,8 +113,7 @@ def folder_stream(scan: PoolScan, *, image_size=None, allow_pickle=False, seed=0
             raw = _decode_raw(tf.strings.substr(data, offset, _nbytes(dtype, stored)), dtype, stored)
             return tf.ensure_shape(_model_image(raw, stored, axis, shape), shape)
 
-    order = tf.data.Dataset.counter().flat_map(epoch)
-    return order.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return seeded_order(n, seed).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 _TF_DTYPES = {"f2": tf.float16, "f4": tf.float32, "f8": tf.float64, "i1": tf.int8, "i2": tf.int16,
@@ -169,8 +162,11 @@ def shard_stream(scan: PoolScan, *, image_size=None, seed=0, shuffle_buffer: int
     channels_first = scan.layout.axis == "first"
     removed = _removed_ids(scan)
     # k stays the shard's position in the whole pool: record ids are the same for every pipeline.
-    files = tf.data.Dataset.from_tensor_slices((shards, reads.shards, [compression_of(s) for s in shards]))
-    files = files.shuffle(len(shards), seed=seed, reshuffle_each_iteration=True).repeat()
+    with tf.device("/cpu:0"):
+        paths, ks = tf.constant(shards), tf.constant(reads.shards, tf.int64)
+        compressions = tf.constant([compression_of(s) for s in shards])
+    files = seeded_order(len(shards), seed).map(
+        lambda j: (tf.gather(paths, j), tf.gather(ks, j), tf.gather(compressions, j)))
 
     def read(path, k, compression):
         records = tf.data.TFRecordDataset(path, compression_type=compression)
@@ -194,7 +190,9 @@ def shard_stream(scan: PoolScan, *, image_size=None, seed=0, shuffle_buffer: int
             return tf.equal(owner, index)
 
         records = records.filter(owned)
-    records = records.shuffle(int(shuffle_buffer), seed=seed, reshuffle_each_iteration=True)
+    # One endless stream per epoch (epoch_batches rebuilds it with the epoch's seed):
+    # reshuffling per iterator would only make the run depend on how many were made.
+    records = records.shuffle(int(shuffle_buffer), seed=seed, reshuffle_each_iteration=False)
     if scan.raw_layout is not None:  # one stored shape: parse and decode a block at a time
         stored = tuple(scan.raw_layout[2])
 
@@ -232,10 +230,8 @@ def array_stream(images, *, seed=0) -> tf.data.Dataset:
     images = np.asarray(images, np.float32)
     with tf.device("/cpu:0"):
         source = tf.constant(images)
-    order = tf.data.Dataset.range(len(images)).shuffle(len(images), seed=seed,
-                                                       reshuffle_each_iteration=True).repeat()
-    return order.map(lambda i: tf.gather(source, i), num_parallel_calls=tf.data.AUTOTUNE,
-                     deterministic=True)
+    return seeded_order(len(images), seed).map(lambda i: tf.gather(source, i), num_parallel_calls=tf.data.AUTOTUNE,
+                                               deterministic=True)
 
 
 def make_pretraining_dataset(scans: Sequence[PoolScan], train_images=None, *, batch_size: int,

@@ -11,7 +11,9 @@ Subclasses implement :meth:`RandomImageLayer.augment` on a float32 batch
   returned in ``self.compute_dtype`` (float16 under ``mixed_float16``);
 - randomness comes from one ``keras.random.SeedGenerator`` per layer, so a
   layer is deterministic for a given seed and stateless under JAX (the
-  generator's state is a variable the JAX trainer threads through).
+  generator's state is a variable the JAX trainer threads through); under a
+  ``tf.distribute`` strategy each replica draws its own numbers
+  (:class:`ReplicaSeedGenerator`).
 
 The layers work in ``tf.data.Dataset.map`` with the TensorFlow backend. With
 the JAX backend, put them in the model (on the accelerator, their purpose):
@@ -22,6 +24,41 @@ import numbers
 
 import keras
 from keras import ops
+
+
+#: Replica r of a tf.distribute strategy draws from counter r * 2**40 on: disjoint
+#: streams for any realistic run (2**40 draws per layer per replica).
+REPLICA_COUNTER_STRIDE = 2**40
+
+
+class ReplicaSeedGenerator(keras.random.SeedGenerator):
+    """A ``SeedGenerator`` whose draws differ between ``tf.distribute`` replicas.
+
+    Under ``MirroredStrategy`` and ``MultiWorkerMirroredStrategy`` every replica
+    holds its own copy of the generator's state, all equal, so a plain
+    generator hands every replica the same numbers: image i of each replica's
+    shard would get the same rotation, crop and noise field. Here replica r
+    offsets the counter half of the seed by ``r * REPLICA_COUNTER_STRIDE``;
+    replica 0 and a single device keep the plain stream, and the layer seed
+    (the other half) is untouched. JAX shards one global draw instead, so
+    nothing changes there.
+
+    Example:
+        >>> gen = ReplicaSeedGenerator(7)
+        >>> keras.random.uniform((4,), seed=gen)  # as keras.random.SeedGenerator(7)
+    """
+
+    def next(self, ordered=True):
+        seed = super().next(ordered=ordered)
+        if keras.backend.backend() != "tensorflow":
+            return seed
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is None or context.num_replicas_in_sync == 1:
+            return seed
+        replica = tf.cast(context.replica_id_in_sync_group, seed.dtype)
+        return seed + tf.stack([tf.zeros_like(replica), replica * REPLICA_COUNTER_STRIDE])
 
 
 class RandomImageLayer(keras.layers.Layer):
@@ -45,7 +82,7 @@ class RandomImageLayer(keras.layers.Layer):
                 raise ValueError(f"seed must be an int or None, got {seed!r}")
             seed = int(seed)  # NumPy integers too; the config stays plain JSON
         self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed, name="seed_generator")
+        self.seed_generator = ReplicaSeedGenerator(seed, name="seed_generator")
         self.built = True
 
     def augment(self, images):
