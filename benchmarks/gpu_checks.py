@@ -9,8 +9,8 @@
    the device time goes to throughput. If ``b0_bf16`` goes NaN, the diagnosis runs
    instead, each check changing one thing, most telling first (a run cut short
    keeps those): float32; ``jax.default_matmul_precision("highest")`` (no
-   bf16/TF32 passes); XLA-GPU's convolution autotuning off; Triton's GEMM and
-   softmax fusions off; the tiny encoder; warm-up; float32 with "highest"; the head in float32;
+   bf16/TF32 passes); XLA-GPU's convolution autotuning off; Triton GEMM fusions
+   off; the tiny encoder; warm-up; float32 with "highest"; the head in float32;
    fresh batches; ``jax_debug_nans``. ``--all-nan`` runs every check.
    ``nan_reading`` states which single changes made the step finite.
 2. **Throughput** (``throughput.py``) at batch 256, 1024, 2048 for 64x64x3 and
@@ -134,6 +134,8 @@ def nan_checks(args, size, batch, write):
     for check in nan_plan(first, args.all_nan):
         run(*check)
     return out
+
+
 def throughput_checks(args, shapes, batches, write):
     out = []
     for size, channels in shapes:

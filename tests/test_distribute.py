@@ -222,14 +222,14 @@ def child_pretrain_resume(data_dir, run_dir):
     from conftest import cli_exit_code as cli
 
     common = ["--strategy", "mirrored", "--cpu-devices", "2"]
-    first = cli("pretrain", data_dir, "--run-dir", run_dir, "--method", "simclr", "--encoder", "tiny",
-                "--image-size", "16", "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", *common)
+    run = ["--method", "simclr", "--encoder", "tiny", "--image-size", "16", "--steps-per-epoch", "2",
+           "--batch-size", "8", *common]
+    first = cli("pretrain", data_dir, "--run-dir", run_dir, "--epochs", "1", *run)
     after_first = json.loads((Path(run_dir) / "checkpoints" / "latest.json").read_text())["epoch"]
     second = cli("pretrain", data_dir, "--run-dir", run_dir, "--resume", "--epochs", "2", *common)
     history = json.loads((Path(run_dir) / "history.json").read_text())
     again = f"{run_dir}_again"  # the same 2 epochs in one go: the same batches and draws
-    third = cli("pretrain", data_dir, "--run-dir", again, "--method", "simclr", "--encoder", "tiny",
-                "--image-size", "16", "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "8", *common)
+    third = cli("pretrain", data_dir, "--run-dir", again, "--epochs", "2", *run)
     uninterrupted = json.loads((Path(again) / "history.json").read_text())
     return {"exit": [first, second, third], "epoch_after_first": after_first, "history": history,
             "uninterrupted": uninterrupted}
