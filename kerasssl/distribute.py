@@ -208,6 +208,31 @@ class Distribution:
             return self.strategy.scope()
         return contextlib.nullcontext()
 
+    def prepare(self, model, sync_batchnorm=True):
+        """Adapt a model built in :meth:`scope` to its replicas; nothing to do on one.
+
+        Every random Keras layer draws its own numbers per replica
+        (:func:`draw_per_replica`) and, with ``sync_batchnorm``, BatchNorm uses
+        global-batch statistics (:func:`synchronize_batchnorm`).
+
+        Args:
+            model: the model about to train.
+            sync_batchnorm: all-reduce BatchNorm moments (``pretrain.sync_batchnorm``).
+
+        Returns:
+            ``{"random_layers": n, "batchnorm": m}``: what was switched.
+
+        Example:
+            >>> with dist.scope():
+            ...     model = build_pretraining_model(cfg, (64, 64, 3), preprocess)
+            >>> dist.prepare(model)
+            {'random_layers': 9, 'batchnorm': 49}
+        """
+        if self.num_replicas == 1:
+            return {"random_layers": 0, "batchnorm": 0}
+        return {"random_layers": draw_per_replica(model),
+                "batchnorm": synchronize_batchnorm(model) if sync_batchnorm else 0}
+
     def write_path(self, path):
         """Where this process should write ``path``.
 
@@ -594,6 +619,44 @@ def synchronize_batchnorm(model):
         if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized:
             layer.synchronized = True
             count += 1
+    return count
+
+
+def draw_per_replica(model):
+    """Make every Keras random layer of ``model`` draw its own numbers on each replica.
+
+    kerasssl's augmentation layers already do (:class:`kerasssl.layers.base.ReplicaSeedGenerator`);
+    Keras's own random layers hold plain ``SeedGenerator`` s, whose state every
+    ``tf.distribute`` replica copies, so all replicas draw the same numbers:
+    EfficientNet's stochastic-depth ``Dropout`` dropped the same blocks for the
+    same rows on every replica. Each such generator becomes a
+    ``ReplicaSeedGenerator`` in place: the same state variable (checkpoints and
+    ``get_config`` are unchanged) and, on replica 0 and a single device, the
+    same stream. JAX ``DataParallel`` draws one global mask, so this is a no-op there.
+
+    Args:
+        model: a Keras model or layer, built or not.
+
+    Returns:
+        The number of seed generators switched.
+
+    Example:
+        >>> with dist.scope():
+        ...     model = build_pretraining_model(cfg, (64, 64, 3), preprocess)
+        >>> draw_per_replica(model)  # EfficientNetB0: its 9 stochastic-depth Dropouts
+        9
+    """
+    if keras.backend.backend() != "tensorflow":
+        return 0
+    from kerasssl.layers.base import ReplicaSeedGenerator
+
+    count = 0
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        for generator in layer._seed_generators:
+            if type(generator) is keras.random.SeedGenerator:
+                # ReplicaSeedGenerator only overrides next(): no new state to make or restore.
+                generator.__class__ = ReplicaSeedGenerator
+                count += 1
     return count
 
 

@@ -410,10 +410,8 @@ def finetune(cfg, data_path, run_dir, *, mode: Optional[str] = None,
     model, encoder = build_classifier_in_scope(encoder, preprocess, n_classes, input_shape=shape, mode=mode,
                                                augment_seed=seed if ft.augment else None, feature_stats=stats,
                                                precision=ft.precision, dist=dist)
-    if dist.num_replicas > 1 and cfg.pretrain.sync_batchnorm:
-        from kerasssl import distribute
-
-        distribute.synchronize_batchnorm(model)  # global-batch statistics where BatchNorm trains (supervised)
+    # Per-replica Dropout masks; global-batch statistics where BatchNorm trains (supervised).
+    dist.prepare(model, sync_batchnorm=cfg.pretrain.sync_batchnorm)
     if patience is None:
         patience = max(10, epochs // 2)
     log.info("fine-tuning (%s, %s, %s) on %d labelled images, %d epochs", mode, ft.precision, dist.describe(),

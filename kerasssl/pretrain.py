@@ -470,8 +470,7 @@ def pretrain(cfg: RunConfig, data_path, run_dir, resume=False, verbose=1, *, ima
     with dist.scope():  # variables mirrored / sharded; Keras then splits each global batch
         model = build_pretraining_model(cfg, input_shape, preprocess, steps_per_epoch=plan.steps_per_epoch)
         model.debug_nans = bool(p.debug_nans)  # before fit() traces the step
-        if dist.num_replicas > 1 and p.sync_batchnorm:
-            distribute.synchronize_batchnorm(model)  # global-batch BN statistics (TF)
+        dist.prepare(model, sync_batchnorm=p.sync_batchnorm)  # per-replica draws, global-batch BN (TF)
         history = {}
         checkpoint = EpochCheckpoint(ckpt_dir, history=history, every_steps=p.checkpoint_every,
                                      steps_per_epoch=plan.steps_per_epoch,

@@ -259,10 +259,42 @@ def child_replica_draws(seed):
             "shapes": [list(o.shape) for o in per_replica]}
 
 
+def child_dropout_draws(seed):
+    """Keras's own Dropout on 2 replicas that hold the same rows: one mask for both until dist.prepare."""
+    import keras
+    import tensorflow as tf
+
+    from kerasssl import distribute
+
+    dist = distribute.setup("mirrored", cpu_devices=2)
+    ones = np.ones((8, 64), "float32")
+
+    def build():
+        inputs = keras.Input((64,))
+        return keras.Model(inputs, keras.layers.Dropout(0.5, seed=int(seed))(inputs))
+
+    def masks(model):
+        run = tf.function(lambda x: dist.strategy.run(lambda a: model(a, training=True), args=(x,)))
+        batches = dist.strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensor_slices(ones).batch(8))
+        return [o.numpy() for o in dist.strategy.experimental_local_results(run(next(iter(batches))))]
+
+    with dist.scope():
+        plain, prepared = build(), build()
+    switched = dist.prepare(prepared)
+    plain_masks, prepared_masks = masks(plain), masks(prepared)
+    one = build()(ones[:4], training=True).numpy()  # one device, the same seed
+    return {"switched": switched, "again": dist.prepare(prepared)["random_layers"],
+            "plain_gap": float(np.abs(plain_masks[0] - plain_masks[1]).max()),
+            "prepared_gap": float(np.abs(prepared_masks[0] - prepared_masks[1]).max()),
+            "replica0_vs_one_device": float(np.abs(prepared_masks[0] - one).max()),
+            "dropped": float(np.mean(prepared_masks[1] == 0))}
+
+
 def child_mirrored(seed, data_dir, run_dir):
     """Every mirrored check in one process (TensorFlow starts once: ~10-30 s here)."""
     out = {"gather": child_gather(seed), "simclr": child_simclr_first_step(seed),
-           "momentum": child_momentum_methods(seed), "draws": child_replica_draws(seed)}
+           "momentum": child_momentum_methods(seed), "draws": child_replica_draws(seed),
+           "dropout": child_dropout_draws(seed)}
     out["pretrain"] = child_pretrain_resume(data_dir, run_dir)
     out["errors"] = child_setup_errors()  # last: TF is initialised by now
     return out
@@ -379,6 +411,18 @@ def test_each_replica_draws_its_own_augmentations(mirrored):
     assert r["replica0_vs_one_device"] < 1e-5  # replica 0 keeps the one-device stream
 
 
+def test_prepare_gives_keras_dropout_its_own_masks_per_replica(mirrored):
+    # EfficientNet's stochastic depth is a keras.layers.Dropout: with its plain SeedGenerator
+    # every replica dropped the same blocks for the same rows.
+    r = mirrored["dropout"]
+    assert r["switched"] == {"random_layers": 1, "batchnorm": 0}
+    assert r["again"] == 0  # already per replica
+    assert r["plain_gap"] == 0.0  # the bug dist.prepare fixes
+    assert r["prepared_gap"] > 1.0  # kept rows are scaled by 2, dropped ones are 0
+    assert 0.3 < r["dropped"] < 0.7
+    assert r["replica0_vs_one_device"] == 0.0  # replica 0 keeps the one-device stream
+
+
 @pytest.mark.parametrize("case", sorted(MOMENTUM_CASES))
 def test_moco_and_dino_two_replicas_equal_one_device(mirrored, case):
     r = mirrored["momentum"][case]
@@ -417,6 +461,31 @@ def test_setup_user_errors_are_one_line(mirrored):
     assert r["none"] == [1, True, True]
     for key in ("late_split", "unknown", "no_tf_config", "bad_tf_config"):
         assert "\n" not in r[key]
+
+
+def test_draw_per_replica_switches_efficientnet_stochastic_depth_in_place():
+    import keras
+
+    from kerasssl import distribute
+    from kerasssl.encoders import build_encoder
+    from kerasssl.layers.base import ReplicaSeedGenerator
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("tf.distribute replicas only")
+    encoder = build_encoder("efficientnetb0", (32, 32, 3))
+    dropouts = [layer for layer in encoder._flatten_layers() if isinstance(layer, keras.layers.Dropout)]
+    states = [layer.seed_generator.state for layer in dropouts]
+    config, n_variables = encoder.get_config(), len(encoder.variables)
+    assert distribute.draw_per_replica(encoder) == len(dropouts) == 9
+    assert all(type(layer.seed_generator) is ReplicaSeedGenerator for layer in dropouts)
+    # The same state variables: checkpoints restore into them, the saved config is unchanged.
+    assert all(layer.seed_generator.state is state for layer, state in zip(dropouts, states))
+    assert encoder.get_config() == config and len(encoder.variables) == n_variables
+    # Outside a strategy the stream is the plain one.
+    plain, switched = keras.layers.Dropout(0.5, seed=4), keras.layers.Dropout(0.5, seed=4)
+    assert distribute.draw_per_replica(switched) == 1
+    ones = np.ones((4, 32), "float32")
+    np.testing.assert_array_equal(plain(ones, training=True), switched(ones, training=True))
 
 
 def test_tf_config_chief_and_validation():
