@@ -64,6 +64,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cell_settings import add_setting_flags, fill_settings  # noqa: E402  (benchmarks/cell_settings.py)
+
 VARIANTS = ("baseline", "shift", "reddening", "psf", "skynoise", "d4", "any-angle")
 ARMS = ("linear", "full")
 # The three-band survey (kerasssl.simulate.survey.THREE_BAND): worst seeing per band, field of view.
@@ -95,17 +99,9 @@ def parse_args(argv=None):
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     p.add_argument("--normalization", choices=("dataset", "asinh", "none"), default="dataset",
                    help="data.normalization of every variant (see the module docstring)")
-    for key, value in FULL.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, list):
-            p.add_argument(flag, type=type(value[0]), nargs="+", default=None)
-        else:
-            p.add_argument(flag, type=type(value), default=None)
+    add_setting_flags(p, FULL)
     args = p.parse_args(argv)
-    base = QUICK if args.quick else FULL
-    for key, value in base.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_settings(args, QUICK if args.quick else FULL)
     if "baseline" not in args.variants:
         args.variants.insert(0, "baseline")  # every difference is to the baseline
     return args

@@ -67,6 +67,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cell_settings import add_setting_flags, fill_settings  # noqa: E402  (benchmarks/cell_settings.py)
+
 BASE_ARMS = ("supervised", "supervised-long", "ssl+linear", "ssl+full")
 POOL_ARMS = ("ssl+linear+pool", "ssl+full+pool")
 ARMS = BASE_ARMS + POOL_ARMS
@@ -105,29 +109,16 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="tiny end-to-end check (numbers meaningless)")
     p.add_argument("--data", type=Path, default=None,
                    help="use this three-band folder instead of simulating one")
-    for key, value in FULL.items():
-        flag = "--" + key.replace("_", "-")
-        if key == "arms":
-            p.add_argument(flag, nargs="+", choices=BASE_ARMS, default=None,
-                           help="arm families; with --pool > 0 each SSL arm also runs on the pool")
-        elif key == "methods":
-            p.add_argument(flag, nargs="+", default=None,
-                           help="SSL methods (each is another pretraining per seed and variant)")
-        elif key == "pool_methods":
-            p.add_argument(flag, nargs="+", default=None,
-                           help="the methods that also pretrain on the pool (default: every --methods entry)")
-        elif key == "pool":
-            p.add_argument(flag, type=float, default=None,
-                           help="unlabeled pool size as a multiple of the labelled set (0: none)")
-        elif isinstance(value, list):
-            p.add_argument(flag, type=type(value[0]), nargs="+", default=None)
-        else:
-            p.add_argument(flag, type=type(value), default=None)
+    add_setting_flags(p, FULL, special={
+        "arms": dict(nargs="+", choices=BASE_ARMS,
+                     help="arm families; with --pool > 0 each SSL arm also runs on the pool"),
+        "methods": dict(nargs="+", help="SSL methods (each is another pretraining per seed and variant)"),
+        "pool_methods": dict(nargs="+",
+                             help="the methods that also pretrain on the pool (default: every --methods entry)"),
+        "pool": dict(type=float, help="unlabeled pool size as a multiple of the labelled set (0: none)"),
+    })
     args = p.parse_args(argv)
-    base = QUICK if args.quick else FULL
-    for key, value in base.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_settings(args, QUICK if args.quick else FULL)
     if args.pool_methods is None:
         args.pool_methods = list(args.methods)
     stray = sorted(set(args.pool_methods) - set(args.methods))
