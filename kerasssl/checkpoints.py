@@ -52,7 +52,9 @@ STEP_LOSS = "step_loss"
 
 
 def _values(variables):
-    return [keras.ops.convert_to_numpy(v.value) for v in variables]
+    # The variable, not its .value: under tf.distribute a metric's running sum is a
+    # SyncOnReadVariable, which only the Keras variable reads as the replicas' sum.
+    return [keras.ops.convert_to_numpy(v) for v in variables]
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

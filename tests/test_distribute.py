@@ -231,8 +231,30 @@ def child_pretrain_resume(data_dir, run_dir):
     again = f"{run_dir}_again"  # the same 2 epochs in one go: the same batches and draws
     third = cli("pretrain", data_dir, "--run-dir", again, "--epochs", "2", *run)
     uninterrupted = json.loads((Path(again) / "history.json").read_text())
-    return {"exit": [first, second, third], "epoch_after_first": after_first, "history": history,
-            "uninterrupted": uninterrupted}
+    # Stopped right after a mid-epoch checkpoint (epoch 2, step 1), then resumed from it: the
+    # metrics' running sums are SyncOnReadVariables, saved as the replicas' sum.
+    from kerasssl.checkpoints import EpochCheckpoint
+
+    real_save, stopped = EpochCheckpoint._save, f"{run_dir}_stopped"
+
+    def save_then_stop(self, epoch, step):
+        real_save(self, epoch, step)
+        if (epoch, step) == (1, 1):
+            raise RuntimeError("stopped")
+
+    EpochCheckpoint._save = save_then_stop
+    try:
+        cli("pretrain", data_dir, "--run-dir", stopped, "--epochs", "2", "--checkpoint-every", "1", *run)
+        mid_epoch = "not stopped"
+    except RuntimeError as e:
+        mid_epoch = str(e)
+    finally:
+        EpochCheckpoint._save = real_save
+    latest = json.loads((Path(stopped) / "checkpoints" / "latest.json").read_text())
+    resumed = cli("pretrain", data_dir, "--run-dir", stopped, "--resume", *common)
+    return {"exit": [first, second, third, resumed], "epoch_after_first": after_first, "history": history,
+            "uninterrupted": uninterrupted, "mid_epoch": mid_epoch, "stopped_at": [latest["epoch"], latest["step"]],
+            "resumed_mid_epoch": json.loads((Path(stopped) / "history.json").read_text())}
 
 
 def child_replica_draws(seed):
@@ -442,7 +464,7 @@ def test_moco_and_dino_two_replicas_equal_one_device(mirrored, case):
 
 def test_pretrain_cli_mirrored_checkpoint_and_resume(mirrored):
     r = mirrored["pretrain"]
-    assert r["exit"] == [0, 0, 0]
+    assert r["exit"] == [0, 0, 0, 0]
     assert r["epoch_after_first"] == 1
     losses = r["history"]["loss"]
     assert len(losses) == 2 and np.all(np.isfinite(losses))
@@ -450,6 +472,15 @@ def test_pretrain_cli_mirrored_checkpoint_and_resume(mirrored):
     # batches once depended on how many iterators Keras made (reshuffle per iterator).
     np.testing.assert_allclose(np.ravel(r["history"]["step_loss"]), np.ravel(r["uninterrupted"]["step_loss"]),
                                rtol=1e-5)
+
+
+def test_pretrain_mirrored_resumes_mid_epoch_with_the_uninterrupted_loss_curve(mirrored):
+    r = mirrored["pretrain"]
+    assert r["mid_epoch"] == "stopped" and r["stopped_at"] == [1, 1]
+    resumed, reference = r["resumed_mid_epoch"], r["uninterrupted"]
+    np.testing.assert_allclose(np.ravel(resumed["step_loss"]), np.ravel(reference["step_loss"]), rtol=1e-5)
+    # The epoch's logged mean: the restored running sums plus the resumed step.
+    np.testing.assert_allclose(resumed["loss"], reference["loss"], rtol=1e-5)
 
 
 def test_setup_user_errors_are_one_line(mirrored):
