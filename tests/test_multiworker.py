@@ -52,8 +52,9 @@ def worker_main(data_dir, run_dir):
 
     cfg = RunConfig.from_dict({
         "data": {"image_size": 16},
+        # checkpoint_every 1: a mid-epoch checkpoint reads the metrics' SyncOnRead sums (collectives).
         "pretrain": {"method": "simclr", "encoder": "tiny", "epochs": 2, "steps_per_epoch": 2,
-                     "batch_size": 8, "strategy": "multiworker", "knn_monitor": False,
+                     "batch_size": 8, "strategy": "multiworker", "knn_monitor": False, "checkpoint_every": 1,
                      "method_options": {"projection_dim": 16, "hidden_dim": 32}},
     })
     history = pretrain.pretrain(cfg, data_dir, run_dir)
@@ -178,6 +179,9 @@ def test_only_the_chief_writes_the_run_directory(two_workers):
     lines = (run_dir / "runs.jsonl").read_text().splitlines() if (run_dir / "runs.jsonl").exists() else []
     assert len(lines) <= 1
     assert not [p for p in run_dir.rglob("*") if "worker" in p.name]
+    # The second epoch's mid-epoch checkpoint (step 1) is kept beside the last epoch's.
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.npz")) == ["ckpt-0001-0000001.npz",
+                                                                             "ckpt-0002.npz"]
 
 
 @pytest.mark.slow  # two MWMS pretrainings in two processes (~40 CPU-s each)
