@@ -226,7 +226,7 @@ class Distribution:
             >>> with dist.scope():
             ...     model = build_pretraining_model(cfg, (64, 64, 3), preprocess)
             >>> dist.prepare(model)
-            {'random_layers': 9, 'batchnorm': 49}
+            {'random_layers': 9, 'batchnorm': 50}
         """
         if self.num_replicas == 1:
             return {"random_layers": 0, "batchnorm": 0}
