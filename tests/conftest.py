@@ -5,6 +5,7 @@ that tests need neither lenstronomy nor much time. Simulator tests make real
 lenstronomy data themselves.
 """
 
+import contextlib
 import os
 import sys
 
@@ -132,6 +133,31 @@ def cli_exit_code(*args):
     except SystemExit as e:
         return e.code
     return 0
+
+
+@contextlib.contextmanager
+def stop_after_checkpoint(epoch, step):
+    """Within it, a pretraining raises ``RuntimeError("stopped")`` right after writing checkpoint
+    (``epoch`` epochs done, ``step`` steps into the next): the state a kill leaves there.
+
+    Example:
+        >>> with stop_after_checkpoint(1, 2), pytest.raises(RuntimeError, match="stopped"):
+        ...     pretrain(cfg, data, run)
+    """
+    from kerasssl.checkpoints import EpochCheckpoint
+
+    real_save = EpochCheckpoint._save
+
+    def save_then_stop(self, done, at):
+        real_save(self, done, at)
+        if (done, at) == (epoch, step):
+            raise RuntimeError("stopped")
+
+    EpochCheckpoint._save = save_then_stop
+    try:
+        yield
+    finally:
+        EpochCheckpoint._save = real_save
 
 
 # -- scores with a known ROC-AUC (evaluate's and metrics' tests) --------------------------

@@ -233,23 +233,15 @@ def child_pretrain_resume(data_dir, run_dir):
     uninterrupted = json.loads((Path(again) / "history.json").read_text())
     # Stopped right after a mid-epoch checkpoint (epoch 2, step 1), then resumed from it: the
     # metrics' running sums are SyncOnReadVariables, saved as the replicas' sum.
-    from kerasssl.checkpoints import EpochCheckpoint
+    from conftest import stop_after_checkpoint
 
-    real_save, stopped = EpochCheckpoint._save, f"{run_dir}_stopped"
-
-    def save_then_stop(self, epoch, step):
-        real_save(self, epoch, step)
-        if (epoch, step) == (1, 1):
-            raise RuntimeError("stopped")
-
-    EpochCheckpoint._save = save_then_stop
+    stopped = f"{run_dir}_stopped"
     try:
-        cli("pretrain", data_dir, "--run-dir", stopped, "--epochs", "2", "--checkpoint-every", "1", *run)
+        with stop_after_checkpoint(1, 1):
+            cli("pretrain", data_dir, "--run-dir", stopped, "--epochs", "2", "--checkpoint-every", "1", *run)
         mid_epoch = "not stopped"
     except RuntimeError as e:
         mid_epoch = str(e)
-    finally:
-        EpochCheckpoint._save = real_save
     latest = json.loads((Path(stopped) / "checkpoints" / "latest.json").read_text())
     resumed = cli("pretrain", data_dir, "--run-dir", stopped, "--resume", *common)
     return {"exit": [first, second, third, resumed], "epoch_after_first": after_first, "history": history,

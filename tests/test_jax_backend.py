@@ -96,6 +96,25 @@ def child_jax(data_dir, run_dir):
     out["finetune_cli_exit"] = cli("finetune", run_dir, data_dir, "--batch-size", "8", *common)
     out["finetune_odd_batch_exit"] = cli("finetune", run_dir, data_dir, "--batch-size", "7",
                                          "--output", Path(run_dir) / "odd.keras", *common)
+
+    # 4. A DataParallel pretraining stopped after a mid-epoch checkpoint resumes on the same curve
+    #    (the trainer keeps its state outside the variables mid-epoch: jax_state_sync).
+    from conftest import stop_after_checkpoint
+
+    run = ["--method", "moco", "--encoder", "tiny", "--image-size", "16", "--steps-per-epoch", "3",
+           "--batch-size", "8", "--epochs", "2", "--checkpoint-every", "2", "--strategy", "mirrored",
+           "--cpu-devices", "2"]
+    whole, stopped = f"{run_dir}_whole", f"{run_dir}_stopped"
+    out["midepoch_exit"] = [cli("pretrain", data_dir, "--run-dir", whole, *run)]
+    try:
+        with stop_after_checkpoint(1, 2):
+            cli("pretrain", data_dir, "--run-dir", stopped, *run)
+        out["midepoch_stopped"] = "not stopped"
+    except RuntimeError as e:
+        out["midepoch_stopped"] = str(e)
+    out["midepoch_exit"].append(cli("pretrain", data_dir, "--run-dir", stopped, "--resume"))
+    out["midepoch"] = {name: json.loads((Path(d) / "history.json").read_text())["step_loss"]
+                       for name, d in (("whole", whole), ("resumed", stopped))}
     return out
 
 
@@ -142,6 +161,14 @@ def test_jax_data_parallel_finetune_matches_one_device_and_runs_from_the_cli(jax
     # A batch the devices cannot split is a one-line error (exit 2), nothing written.
     assert jax_run["finetune_odd_batch_exit"] == 2
     assert not (jax_run["run_dir"] / "odd.keras").exists()
+
+
+def test_jax_data_parallel_resumes_mid_epoch_on_the_uninterrupted_curve(jax_run):
+    assert jax_run["midepoch_stopped"] == "stopped" and jax_run["midepoch_exit"] == [0, 0]
+    curves = jax_run["midepoch"]
+    assert [len(epoch) for epoch in curves["whole"]] == [3, 3]
+    # MoCo: weights, optimizer, momentum encoder, queue, seed states and metric sums all restored.
+    assert curves["resumed"] == curves["whole"]
 
 
 def test_export_of_jax_trained_encoder(jax_run, tmp_path):

@@ -22,9 +22,9 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import run_cli, write_class_folders
+from conftest import run_cli, stop_after_checkpoint, write_class_folders
 from kerasssl import pretrain as pt
-from kerasssl.checkpoints import EpochCheckpoint, checkpoint_files, load_checkpoint_meta
+from kerasssl.checkpoints import checkpoint_files, load_checkpoint_meta
 from kerasssl.config import RunConfig
 from kerasssl.data.pipeline import epoch_batches, make_dataset
 from kerasssl.errors import KerassslError
@@ -66,7 +66,7 @@ def _encoder_weights(run):
     ("moco", "array"),  # the labelled-array path; MoCo's queue and momentum encoder
     pytest.param("simclr", "tfrecord", marks=pytest.mark.slow),  # a shard pool alone (~30 CPU-s)
 ])
-def test_a_run_stopped_mid_epoch_resumes_with_the_same_loss_curve(data, tmp_path, monkeypatch, capsys,
+def test_a_run_stopped_mid_epoch_resumes_with_the_same_loss_curve(data, tmp_path, capsys,
                                                                    method, source):
     labelled, unlabeled = data["labelled"], ()
     if source == "tfrecord":
@@ -78,18 +78,10 @@ def test_a_run_stopped_mid_epoch_resumes_with_the_same_loss_curve(data, tmp_path
     cfg = _cfg(method, unlabeled)
     reference = pt.pretrain(cfg, labelled, tmp_path / "whole", verbose=0)
 
-    real_save = EpochCheckpoint._save
-
-    def save_then_crash(self, epoch, step):  # the state of a kill right after the epoch-2 step-2 checkpoint
-        real_save(self, epoch, step)
-        if (epoch, step) == (1, EVERY):
-            raise RuntimeError("killed")
-
-    monkeypatch.setattr(EpochCheckpoint, "_save", save_then_crash)
     run = tmp_path / "stopped"
-    with pytest.raises(RuntimeError, match="killed"):
+    # The state of a kill right after the epoch-2 step-2 checkpoint.
+    with stop_after_checkpoint(1, EVERY), pytest.raises(RuntimeError, match="stopped"):
         pt.pretrain(cfg, labelled, run, verbose=0)
-    monkeypatch.setattr(EpochCheckpoint, "_save", real_save)
     meta = load_checkpoint_meta(run / "checkpoints")
     assert (meta["epoch"], meta["step"], meta["steps_per_epoch"]) == (1, EVERY, STEPS)
     assert meta["data"]["batches_consumed"] == EVERY and meta["data"]["global_batch"] == STEPS + EVERY
