@@ -158,7 +158,8 @@ def check_fit(cfg, data_path, run_dir, progress=None):
 
     0. the data-parallel engine is set up (before any TensorFlow op, so an API
     user gets what the CLI gets); 1. config values, section by section
-    (``RunConfig.validate``) and the method and encoder names; 2. DATA (the one
+    (``RunConfig.validate``), the method and encoder names, and, with
+    ``export.enabled``, a backend that can export; 2. DATA (the one
     shared check, then every pixel is read); 3. the run directory: an existing
     pretraining is reused, resumed or refused (:func:`_pretraining_state`), and
     its split must fit the data; 4. what the stages need: the pretraining plan
@@ -187,6 +188,7 @@ def check_fit(cfg, data_path, run_dir, progress=None):
     # Before any TF op (reading TFRecord DATA is one): logical CPUs / collectives are configured only then.
     dist = setup_distribution(cfg)
     check_components(cfg)  # every section; the encoder name is used by supervised jobs too
+    _check_export_backend(cfg.export, run_dir)
     check_data_path(data_path)  # a folder or TFRecord shards (a glob is no path that exists)
     # Decide about an existing pretraining before config.yaml is replaced.
     previous = _previous_config(run_dir)
@@ -211,6 +213,19 @@ def check_fit(cfg, data_path, run_dir, progress=None):
     if state != "done":
         _check_encoder_takes(cfg.pretrain.encoder, image_set.image_shape)
     return state, image_set, split, plan
+
+
+def _check_export_backend(export_cfg, run_dir):
+    """Refuse, before training, an export stage that the backend cannot run (SavedModel needs TF)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if export_cfg.enabled and backend != "tensorflow":
+        raise KerassslError(
+            f"fit ends with a SavedModel export, which needs the TensorFlow backend (KERAS_BACKEND={backend}): "
+            f"pass --no-export (export.enabled: false), then `kerasssl export {RunDir(run_dir).classifier} "
+            f"--name {export_cfg.name}` with KERAS_BACKEND=tensorflow; or fit with KERAS_BACKEND=tensorflow"
+        )
 
 
 def _check_encoder_takes(name, image_shape):

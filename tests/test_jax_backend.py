@@ -115,6 +115,11 @@ def child_jax(data_dir, run_dir):
     out["midepoch_exit"].append(cli("pretrain", data_dir, "--run-dir", stopped, "--resume"))
     out["midepoch"] = {name: json.loads((Path(d) / "history.json").read_text())["step_loss"]
                        for name, d in (("whole", whole), ("resumed", stopped))}
+
+    # 5. fit with its export stage on: refused before it trains (a SavedModel needs TensorFlow).
+    fit_dir = Path(f"{run_dir}_fit")
+    out["fit_export_exit"] = cli("fit", data_dir, "--run-dir", fit_dir, "--encoder", "tiny", "--image-size", "16")
+    out["fit_export_wrote"] = fit_dir.exists()
     return out
 
 
@@ -169,6 +174,11 @@ def test_jax_data_parallel_resumes_mid_epoch_on_the_uninterrupted_curve(jax_run)
     assert [len(epoch) for epoch in curves["whole"]] == [3, 3]
     # MoCo: weights, optimizer, momentum encoder, queue, seed states and metric sums all restored.
     assert curves["resumed"] == curves["whole"]
+
+
+def test_jax_fit_with_export_is_refused_before_it_trains(jax_run):
+    assert jax_run["fit_export_exit"] == 2
+    assert not jax_run["fit_export_wrote"]
 
 
 def test_export_of_jax_trained_encoder(jax_run, tmp_path):
