@@ -59,7 +59,28 @@ def worker_main(data_dir, run_dir):
     })
     history = pretrain.pretrain(cfg, data_dir, run_dir)
     losses = history["loss"] if "loss" in history else history["history"]["loss"]
-    return {"loss": [float(v) for v in losses]}
+
+    # The same run stopped on both workers right after the epoch-2 step-1 checkpoint, then resumed.
+    import time
+
+    from conftest import stop_after_checkpoint
+    from kerasssl.distribute import read_tf_config
+
+    stopped = Path(f"{run_dir}_stopped")
+    try:
+        with stop_after_checkpoint(1, 1):
+            pretrain.pretrain(cfg, data_dir, stopped)
+        outcome = "not stopped"
+    except RuntimeError as e:
+        outcome = str(e)
+    # A restarted job starts once every worker has stopped: by then the chief's checkpoint is written.
+    Path(f"{stopped}.stopped-{read_tf_config()['task']['index']}").touch()
+    deadline = time.time() + 120
+    while len(list(stopped.parent.glob(f"{stopped.name}.stopped-*"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    resumed = pretrain.pretrain(pretrain.resume_config(stopped), data_dir, stopped, resume=True)
+    return {"loss": [float(v) for v in losses], "step_loss": history["step_loss"], "stopped": outcome,
+            "resumed_step_loss": resumed["step_loss"]}
 
 
 def worker_finetune_main(data_dir, run_dir):
@@ -169,6 +190,13 @@ def test_two_workers_finish_and_agree_on_the_loss(two_workers):
     assert len(chief["loss"]) == 2
     assert np.all(np.isfinite(chief["loss"]))
     np.testing.assert_allclose(worker["loss"], chief["loss"], rtol=1e-6)
+
+
+def test_two_workers_stopped_mid_epoch_resume_on_the_uninterrupted_curve(two_workers):
+    for result in two_workers["results"]:
+        assert result["stopped"] == "stopped"
+        np.testing.assert_allclose(np.ravel(result["resumed_step_loss"]), np.ravel(result["step_loss"]),
+                                   rtol=1e-6)
 
 
 def test_only_the_chief_writes_the_run_directory(two_workers):
