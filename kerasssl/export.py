@@ -322,7 +322,7 @@ def export_model(
     if tflite is not None and tflite not in TFLITE_MODES:
         raise KerassslError(f"--tflite must be one of {', '.join(TFLITE_MODES)}, not {tflite!r}")
     check_model_name(name, "model name (--name)")
-    _check_backend()
+    check_backend()
     model_dir = Path(base_dir) / name
     check_writable(model_dir)  # before the slow model load and tracing
     model_path = None
@@ -372,14 +372,13 @@ def export_model(
     return ExportResult(path=final, metadata=metadata, tflite_path=tflite_path, parity=parity)
 
 
-def _check_backend():
+def check_backend(advice="run it with KERAS_BACKEND=tensorflow"):
+    """Refuse a backend that cannot write a SavedModel (TensorFlow only); ``advice`` ends the message."""
     import keras
 
     if keras.backend.backend() != "tensorflow":
-        raise KerassslError(
-            f"export needs the TensorFlow backend (KERAS_BACKEND={keras.backend.backend()}); "
-            "run it with KERAS_BACKEND=tensorflow"
-        )
+        raise KerassslError(f"export needs the TensorFlow backend (KERAS_BACKEND={keras.backend.backend()}); "
+                            f"{advice}")
 
 
 # -- the model folder: writable, temporary versions, stale ones ---------------------

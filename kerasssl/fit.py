@@ -217,15 +217,12 @@ def check_fit(cfg, data_path, run_dir, progress=None):
 
 def _check_export_backend(export_cfg, run_dir):
     """Refuse, before training, an export stage that the backend cannot run (SavedModel needs TF)."""
-    import keras
+    if export_cfg.enabled:
+        from kerasssl.export import check_backend
 
-    backend = keras.backend.backend()
-    if export_cfg.enabled and backend != "tensorflow":
-        raise KerassslError(
-            f"fit ends with a SavedModel export, which needs the TensorFlow backend (KERAS_BACKEND={backend}): "
-            f"pass --no-export (export.enabled: false), then `kerasssl export {RunDir(run_dir).classifier} "
-            f"--name {export_cfg.name}` with KERAS_BACKEND=tensorflow; or fit with KERAS_BACKEND=tensorflow"
-        )
+        check_backend(f"fit ends with that export: pass --no-export (export.enabled: false), then "
+                      f"`kerasssl export {RunDir(run_dir).classifier} --name {export_cfg.name}` with "
+                      f"KERAS_BACKEND=tensorflow; or fit with KERAS_BACKEND=tensorflow")
 
 
 def _check_encoder_takes(name, image_shape):
