@@ -160,6 +160,22 @@ def stop_after_checkpoint(epoch, step):
         EpochCheckpoint._save = real_save
 
 
+def run_until_checkpoint(epoch, step, run):
+    """Call ``run()`` under :func:`stop_after_checkpoint`; return "stopped", or "not stopped" if it finished.
+
+    Example:
+        >>> assert run_until_checkpoint(1, 1, lambda: pretrain(cfg, data, run)) == "stopped"
+    """
+    try:
+        with stop_after_checkpoint(epoch, step):
+            run()
+    except RuntimeError as e:
+        if str(e) != "stopped":
+            raise
+        return "stopped"
+    return "not stopped"
+
+
 # -- scores with a known ROC-AUC (evaluate's and metrics' tests) --------------------------
 
 def mann_whitney_auc(labels, scores):

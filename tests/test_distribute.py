@@ -233,15 +233,11 @@ def child_pretrain_resume(data_dir, run_dir):
     uninterrupted = json.loads((Path(again) / "history.json").read_text())
     # Stopped right after a mid-epoch checkpoint (epoch 2, step 1), then resumed from it: the
     # metrics' running sums are SyncOnReadVariables, saved as the replicas' sum.
-    from conftest import stop_after_checkpoint
+    from conftest import run_until_checkpoint
 
     stopped = f"{run_dir}_stopped"
-    try:
-        with stop_after_checkpoint(1, 1):
-            cli("pretrain", data_dir, "--run-dir", stopped, "--epochs", "2", "--checkpoint-every", "1", *run)
-        mid_epoch = "not stopped"
-    except RuntimeError as e:
-        mid_epoch = str(e)
+    mid_epoch = run_until_checkpoint(1, 1, lambda: cli("pretrain", data_dir, "--run-dir", stopped, "--epochs", "2",
+                                                       "--checkpoint-every", "1", *run))
     latest = json.loads((Path(stopped) / "checkpoints" / "latest.json").read_text())
     resumed = cli("pretrain", data_dir, "--run-dir", stopped, "--resume", *common)
     return {"exit": [first, second, third, resumed], "epoch_after_first": after_first, "history": history,

@@ -63,16 +63,11 @@ def worker_main(data_dir, run_dir):
     # The same run stopped on both workers right after the epoch-2 step-1 checkpoint, then resumed.
     import time
 
-    from conftest import stop_after_checkpoint
+    from conftest import run_until_checkpoint
     from kerasssl.distribute import read_tf_config
 
     stopped = Path(f"{run_dir}_stopped")
-    try:
-        with stop_after_checkpoint(1, 1):
-            pretrain.pretrain(cfg, data_dir, stopped)
-        outcome = "not stopped"
-    except RuntimeError as e:
-        outcome = str(e)
+    outcome = run_until_checkpoint(1, 1, lambda: pretrain.pretrain(cfg, data_dir, stopped))
     # A restarted job starts once every worker has stopped: by then the chief's checkpoint is written.
     Path(f"{stopped}.stopped-{read_tf_config()['task']['index']}").touch()
     deadline = time.time() + 120
