@@ -115,6 +115,18 @@ class SurveyModel:
             return _np(self.probabilities_fn(images)), None
         return None, _np(self.features_fn(images))
 
+    def predict(self, images, batch_size=64) -> np.ndarray:
+        """Probabilities for any number of images, ``batch_size`` per model call.
+
+        Example:
+            >>> load_survey_model("run/classifier.keras").predict(images).shape
+            (1000, 2)
+        """
+        self.require(probabilities=True)
+        images = np.asarray(images, dtype=np.float32)
+        out = [self.run(images[i : i + batch_size])[0] for i in range(0, len(images), batch_size)]
+        return np.concatenate(out, axis=0) if out else np.zeros((0, len(self.class_names or [])), np.float32)
+
     def require(self, *, probabilities=False, features=False, why=""):
         """Refuse, in one line, a model without the output a command needs."""
         missing = self.missing or {}
@@ -211,8 +223,6 @@ def _encoder(path, encoder, shape, run_dir):
 def _saved_model(path):
     import tensorflow as tf
 
-    from kerasssl.export import read_metadata
-
     version_dir, loaded = load_saved_model(path)
     signatures = getattr(loaded, "signatures", {}) or {}
     serve = signatures.get("serving_default")
@@ -220,10 +230,7 @@ def _saved_model(path):
     if spec is None or "probabilities" not in serve.structured_outputs:
         raise DataError(version_dir, "serving_default is not images -> probabilities (not a kerasssl export?)")
     shape = tuple(int(d) for d in spec.shape[1:])
-    names = (read_metadata(version_dir) or {}).get("class_names")
-    if not names:
-        n = int(serve.structured_outputs["probabilities"].shape[-1])
-        names = ["nonlens", "lens"] if n == 2 else [f"class_{i}" for i in range(n)]
+    names = _class_names(version_dir, int(serve.structured_outputs["probabilities"].shape[-1]))
     embed = signatures.get("embed")
 
     def probabilities(x):
@@ -239,20 +246,25 @@ def _saved_model(path):
 
 
 def _tflite(path):
-    from kerasssl.export import read_metadata
-
     runner = load_tflite(path)
-    n = int(runner._output["shape"][-1])
     # a .tflite written by `kerasssl export` sits in the version dir, beside assets/
-    names = (read_metadata(path.parent) or {}).get("class_names")
-    if not names:
-        names = ["nonlens", "lens"] if n == 2 else [f"class_{i}" for i in range(n)]
+    names = _class_names(path.parent, int(runner._output["shape"][-1]))
 
     def probabilities(x):
         x = np.asarray(x.numpy() if hasattr(x, "numpy") else x, np.float32)
         return runner.predict(x, batch_size=max(1, len(x)))
 
     return SurveyModel("tflite", path, tuple(runner.image_shape), list(names), probabilities, None, None)
+
+
+def _class_names(version_dir, n_classes) -> list:
+    """The export's class names (its metadata), else kerasssl's defaults for ``n_classes``."""
+    from kerasssl.export import read_metadata
+
+    names = (read_metadata(version_dir) or {}).get("class_names")
+    if names:
+        return list(names)
+    return ["nonlens", "lens"] if n_classes == 2 else [f"class_{i}" for i in range(n_classes)]
 
 
 def lens_column(class_names, lens_class=None) -> int:

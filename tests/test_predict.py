@@ -8,7 +8,9 @@ import pytest
 
 from conftest import write_class_folders, write_hst_folder
 from kerasssl.errors import DataError
-from kerasssl.predict import load_predictor, predict_files, resolve_saved_model_dir
+from kerasssl.inference import load_survey_model
+from kerasssl.models import resolve_saved_model_dir
+from kerasssl.predict import predict_files
 from test_export import SIZE, make_classifier, shared_export
 
 
@@ -141,10 +143,10 @@ def test_bad_input_is_one_line_and_exit_2(exported, tmp_path, capsys):
         assert capsys.readouterr().err.startswith("kerasssl: error:")
 
 
-def test_predictor_reports_the_model_input(exported):
+def test_the_loaded_model_reports_its_input(exported):
     _, _, version_dir = exported
-    predictor = load_predictor(version_dir / "lens_finder_fp32.tflite")
-    assert predictor.kind == "tflite" and predictor.image_shape == (SIZE, SIZE, 1)
+    loaded = load_survey_model(version_dir / "lens_finder_fp32.tflite")
+    assert loaded.kind == "tflite" and loaded.image_shape == (SIZE, SIZE, 1)
 
 
 def test_a_tfrecord_glob_gives_the_same_as_the_folder(exported, tmp_path):
