@@ -71,7 +71,9 @@ def worker_main(data_dir, run_dir):
     # A restarted job starts once every worker has stopped: by then the chief's checkpoint is written.
     Path(f"{stopped}.stopped-{read_tf_config()['task']['index']}").touch()
     deadline = time.time() + 120
-    while len(list(stopped.parent.glob(f"{stopped.name}.stopped-*"))) < 2 and time.time() < deadline:
+    while len(list(stopped.parent.glob(f"{stopped.name}.stopped-*"))) < 2:
+        if time.time() > deadline:  # resuming alone would hang in the first collective, or test nothing
+            raise RuntimeError("the other worker did not stop after its checkpoint within 120 s")
         time.sleep(0.05)
     resumed = pretrain.pretrain(pretrain.resume_config(stopped), data_dir, stopped, resume=True)
     return {"loss": [float(v) for v in losses], "step_loss": history["step_loss"], "stopped": outcome,
