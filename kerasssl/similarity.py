@@ -272,7 +272,7 @@ def index_model(info: IndexInfo, model=None):
                                    "pass it with --model")
     fingerprint = model_fingerprint(candidate)
     if fingerprint != info.record["model_fingerprint"]:
-        whose = "is not the model" if model is not None else "has changed since it"
+        whose = "is not the model that" if model is not None else "has changed since it"
         raise DataError(candidate, f"{whose} built the index {info.path} (fingerprint {fingerprint[:12]}, "
                                    f"the index's is {info.record['model_fingerprint'][:12]})")
     return candidate
