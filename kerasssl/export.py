@@ -168,13 +168,18 @@ def load_keras_model(path):
     return load_model(path)
 
 
+def default_class_names(n_classes) -> list:
+    """kerasssl's names where none are recorded: ``["nonlens", "lens"]`` for two classes, else ``class_i``."""
+    return ["nonlens", "lens"] if n_classes == 2 else [f"class_{i}" for i in range(n_classes)]
+
+
 def class_names_for(model, run_dir=None, class_names=None):
     """Class names in label order: given > recorded in the run > default."""
     n_classes = int(model.outputs[0].shape[-1])
     if class_names is None and run_dir is not None:
         class_names = RunDir(run_dir).class_names()
     if class_names is None:
-        class_names = ["nonlens", "lens"] if n_classes == 2 else [f"class_{i}" for i in range(n_classes)]
+        class_names = default_class_names(n_classes)
         log.warning("class names unknown: using %s", class_names)
     class_names = [str(c) for c in class_names]
     if len(class_names) != n_classes:

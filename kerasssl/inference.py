@@ -242,7 +242,7 @@ def _saved_model(path):
         def features(x):
             return loaded.signatures["embed"](images=tf.convert_to_tensor(x, tf.float32))["embeddings"]
 
-    return SurveyModel("saved_model", version_dir, shape, list(names), probabilities, features, None)
+    return SurveyModel("saved_model", version_dir, shape, names, probabilities, features, None)
 
 
 def _tflite(path):
@@ -254,17 +254,15 @@ def _tflite(path):
         x = np.asarray(x.numpy() if hasattr(x, "numpy") else x, np.float32)
         return runner.predict(x, batch_size=max(1, len(x)))
 
-    return SurveyModel("tflite", path, tuple(runner.image_shape), list(names), probabilities, None, None)
+    return SurveyModel("tflite", path, tuple(runner.image_shape), names, probabilities, None, None)
 
 
 def _class_names(version_dir, n_classes) -> list:
     """The export's class names (its metadata), else kerasssl's defaults for ``n_classes``."""
-    from kerasssl.export import read_metadata
+    from kerasssl.export import default_class_names, read_metadata
 
     names = (read_metadata(version_dir) or {}).get("class_names")
-    if names:
-        return list(names)
-    return ["nonlens", "lens"] if n_classes == 2 else [f"class_{i}" for i in range(n_classes)]
+    return list(names) if names else default_class_names(n_classes)
 
 
 def lens_column(class_names, lens_class=None) -> int:
