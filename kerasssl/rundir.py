@@ -197,11 +197,17 @@ class RunDir:
     # -- reading and writing ---------------------------------------------------
     def read_json(self, path, what, *, missing_ok=False, broken_ok=False):
         """A JSON file of the run (a path, or a file name inside the run); see :func:`read_json`."""
-        return read_json(self.path / path, what, missing_ok=missing_ok, broken_ok=broken_ok)
+        return read_json(self._file(path), what, missing_ok=missing_ok, broken_ok=broken_ok)
 
     def write_json(self, path, obj) -> Path:
         """Write a JSON file of the run atomically (a path, or a file name inside the run)."""
-        return write_json_atomic(self.path / path, obj)
+        return write_json_atomic(self._file(path), obj)
+
+    def _file(self, path) -> Path:
+        # A bare name lives in the run; a path (e.g. ``run.split``) is used as given. Joining
+        # the path again would double a relative run: "run" / "run/split.json".
+        path = Path(path)
+        return self.path / path if path.parent == Path(".") else path
 
     def save_config(self, cfg) -> Path:
         """Write ``RUN/config.yaml`` (a :class:`kerasssl.config.RunConfig`), atomically."""

@@ -164,3 +164,22 @@ def test_finetune_records_and_class_names(tmp_path):
         run.finetune_records()  # a reader is told
     run.add_finetune_record({"model": str(run.classifier), "mode": "full"})  # a writer replaces it
     assert list(run.finetune_records()) == [rundir.CLASSIFIER]
+
+
+def test_a_relative_run_reads_and_writes_its_own_files(tmp_path, monkeypatch):
+    # `--run-dir run` is relative: run.split is "run/split.json", which must not be joined
+    # to the run again ("run/run/split.json"): the honesty guard would read no split.
+    from kerasssl.evaluate import training_files
+
+    monkeypatch.chdir(tmp_path)
+    run = RunDir("run")
+    run.write_json(run.split, {"labeled": ["lens_0.npy"], "train": ["lens_1.npy"]})
+    run.write_json("history.json", {"loss": [1.0]})  # a bare name is inside the run
+    run.add_finetune_record({"model": str(run.classifier), "labeled_files": ["lens_2.npy"]})
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.json")) == [
+        "run/finetune.json", "run/history.json", "run/split.json"]
+    assert run.read_json(run.split, "split file")["labeled"] == ["lens_0.npy"]
+    assert list(run.finetune_records()) == [rundir.CLASSIFIER]
+    used = training_files("run")
+    assert used["finetune"] == {"lens_0.npy", "lens_2.npy"}
+    assert used["pretrain"] == {"lens_0.npy", "lens_1.npy"}
