@@ -549,13 +549,16 @@ def _shard_batches(index, source, reader, batch_size, start):
 def _records(path):
     import tensorflow as tf
 
-    compression = "GZIP" if str(path).endswith(".gz") else ""
-    return tf.data.TFRecordDataset(path, compression_type=compression)
+    from kerasssl.data.tfrecord.shards import compression_of
+
+    return tf.data.TFRecordDataset(path, compression_type=compression_of(path))
 
 
 def _readable_from(path, start):
-    """(records from ``start`` up to the broken one, its index, TF's message or None if none is broken)."""
+    """(records from ``start`` up to the broken one, its index, the problem or None if none is broken)."""
     import tensorflow as tf
+
+    from kerasssl.data.tfrecord.shards import record_read_problem
 
     readable, k = [], start
     iterator = iter(_records(path).skip(start))
@@ -565,6 +568,5 @@ def _readable_from(path, start):
         except StopIteration:
             return readable, k, None
         except tf.errors.OpError as e:
-            text = (getattr(e, "message", "") or str(e)).strip().splitlines()
-            return readable, k, (text[0][:120] if text else type(e).__name__)
+            return readable, k, record_read_problem(e)
         k += 1

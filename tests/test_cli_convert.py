@@ -65,7 +65,7 @@ def test_truncated_shard_and_missing_label_exit_2_naming_the_shard(hst_folder, t
     shard = out / "data-00001-of-00002.tfrecord"
     shard.write_bytes(shard.read_bytes()[:-700])  # cut into the last record
     one_error_line(*run(["inspect", f"{out}/*.tfrecord*"], capsys)[::2],
-                   "data-00001-of-00002.tfrecord: corrupt or truncated TFRecord at record 17")
+                   "data-00001-of-00002.tfrecord: corrupt or truncated TFRecord at record 17 (truncated at byte ")
 
     lonely = tmp_path / "lonely"
     lonely.mkdir()

@@ -53,3 +53,19 @@ def test_example_without_label_names_shard_and_record(tmp_path):
         tfrecord.load_tfrecords(str(shard))
     with pytest.raises(DataError, match="record 1: missing feature 'label'"):
         tfrecord.check_shards([str(shard)])
+
+
+def test_read_problems_say_bytes_in_plain_words(tmp_path):
+    # TF reports byte offsets inside graph-function prefixes; the record index is ours.
+    from kerasssl.data.tfrecord.shards import check_shards, record_read_problem
+
+    garbage = tmp_path / "notes.tfrecord"
+    garbage.write_bytes(b"these are not TFRecord frames at all")
+    with pytest.raises(DataError) as caught:
+        check_shards([str(garbage)])
+    assert str(caught.value) == (f"{garbage}: corrupt or truncated TFRecord at record 0 "
+                                 "(corrupt record framing at byte 0; not a TFRecord file?)")
+    tf_message = ("{{function_node __wrapped__IteratorGetNext_device_/job:localhost}} truncated record at "
+                  "4096' failed with Read less bytes than requested [Op:IteratorGetNext] name: ")
+    assert record_read_problem(tf.errors.DataLossError(None, None, tf_message)) == "truncated at byte 4096"
+    assert record_read_problem(tf.errors.UnknownError(None, None, "inflate failed")) == "inflate failed"

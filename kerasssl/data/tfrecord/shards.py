@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import tensorflow as tf
 
@@ -167,6 +168,29 @@ def record_dataset(shards, *, shuffle=False, seed=0, cycle_length=None):
         num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
+def record_read_problem(error) -> str:
+    """TensorFlow's TFRecord read error in a few plain words, e.g. ``"truncated at byte 4096"``.
+
+    The reader reports byte offsets ("truncated record at 4096' failed with Read
+    less bytes than requested", "corrupted record at 0 (Is this even a TFRecord
+    file?)") inside graph-function prefixes; a message naming a record index
+    beside them must say which number is which.
+
+    Example:
+        >>> record_read_problem(tf.errors.DataLossError(None, None, "corrupted record at 12"))
+        'corrupt record framing at byte 12'
+    """
+    message = first_line(error)
+    truncated = re.search(r"truncated record at (\d+)", message)
+    if truncated:
+        return f"truncated at byte {truncated.group(1)}"
+    corrupted = re.search(r"corrupted record at (\d+)", message)
+    if corrupted:
+        hint = "; not a TFRecord file?" if "Is this even a TFRecord" in message else ""
+        return f"corrupt record framing at byte {corrupted.group(1)}{hint}"
+    return message
+
+
 def read_records(shard, expected=None):
     """Yield ``(index, serialized record)`` of one shard in order, sequentially.
 
@@ -187,7 +211,7 @@ def read_records(shard, expected=None):
             break
         except tf.errors.OpError as e:
             raise DataError(shard, f"corrupt or truncated TFRecord at record {index} "
-                                   f"({first_line(e)})") from None
+                                   f"({record_read_problem(e)})") from None
         yield index, record.numpy()
         index += 1
     if expected is not None and index != expected:
