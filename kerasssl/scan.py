@@ -164,6 +164,8 @@ def scan_survey(model, survey, out, *, top: Optional[int] = None, threshold: Opt
     try:
         _stream_into(work, listing, reader, loaded, batch_size, skip_bad, embeddings is not None,
                      progress, commit_items, commit_seconds)
+        if work.items == 0:  # e.g. only empty TFRecord shards: an empty catalogue would hide it
+            raise DataError(", ".join(listing.arguments), "holds no images to scan")
     except KerassslError:
         work.rollback()  # bad input: nothing written (a resumed scan keeps what it had)
         raise

@@ -138,7 +138,8 @@ def build_index(model, survey, out, *, kind: str = "auto", batch_size: int = 64,
         ids, skipped, dim, seconds = _embed_into(tmp / "vectors.f32", listing, reader, loaded, batch_size,
                                                  skip_bad, progress)
         if not ids:
-            raise DataError(out, "nothing to index: every item of the survey was skipped")
+            why = "every item of the survey was skipped" if skipped else "the survey holds no images"
+            raise DataError(out, f"nothing to index: {why}")
         vectors = np.memmap(tmp / "vectors.f32", dtype=np.float32, mode="r", shape=(len(ids), dim))
         chosen = choose_kind(len(ids), kind)
         index, params = _make_index(faiss, chosen, vectors, seed)

@@ -211,6 +211,19 @@ def test_bad_files_stop_the_scan_with_nothing_written_or_are_skipped_and_listed(
     assert "smaller than the model input" in listed[1] and ".npz archive" in listed[2]
 
 
+def test_a_survey_with_no_images_is_refused_not_an_empty_catalogue(exported, tmp_path, capsys):
+    _, run, _ = exported
+    empty = tmp_path / "empty.tfrecord"
+    empty.write_bytes(b"")
+    out = tmp_path / "c.csv"
+    code, err = cli(["scan", str(run / "classifier.keras"), str(empty), "--out", str(out)], capsys)
+    assert code == 2 and err.strip() == f"kerasssl: error: {empty}: holds no images to scan", err
+    assert not out.exists() and not work_dir_of(out).exists()
+    code, err = cli(["index", str(run / "classifier.keras"), str(empty), "--out", str(tmp_path / "idx")], capsys)
+    assert code == 2 and "nothing to index: the survey holds no images" in err, err
+    assert not (tmp_path / "idx").exists()
+
+
 def test_a_truncated_shard_is_refused_or_skipped_after_its_readable_records(exported, tmp_path, capsys):
     _, run, _ = exported
     rng = np.random.default_rng(2)
@@ -221,6 +234,7 @@ def test_a_truncated_shard_is_refused_or_skipped_after_its_readable_records(expo
     out = tmp_path / "c.csv"
     code, err = cli(["scan", str(run / "classifier.keras"), str(shard), "--out", str(out), "--batch-size", "4"], capsys)
     assert code == 2 and str(shard) in err and "corrupt or truncated TFRecord at record 5" in err, err
+    assert "(truncated at byte " in err and "function_node" not in err and "' failed" not in err, err
     assert not out.exists()
     code, err = cli(["scan", str(run / "classifier.keras"), str(shard), "--out", str(out), "--batch-size", "4",
                      "--skip-bad"], capsys)

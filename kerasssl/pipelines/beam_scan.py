@@ -300,6 +300,8 @@ def scan_with_beam(model, survey, out, *, top: Optional[int] = None, threshold: 
             item_id, where, problem = bad[0]
             raise DataError(where, f"{problem} (--skip-bad skips unreadable files)")
         counters = _counters(result)
+        if counters.get("images_read") == 0 and not bad:  # as the local scan: an empty catalogue would hide it
+            raise DataError(", ".join(listing.arguments), "holds no images to scan")
         files = _publish(staged_prefix, prefix)
     finally:
         _remove(staging)
