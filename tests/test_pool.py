@@ -128,6 +128,28 @@ def test_convert_unlabeled_shards_and_both_kinds_of_shards_as_pools(tmp_path, ca
     assert scanned(tmp_path / "labrec").n_used == 7
 
 
+def test_a_shard_broken_mid_file_is_refused_or_streamed_up_to_the_break(tmp_path, capsys):
+    pool = write_pool(tmp_path / "pool", 10)
+    rec = tmp_path / "rec"
+    code, _, err = run_cli(["convert", pool, rec, "--unlabeled", "--shards", "2", "--no-progress"], capsys)
+    assert code == 0, err
+    manifest = json.loads((rec / "manifest.json").read_text())
+    shard = rec / manifest["files"][1]
+    records = [r.numpy() for r in tf.data.TFRecordDataset(str(shard))]
+    frame = len(shard.read_bytes()) // len(records)  # every record has the same size here
+    shard.write_bytes(shard.read_bytes()[:3 * frame + frame // 2])  # 3 whole records, then half of one
+    with pytest.raises(DataError, match=r"corrupt or truncated TFRecord at record 3 \(truncated at byte"):
+        scanned(rec)
+    scan = scanned(rec, skip_bad=True)
+    assert scan.n_used == manifest["records_per_shard"][0] + 3 and scan.shard_ends == {1: 3}
+    assert scan.skipped == [(f"{shard} record 3", scan.skipped[0][1])]
+    assert scan.skipped[0][1].endswith(": the rest of the shard cannot be read")
+    # The stream stops at the break: no read error, every readable record, nothing else.
+    ds = make_pretraining_dataset([scan], batch_size=4, seed=0, shuffle_buffer=4)
+    seen = {bytes(r) for batch in ds.take(12) for r in fingerprints(batch.numpy())}
+    assert seen == {bytes(r) for r in scan.fingerprints}
+
+
 def test_inspect_unlabeled_reports_counts_shapes_nan(tmp_path, capsys):
     pool = write_pool(tmp_path / "pool", 6, channels_first=False)
     image = np.load(pool / "lenses/cut_0.npy")

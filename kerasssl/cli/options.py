@@ -180,7 +180,8 @@ def pool_options(command):
     command = click.option(
         "--skip-bad", "skip_bad", is_flag=True, default=None,
         help="Skip unreadable pool files instead of stopping: they are counted and listed in "
-             "RUN/skipped_files.txt (pretrain.skip_bad). Default: one bad file stops the run, "
+             "RUN/skipped_files.txt (pretrain.skip_bad); a TFRecord shard broken mid-file gives "
+             "its records up to the break. Default: one bad file stops the run, "
              "before the first step.")(command)
     command = click.option(
         "--unlabeled", "unlabeled", multiple=True, metavar="POOL",

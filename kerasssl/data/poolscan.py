@@ -81,6 +81,8 @@ class PoolScan:
             file (:func:`read_stored`; shards: ``(None, "<f4", shape)`` when all
             records have one shape), so the stream decodes in TF ops; None otherwise.
         excluded: rows of ``ids`` the leak guard took out (set by :func:`leak_guard`).
+        shard_ends: ``{shard index: records readable}`` of shards whose framing
+            breaks (``skip_bad``): the stream reads no further.
     """
 
     files: PoolFiles
@@ -95,6 +97,7 @@ class PoolScan:
     sample_rows: np.ndarray
     raw_layout: Optional[tuple] = None
     excluded: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    shard_ends: dict = dataclasses.field(default_factory=dict)
 
     @property
     def sample(self) -> np.ndarray:
@@ -279,7 +282,7 @@ def _stack(images, shape):
 def _scan_shards(layout, *, image_size, skip_bad, seed, sample_size, progress):
     """The content pass over TFRecord shards (sequential per shard; names the bad record)."""
     from kerasssl.data.tfrecord.records import decode_record_array
-    from kerasssl.data.tfrecord.shards import expected_counts, read_records
+    from kerasssl.data.tfrecord.shards import expected_counts
 
     files = layout.files
     axis = layout.layout.axis if layout.layout is not None else None
@@ -289,8 +292,10 @@ def _scan_shards(layout, *, image_size, skip_bad, seed, sample_size, progress):
     rng = np.random.default_rng(seed)
     seen = 0
     expected = expected_counts(files.manifest)
+    shard_ends = {}
     for k, shard in enumerate(files.files):
-        for index, record in read_records(shard, expected.get(os.path.basename(shard))):
+        for index, record in _readable_records(shard, expected.get(os.path.basename(shard)), skip_bad,
+                                               skipped, shard_ends, k):
             name = f"{shard}: record {index}"
             try:
                 array = decode_record_array(record, name)
@@ -332,7 +337,24 @@ def _scan_shards(layout, *, image_size, skip_bad, seed, sample_size, progress):
                     ids=np.asarray(ids, np.int64), fingerprints=np.stack(fps), skipped=skipped,
                     n_images=len(ids) + len(skipped), stats=stats.as_dict(),
                     sample_images=_stack(sample, image_shape), sample_rows=np.asarray(sample_rows, np.int64),
-                    raw_layout=(None, "<f4", record_shapes[0]) if len(set(record_shapes)) == 1 else None)
+                    raw_layout=(None, "<f4", record_shapes[0]) if len(set(record_shapes)) == 1 else None,
+                    shard_ends=shard_ends)
+
+
+def _readable_records(shard, expected, skip_bad, skipped, shard_ends, k):
+    """``read_records`` of one shard; with ``skip_bad`` a broken framing ends the shard, skipped."""
+    from kerasssl.data.tfrecord.shards import read_records
+
+    index = 0
+    try:
+        for index, record in read_records(shard, expected):
+            yield index, record
+            index += 1
+    except DataError as e:  # the framing (or the manifest's count): nothing after it can be read
+        if not skip_bad:
+            raise
+        skipped.append((f"{shard} record {index}", f"{e.problem}: the rest of the shard cannot be read"))
+        shard_ends[k] = index
 
 
 # -- the leak guard -----------------------------------------------------------------------------

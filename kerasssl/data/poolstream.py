@@ -165,11 +165,13 @@ def shard_stream(scan: PoolScan, *, image_size=None, seed=0, shuffle_buffer: int
     with tf.device("/cpu:0"):
         paths, ks = tf.constant(shards), tf.constant(reads.shards, tf.int64)
         compressions = tf.constant([compression_of(s) for s in shards])
+        # A shard whose framing breaks (skipped by the content pass) is read up to the break only.
+        ends = tf.constant([scan.shard_ends.get(int(k), -1) for k in reads.shards], tf.int64)
     files = seeded_order(len(shards), seed).map(
-        lambda j: (tf.gather(paths, j), tf.gather(ks, j), tf.gather(compressions, j)))
+        lambda j: (tf.gather(paths, j), tf.gather(ks, j), tf.gather(compressions, j), tf.gather(ends, j)))
 
-    def read(path, k, compression):
-        records = tf.data.TFRecordDataset(path, compression_type=compression)
+    def read(path, k, compression, end):
+        records = tf.data.TFRecordDataset(path, compression_type=compression).take(end)
         return records.enumerate().map(lambda i, r: (tf.bitwise.left_shift(k, RECORD_BITS) + i, r))
 
     records = files.interleave(read, cycle_length=min(len(shards), 16), block_length=1,
