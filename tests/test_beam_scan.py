@@ -127,6 +127,13 @@ def test_beam_scan_bad_files_strict_or_skipped(exported, tmp_path, capsys):
     assert len(rows) == 6 and "broken.npy" not in rows
     assert (tmp_path / "out" / "cand.skipped.txt").read_text().startswith("broken.npy\t")
 
+    empty = tmp_path / "empty.tfrecord"  # as the local scan: no images is an error, not an empty catalogue
+    empty.write_bytes(b"")
+    code, err = cli(["scan", str(version_dir), str(empty), "--out", str(tmp_path / "none" / "cand"),
+                     "--runner", "beam", "--beam-option", "direct_num_workers=1"], capsys)
+    assert code == 2 and err.strip() == f"kerasssl: error: {empty}: holds no images to scan", err
+    assert not (tmp_path / "none").exists() or not os.listdir(tmp_path / "none")
+
 
 @beam
 @needs_beam

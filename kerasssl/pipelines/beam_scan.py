@@ -300,8 +300,11 @@ def scan_with_beam(model, survey, out, *, top: Optional[int] = None, threshold: 
             item_id, where, problem = bad[0]
             raise DataError(where, f"{problem} (--skip-bad skips unreadable files)")
         counters = _counters(result)
-        if counters.get("images_read") == 0 and not bad:  # as the local scan: an empty catalogue would hide it
+        # As the local scan: an empty catalogue would hide it. (A counter never incremented is
+        # not reported; a runner without metrics gives None, and then nothing can be said.)
+        if counters is not None and not counters.get("images_read") and not bad:
             raise DataError(", ".join(listing.arguments), "holds no images to scan")
+        counters = counters or {}
         files = _publish(staged_prefix, prefix)
     finally:
         _remove(staging)
@@ -320,11 +323,11 @@ def _counted(row):
     return row
 
 
-def _counters(result) -> dict:
+def _counters(result) -> Optional[dict]:
     try:
         found = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(NAMESPACE))["counters"]
     except Exception:  # noqa: BLE001 - a runner without metrics: the counts are unknown, not wrong
-        return {}
+        return None
     totals = {}
     for counter in found:
         totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + (counter.committed or 0)
