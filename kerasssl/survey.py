@@ -175,8 +175,10 @@ def _sources_of(argument: str, prefix: bool) -> list:
     if _is_tfrecord_arg(argument):
         return _shard_sources(argument, argument, prefix)
     if path.is_dir():
-        ids, paths = _walk(path)
+        ids, paths, others = _walk(path)
         if ids:
+            if others:  # beside images, not in a folder of shards (its manifest.json is no stray)
+                log.warning("%s: %d file(s) that are not .npy/FITS images were left out", path, others)
             return [FileSource(argument, [_join(argument, i) if prefix else i for i in ids], paths)]
         if any(".tfrecord" in c.name for c in path.iterdir() if c.is_file()):
             return _shard_sources(argument, argument, prefix)
@@ -198,8 +200,8 @@ def _join(root: str, item_id: str) -> str:
     return f"{root.rstrip('/')}/{item_id}"
 
 
-def _walk(root: Path) -> Tuple[List[str], List[str]]:
-    """(ids relative to root, paths) of the image files under root, any depth."""
+def _walk(root: Path) -> Tuple[List[str], List[str], int]:
+    """(ids relative to root, paths) of the image files under root, any depth, and how many others."""
     found, others = [], 0
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -211,10 +213,8 @@ def _walk(root: Path) -> Tuple[List[str], List[str]]:
                 found.append(name if rel == "." else f"{Path(rel).as_posix()}/{name}")
             elif name not in SIDECAR_FILES:
                 others += 1
-    if others:
-        log.warning("%s: %d file(s) that are not .npy/FITS images were left out", root, others)
     found.sort(key=_natural_key)
-    return found, [str(root / f) for f in found]
+    return found, [str(root / f) for f in found], others
 
 
 def _read_list(path: Path) -> Tuple[List[str], List[str]]:
