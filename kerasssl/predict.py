@@ -19,37 +19,46 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 
-from kerasssl.errors import DataError, KerassslError
+from kerasssl.errors import DataError
 from kerasssl.inference import SurveyModel, load_survey_model
 
 # -- inputs ----------------------------------------------------------------------
 
 
-def list_input_files(paths):
-    """Image files named directly or found (recursively, sorted) in folders."""
-    from kerasssl.data.load import FITS_SUFFIXES, NPY_SUFFIXES
+def read_inputs(survey, reader):
+    """``(names, images)`` of every item of a :class:`kerasssl.survey.Survey`, read by ``reader``.
 
-    suffixes = NPY_SUFFIXES + FITS_SUFFIXES
-    files = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(
-                f for f in p.rglob("*") if f.is_file() and f.name.lower().endswith(suffixes)
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
-            if not found:
-                raise DataError(p, "no .npy or FITS images in this folder")
-            files.extend(found)
-        elif p.exists():
-            files.append(p)
+    The survey is what :func:`kerasssl.survey.list_survey` lists, as for ``scan``:
+    image files, folders (any depth), file lists and TFRecord shards, labelled or
+    unlabeled. A file is named by its path; a record by the ``filename`` it was
+    converted from (``kerasssl convert`` stores it), else ``shard:index``.
+    """
+    from kerasssl.data.tfrecord.shards import read_records
+    from kerasssl.survey import ShardSource
+
+    names, images = [], []
+    for source in survey.sources:
+        if isinstance(source, ShardSource):
+            for index, record in read_records(source.path, source.count):
+                images.append(reader.read_record(record, f"{source.path}: record {index}", source.channel_axis))
+                names.append(_stored_filename(record) or f"{source.path}:{index}")
         else:
-            raise DataError(p, "file not found")
-    return files
+            for path in source.paths:
+                images.append(reader.read_file(path))
+                names.append(str(path))
+    return names, images
+
+
+def _stored_filename(record: bytes) -> str:
+    import tensorflow as tf
+
+    feature = tf.train.Example.FromString(record).features.feature.get("filename")
+    values = feature.bytes_list.value if feature is not None else []
+    return values[0].decode("utf-8", "replace") if values else ""
 
 
 # -- predictions -----------------------------------------------------------------
@@ -83,13 +92,14 @@ class Predictions:
 
 
 def predict_files(model, paths, *, batch_size=64, allow_pickle=False, channel_axis="auto"):
-    """Probabilities for every image file in ``paths`` (files, folders or a TFRecord glob).
+    """Probabilities for every image in ``paths`` (files, folders, file lists or TFRecord shards).
 
     Args:
         model: a model path (:func:`kerasssl.inference.load_survey_model`) or
             a loaded :class:`~kerasssl.inference.SurveyModel` with probabilities.
-        paths: files and/or folders (searched recursively for .npy / FITS), or
-            TFRecord shard globs.
+        paths: image files, folders (searched at any depth), file lists or
+            TFRecord shards (a glob, a shard or a folder; labelled or not): what
+            ``kerasssl scan`` takes (:func:`read_inputs`).
         batch_size: images per model call.
         allow_pickle: read object arrays (trusted files only).
         channel_axis: "auto" (each file's smallest axis holds the bands), "first"
@@ -98,37 +108,17 @@ def predict_files(model, paths, *, batch_size=64, allow_pickle=False, channel_ax
     Returns:
         :class:`Predictions`.
     """
-    from kerasssl.data.load import is_tfrecord_path
-    from kerasssl.survey import ImageReader
+    from kerasssl.survey import ImageReader, list_survey
 
-    plain = [p for p in paths if not is_tfrecord_path(p)]
-    files = list_input_files(plain)  # missing inputs fail before the (slow) model load
+    survey = list_survey(paths)  # missing or unusable inputs fail before the (slow) model load
     loaded = model if isinstance(model, SurveyModel) else load_survey_model(model)
     loaded.require(probabilities=True)
     reader = ImageReader(loaded.image_shape, channel_axis, allow_pickle)  # as `scan` reads a file
-    names, images = [], []
-    for pattern in (p for p in paths if is_tfrecord_path(p)):
-        names_, images_ = _read_tfrecords(pattern, loaded.image_shape, channel_axis)
-        names.extend(names_)
-        images.extend(images_)
-    for f in files:
-        names.append(str(f))
-        images.append(reader.read_file(f))
-    if not names:
-        raise KerassslError("no input files given")
+    names, images = read_inputs(survey, reader)
+    if not names:  # e.g. only empty shards
+        raise DataError(", ".join(survey.arguments), "holds no images")
     probs = loaded.predict(np.stack(images), batch_size=batch_size)
     return Predictions(names, probs, list(loaded.class_names), str(loaded.path), loaded.kind)
-
-
-def _read_tfrecords(pattern, image_shape, channel_axis="auto"):
-    from kerasssl.data.load import load_images
-
-    height, width, channels = image_shape
-    image_set = load_images(pattern, image_size=height if height == width else None,
-                            channel_axis=channel_axis)
-    if tuple(image_set.images.shape[1:]) != tuple(image_shape):
-        raise DataError(pattern, f"images {list(image_set.images.shape[1:])} do not fit the model input {list(image_shape)}")
-    return list(image_set.files), list(image_set.images)
 
 
 def format_table(result):

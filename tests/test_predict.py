@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import write_class_folders, write_hst_folder
 from kerasssl.errors import DataError
@@ -118,7 +119,7 @@ def bad_inputs(root):
         "rgb.npy": "band",
         "corrupt.npy": "",
         "empty": "no .npy",
-        "missing.npy": "not found",
+        "missing.npy": "no such file or folder",
     }
 
 
@@ -149,18 +150,43 @@ def test_the_loaded_model_reports_its_input(exported):
     assert loaded.kind == "tflite" and loaded.image_shape == (SIZE, SIZE, 1)
 
 
-def test_a_tfrecord_glob_gives_the_same_as_the_folder(exported, tmp_path):
+def test_tfrecord_shards_labelled_or_not_give_the_same_as_the_folder(exported, tmp_path, caplog):
+    from kerasssl.data.pool import convert_pool
     from kerasssl.data.tfrecord import write_tfrecords
 
     _, _, version_dir = exported
     folder = write_hst_folder(tmp_path / "hst", 3, 2, size=SIZE + 4, nan_files=2, seed=8)
     write_tfrecords(folder, tmp_path / "rec", shards=2, progress=False)
+    convert_pool(folder, tmp_path / "pool", shards=2, progress=False)
     from_folder = predict_files(version_dir, [folder])
-    from_records = predict_files(version_dir, [str(tmp_path / "rec" / "*.tfrecord*")])
     by_name = {f.rsplit("/", 1)[-1]: p for f, p in zip(from_folder.files, from_folder.probabilities)}
-    assert sorted(by_name) == sorted(from_records.files)
-    for name, probs in zip(from_records.files, from_records.probabilities):
-        np.testing.assert_allclose(probs, by_name[name], atol=1e-6)
+    # A glob, a folder of shards, unlabeled shards (a survey's usual form): named as converted.
+    for shards in (str(tmp_path / "rec" / "*.tfrecord*"), tmp_path / "rec", tmp_path / "pool"):
+        from_records = predict_files(version_dir, [shards])
+        assert sorted(by_name) == sorted(from_records.files), shards
+        for name, probs in zip(from_records.files, from_records.probabilities):
+            np.testing.assert_allclose(probs, by_name[name], atol=1e-6)
+    # A folder of shards holds its manifest.json: no "files left out" warning; a stray beside images is.
+    assert "left out" not in caplog.text
+    (folder / "notes.md").write_text("seeing 0.8 arcsec")
+    predict_files(version_dir, [folder])
+    assert f"{folder}: 1 file(s) that are not .npy/FITS images were left out" in caplog.text
+
+
+def test_records_without_a_filename_are_named_shard_and_index(exported, tmp_path):
+    _, _, version_dir = exported
+    images = [np.random.default_rng(k).normal(size=(SIZE, SIZE)).astype(np.float32) for k in range(3)]
+    shard = tmp_path / "part.tfrecord"
+    with tf.io.TFRecordWriter(str(shard)) as writer:  # as TFX ExampleGen or another tool writes them
+        for image in images:
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.astype("<f4").tobytes()])),
+                "shape": tf.train.Feature(int64_list=tf.train.Int64List(value=list(image.shape))),
+            })).SerializeToString())
+    result = predict_files(version_dir, [shard])
+    assert result.files == [f"{shard}:{k}" for k in range(3)]
+    want = load_survey_model(version_dir).predict(np.stack(images)[..., None], batch_size=8)
+    np.testing.assert_allclose(result.probabilities, want, atol=1e-6)
 
 
 def test_a_keras_file_of_random_bytes_is_not_a_keras_archive(tmp_path, capsys):

@@ -17,8 +17,10 @@ def predict(model, inputs, as_json, batch_size, allow_pickle, channel_axis):
     """Lens probability of every image in INPUTS with MODEL.
 
     MODEL: a .keras classifier, a SavedModel (a version folder, or BASE/NAME
-    for its latest version) or a .tflite file. INPUTS: .npy / FITS files,
-    folders (searched recursively) or a TFRecord glob. Files are read as the
+    for its latest version) or a .tflite file. INPUTS: what `kerasssl scan`
+    takes: .npy / FITS files, folders (searched recursively), file lists (.txt)
+    or TFRecord shards (a glob, a shard or a folder; labelled or unlabeled, a
+    record named by the file it was converted from). Files are read as the
     loader reads them (channels-first transposed: the smallest axis of each file
     holds the bands unless --channels-first/--channels-last, centre-cropped to the model's
     input, NaN repaired inside the model). Binary models print the probability
