@@ -531,14 +531,14 @@ def _shard_batches(index, source, reader, batch_size, start):
             yield _batch(index, offsets, ok.numpy(), images, ids_of, problems)
     except tf.errors.OpError as error:
         # The framing may be broken at or after `done`: read on one record at a time to find where.
-        readable, broken_at, message = _readable_from(source.path, done)
-        if message is None:  # every record reads: the error was not the shard's
+        readable, broken_at, problem = _readable_from(source.path, done)
+        if problem is None:  # every record reads: the error was not the shard's
             raise error
         if readable:
             offsets = np.arange(done, done + len(readable))
             images, ok = decode(offsets, readable)
             yield _batch(index, offsets, ok, tf.constant(images), ids_of, problems)
-        problem = f"corrupt or truncated TFRecord at record {broken_at} ({message}): the rest of the shard cannot be read"
+        problem = f"{problem}: the rest of the shard cannot be read"
         # continue with the next source: nothing after the break can be read
         yield Batch((index + 1, 0), [], tf.zeros((0,) + shape), [(ids_of(broken_at), source.path, problem)])
         if source.count is not None and broken_at + 1 < source.count:
@@ -556,17 +556,13 @@ def _records(path):
 
 def _readable_from(path, start):
     """(records from ``start`` up to the broken one, its index, the problem or None if none is broken)."""
-    import tensorflow as tf
+    from kerasssl.data.tfrecord.shards import read_records
 
-    from kerasssl.data.tfrecord.shards import record_read_problem
-
-    readable, k = [], start
-    iterator = iter(_records(path).skip(start))
-    while True:
-        try:
-            readable.append(next(iterator).numpy())
-        except StopIteration:
-            return readable, k, None
-        except tf.errors.OpError as e:
-            return readable, k, record_read_problem(e)
-        k += 1
+    readable = []
+    try:
+        for k, record in read_records(path):  # sequential: names the record where the framing breaks
+            if k >= start:
+                readable.append(record)
+    except DataError as e:
+        return readable, start + len(readable), e.problem
+    return readable, start + len(readable), None

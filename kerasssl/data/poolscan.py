@@ -345,16 +345,16 @@ def _readable_records(shard, expected, skip_bad, skipped, shard_ends, k):
     """``read_records`` of one shard; with ``skip_bad`` a broken framing ends the shard, skipped."""
     from kerasssl.data.tfrecord.shards import read_records
 
-    index = 0
+    readable = 0
     try:
         for index, record in read_records(shard, expected):
             yield index, record
-            index += 1
+            readable = index + 1
     except DataError as e:  # the framing (or the manifest's count): nothing after it can be read
         if not skip_bad:
             raise
-        skipped.append((f"{shard} record {index}", f"{e.problem}: the rest of the shard cannot be read"))
-        shard_ends[k] = index
+        skipped.append((f"{shard} record {readable}", f"{e.problem}: the rest of the shard cannot be read"))
+        shard_ends[k] = readable
 
 
 # -- the leak guard -----------------------------------------------------------------------------
