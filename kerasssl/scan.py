@@ -133,6 +133,8 @@ def scan_survey(model, survey, out, *, top: Optional[int] = None, threshold: Opt
     _check_cut(top, threshold)
     if out.is_dir():
         raise DataError(out, "is a folder; --out names the catalogue file")
+    if embeddings is not None:
+        _check_embeddings_path(Path(embeddings), out)
     listing = list_survey(survey if isinstance(survey, (list, tuple)) else [survey])
     loaded = model if hasattr(model, "run") else load_survey_model(model)
     loaded.require(probabilities=True, why=" to scan with")
@@ -175,6 +177,15 @@ def scan_survey(model, survey, out, *, top: Optional[int] = None, threshold: Opt
     result.images_per_second = (work.items - done_before) / seconds if seconds > 0 else 0.0
     work.remove()
     return result
+
+
+def _check_embeddings_path(path, out):
+    """Before the scan, not after it: a folder or a name taken by another output fails here."""
+    if path.is_dir():
+        raise DataError(path, "is a folder; --embeddings names the .npy file")
+    taken = {out.resolve(): "--out", skipped_file_of(out).resolve(): "the skipped-items list"}
+    if path.resolve() in taken:
+        raise DataError(path, f"is also {taken[path.resolve()]}; give --embeddings its own file")
 
 
 def _check_cut(top, threshold):
@@ -446,6 +457,7 @@ def _write_parquet(out, columns):
 
 def _write_embeddings(path, features, order):
     dim = features.shape[1] if features is not None else 0
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_of(path)
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(order), dim))
     for start in range(0, len(order), 65536):

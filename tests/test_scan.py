@@ -224,6 +224,28 @@ def test_a_survey_with_no_images_is_refused_not_an_empty_catalogue(exported, tmp
     assert not (tmp_path / "idx").exists()
 
 
+def test_embeddings_path_is_checked_before_the_scan_and_its_folder_made(exported, tmp_path, capsys):
+    _, run, _ = exported
+    survey = nested_survey(tmp_path / "survey", seed=7)
+    out = tmp_path / "c.csv"
+    (tmp_path / "a_folder").mkdir()
+    own = "give --embeddings its own file"
+    for embeddings, problem in ((tmp_path / "a_folder", "is a folder; --embeddings names the .npy file"),
+                                (out, f"is also --out; {own}"),
+                                (tmp_path / "c.csv.skipped.txt", f"is also the skipped-items list; {own}")):
+        code, err = cli(["scan", str(run / "classifier.keras"), str(survey), "--out", str(out),
+                         "--embeddings", str(embeddings), "-q"], capsys)
+        assert code == 2 and err == f"kerasssl: error: {embeddings}: {problem}", err
+        assert not out.exists() and not work_dir_of(out).exists()
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["a_folder", "survey"]
+    # a folder that does not exist yet is made, as --out's is
+    deep = tmp_path / "features" / "run_1" / "e.npy"
+    code, err = cli(["scan", str(run / "classifier.keras"), str(survey), "--out", str(out),
+                     "--embeddings", str(deep), "-q"], capsys)
+    assert code == 0, err
+    assert np.load(deep).shape == (14, 6) and len(read_catalogue(out)["id"]) == 14
+
+
 def test_a_truncated_shard_is_refused_or_skipped_after_its_readable_records(exported, tmp_path, capsys):
     _, run, _ = exported
     rng = np.random.default_rng(2)
