@@ -336,12 +336,18 @@ def write_neighbours(rows, out):
     import csv
 
     out = Path(out)
+    if out.is_dir():
+        raise DataError(out, "is a folder; --out names the CSV file")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["query", "rank", "id", "similarity"])
-        for query, rank, item_id, sim in rows:
-            writer.writerow([query, rank, item_id, f"{sim:.6f}"])
-    tmp.replace(out)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["query", "rank", "id", "similarity"])
+            for query, rank, item_id, sim in rows:
+                writer.writerow([query, rank, item_id, f"{sim:.6f}"])
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return out

@@ -12,7 +12,7 @@ import click
                    "repeat the option or list several after it.")
 @click.option("--k", "k", type=click.IntRange(min=1), default=100, show_default=True,
               help="Neighbours per query.")
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True,
+@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="CSV with columns query, rank, id, similarity.")
 @click.option("--mean", is_flag=True, default=False, help="Also the neighbours of the queries' mean (query 'mean').")
 @click.option("--model", type=click.Path(path_type=Path), default=None,
