@@ -36,6 +36,19 @@ def test_convert_writes_gzip_shards_manifest_and_progress(three_band_folder, tmp
     assert manifest["kerasssl_version"]
 
 
+def test_a_folder_of_one_class_gets_a_note_that_it_may_be_an_unlabeled_pool(tmp_path, capsys):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    for k in range(3):
+        np.save(pool / f"cutout_{k}.npy", np.zeros((8, 8), np.float32))  # no nl_ prefix: all "lens"
+    code, stdout, stderr = run(["convert", pool, tmp_path / "labelled", "--no-progress"], capsys)
+    assert code == 0 and "(nonlens 0, lens 3)" in stdout, stderr
+    assert stderr.strip() == ("note: no nonlens images, so the records are all of one class; "
+                              "if DATA is an unlabeled pool, convert it with --unlabeled")
+    code, stdout, stderr = run(["convert", pool, tmp_path / "pool_shards", "--unlabeled", "--no-progress"], capsys)
+    assert code == 0 and "note:" not in stderr, stderr
+
+
 def test_inspect_gives_the_same_figures_on_folder_and_shards(hst_folder, tmp_path, capsys):
     out = tmp_path / "rec"
     assert run(["convert", hst_folder, out, "--shards", "3", "--no-progress"], capsys)[0] == 0

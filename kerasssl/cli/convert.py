@@ -45,3 +45,9 @@ def convert(data, out, to, shards, compression, progress, unlabeled, allow_pickl
     counts = ", ".join(f"{name} {n}" for name, n in manifest["counts"].items())
     click.echo(f"wrote {manifest['num_records']} records ({counts}) in {manifest['shards']} "
                f"{to} shard(s) to {out}")
+    empty = [name for name, n in manifest["counts"].items() if not n] if not unlabeled else []
+    if empty:
+        # A flat folder labels every file without the nl_ prefix a lens: an unlabeled
+        # pool converted without --unlabeled becomes "all lenses" silently.
+        click.echo(f"note: no {' or '.join(empty)} images, so the records are all of one class; "
+                   "if DATA is an unlabeled pool, convert it with --unlabeled", err=True)
