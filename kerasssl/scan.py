@@ -80,12 +80,21 @@ class ScanResult:
 
 
 def output_format(out, fmt=None) -> str:
-    """``fmt`` if given, else "parquet" for a ``.parquet`` / ``.pq`` name, else "csv"."""
-    if fmt is not None:
-        if fmt not in FORMATS:
-            raise KerassslError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-        return fmt
-    return "parquet" if str(out).lower().endswith((".parquet", ".pq")) else "csv"
+    """``fmt`` if given, else "parquet" for a ``.parquet`` / ``.pq`` name, else "csv".
+
+    A name whose suffix says the other format is refused: CSV bytes in
+    ``cands.parquet`` would be read back as a broken Parquet file.
+    """
+    name = str(out).lower()
+    implied = "parquet" if name.endswith((".parquet", ".pq")) else "csv" if name.endswith(".csv") else None
+    if fmt is None:
+        return implied or "csv"
+    if fmt not in FORMATS:
+        raise KerassslError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if implied is not None and implied != fmt:
+        raise DataError(out, f"is a .{name.rsplit('.', 1)[-1]} name but --format is {fmt}; "
+                             "make them agree (or drop --format)")
+    return fmt
 
 
 def work_dir_of(out) -> Path:

@@ -224,6 +224,23 @@ def test_a_survey_with_no_images_is_refused_not_an_empty_catalogue(exported, tmp
     assert not (tmp_path / "idx").exists()
 
 
+def test_a_format_that_contradicts_the_out_suffix_is_refused_before_the_scan(exported, tmp_path, capsys):
+    _, run, _ = exported
+    survey = nested_survey(tmp_path / "survey", seed=8)
+    for name, fmt in (("c.parquet", "csv"), ("c.PQ", "csv"), ("c.csv", "parquet")):
+        out = tmp_path / name
+        code, err = cli(["scan", str(run / "classifier.keras"), str(survey), "--out", str(out), "--format", fmt],
+                        capsys)
+        assert code == 2 and err.startswith(f"kerasssl: error: {out}: is a .") and f"--format is {fmt}" in err, err
+        assert not out.exists() and not work_dir_of(out).exists()
+    code, err = cli(["scan", str(run / "classifier.keras"), str(survey), "--out", str(tmp_path / "cands"),
+                     "--format", "parquet", "-q"], capsys)  # no suffix: --format decides
+    assert code == 0, err
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "cands").num_rows == 14
+
+
 def test_embeddings_path_is_checked_before_the_scan_and_its_folder_made(exported, tmp_path, capsys):
     _, run, _ = exported
     survey = nested_survey(tmp_path / "survey", seed=7)
