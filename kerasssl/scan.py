@@ -45,6 +45,7 @@ import numpy as np
 
 from kerasssl.errors import DataError, KerassslError
 from kerasssl.inference import lens_column, load_survey_model
+from kerasssl.rundir import replacing, write_text_atomic
 from kerasssl.survey import ImageReader, list_survey, stream
 
 log = logging.getLogger(__name__)
@@ -277,9 +278,7 @@ class WorkFile:
             self.dir.mkdir(parents=True)
             for name in (self.CHUNKS, self.PROBABILITIES, self.FEATURES):
                 (self.dir / name).touch()
-            tmp = self.dir / (self.META + ".tmp")
-            tmp.write_text(json.dumps(meta, indent=1))
-            tmp.replace(self.dir / self.META)
+            write_text_atomic(self.dir / self.META, json.dumps(meta, indent=1))
         except OSError as e:
             raise KerassslError(f"{self.dir}: cannot write the scan's work folder ({e.strerror or e})") from None
         self.meta, self._created = meta, True
@@ -420,7 +419,7 @@ def _finish(work, out, fmt, column, class_names, top, threshold, embeddings):
         result.embeddings = _write_embeddings(Path(embeddings), work.features(), order)
     listed = skipped_file_of(out)
     if skipped:
-        _atomic_text(listed, "".join(f"{item_id}\t{problem}\n" for item_id, problem in skipped))
+        write_text_atomic(listed, "".join(f"{item_id}\t{problem}\n" for item_id, problem in skipped))
         result.skipped_file = listed
     elif listed.exists():
         listed.unlink()  # an earlier scan's list would describe another run
@@ -428,27 +427,15 @@ def _finish(work, out, fmt, column, class_names, top, threshold, embeddings):
     return result
 
 
-def _tmp_of(path):
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _atomic_text(path, text):
-    tmp = _tmp_of(path)
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def _write_csv(out, columns):
-    tmp = _tmp_of(out)
     names = list(columns)
     values = [columns[n] for n in names]
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with replacing(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(names)
         for row in zip(*values):
             # float32 to 9 significant digits: the exact value back when read
             writer.writerow([row[0]] + [f"{float(v):.9g}" for v in row[1:]])
-    tmp.replace(out)
 
 
 def _write_parquet(out, columns):
@@ -459,22 +446,19 @@ def _write_parquet(out, columns):
         raise KerassslError("--format parquet needs pyarrow: pip install 'kerasssl[survey]'") from None
     table = pa.table({name: (pa.array(v, pa.string()) if name == "id" else pa.array(np.asarray(v, np.float32)))
                       for name, v in columns.items()})
-    tmp = _tmp_of(out)
-    pq.write_table(table, tmp)
-    tmp.replace(out)
+    with replacing(out) as tmp:
+        pq.write_table(table, tmp)
 
 
 def _write_embeddings(path, features, order):
     dim = features.shape[1] if features is not None else 0
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_of(path)
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(order), dim))
-    for start in range(0, len(order), 65536):
-        rows = order[start:start + 65536]
-        array[start:start + len(rows)] = features[rows]
-    array.flush()
-    del array
-    tmp.replace(path)
+    with replacing(path) as tmp:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(order), dim))
+        for start in range(0, len(order), 65536):
+            rows = order[start:start + 65536]
+            array[start:start + len(rows)] = features[rows]
+        array.flush()
+        del array
     return path
 
 

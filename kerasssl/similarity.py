@@ -44,6 +44,7 @@ import numpy as np
 
 from kerasssl.errors import DataError, KerassslError
 from kerasssl.inference import load_survey_model, model_fingerprint
+from kerasssl.rundir import replacing
 from kerasssl.survey import ImageReader, list_survey, stream
 
 log = logging.getLogger(__name__)
@@ -338,16 +339,9 @@ def write_neighbours(rows, out):
     out = Path(out)
     if out.is_dir():
         raise DataError(out, "is a folder; --out names the CSV file")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            writer = csv.writer(f)
-            writer.writerow(["query", "rank", "id", "similarity"])
-            for query, rank, item_id, sim in rows:
-                writer.writerow([query, rank, item_id, f"{sim:.6f}"])
-        tmp.replace(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with replacing(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["query", "rank", "id", "similarity"])
+        for query, rank, item_id, sim in rows:
+            writer.writerow([query, rank, item_id, f"{sim:.6f}"])
     return out

@@ -148,7 +148,7 @@ def test_similar_refuses_an_index_built_by_another_model(tmp_path, capsys):
     (tmp_path / "a_folder").mkdir()
     code, err = cli(args[:-1] + [str(tmp_path / "a_folder")], capsys)
     assert code == 2 and "a_folder" in err and "is a directory" in err and "\n" not in err, err
-    assert not any((tmp_path / "a_folder").iterdir()) and not list(tmp_path.glob(".*tmp*"))
+    assert not any((tmp_path / "a_folder").iterdir()) and not list(tmp_path.glob("*tmp*"))
     code, err = cli(args + ["--model", str(tmp_path / "a.keras")], capsys)
     assert code == 0 and len((tmp_path / "nn.csv").read_text().splitlines()) == 4, err
     shutil.copy(tmp_path / "b.keras", tmp_path / "a.keras")  # the recorded model file was replaced
