@@ -110,7 +110,9 @@ def load_saved_model(path):
     try:
         return version_dir, tf.saved_model.load(str(version_dir))
     except Exception as e:  # noqa: BLE001 - a broken SavedModel is the user's to fix
-        raise DataError(version_dir, f"cannot load the SavedModel ({type(e).__name__})") from None
+        # TF's own message is a page of C++ context; what the user can act on is this.
+        raise DataError(version_dir, f"cannot load the SavedModel: saved_model.pb or variables/ is damaged or "
+                                     f"incomplete ({type(e).__name__}); export it again") from None
 
 
 def load_tflite(path):

@@ -208,6 +208,26 @@ def test_a_keras_file_of_random_bytes_is_not_a_keras_archive(tmp_path, capsys):
         assert e.value.code == 2 and err == f"kerasssl: error: {path}: {needle}", err
 
 
+def test_a_damaged_savedmodel_is_one_line_saying_to_export_it_again(exported, tmp_path, capsys):
+    import shutil
+
+    from kerasssl.cli import main
+
+    _, _, version_dir = exported
+    np.save(tmp_path / "image.npy", np.zeros((SIZE, SIZE), np.float32))
+    for damaged in ("saved_model.pb", "variables/variables.data-00000-of-00001"):
+        copy = tmp_path / damaged.split("/")[0] / "lens_finder" / "1"
+        shutil.copytree(version_dir, copy)
+        data = (copy / damaged).read_bytes()
+        (copy / damaged).write_bytes(data[: len(data) // 3])  # a copy cut short
+        with pytest.raises(SystemExit) as e:
+            main(["predict", str(copy.parent), str(tmp_path / "image.npy")])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and "\n" not in err, err
+        assert err.startswith(f"kerasssl: error: {copy}: cannot load the SavedModel: saved_model.pb or "
+                              "variables/ is damaged or incomplete (") and err.endswith("); export it again"), err
+
+
 def test_predict_with_an_encoder_says_which_file_to_use(tmp_path, capsys):
     from kerasssl.cli import main
     from kerasssl.encoders import build_encoder
