@@ -29,7 +29,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from kerasssl.data.pool import _check_expected, check_headers, check_pool_paths, list_pool
+from kerasssl.data.pool import _check_expected, check_headers, check_pool_paths, check_pools_disjoint, list_pool
 from kerasssl.data.poolscan import (
     HINT_SAMPLE_IMAGES,
     SAMPLE_IMAGES,
@@ -165,6 +165,7 @@ def plan_pools(cfg, run_dir, *, image_set=None, split=None, resume=False,
         if path in recorded:
             check_unchanged(recorded[path], files, where=str(run_dir))
         listed.append((files, skipped))
+    check_pools_disjoint([files for files, _ in listed])
     expected = tuple(image_set.image_shape) if image_set is not None else None
     layouts = []
     for files, skipped in listed:

@@ -207,6 +207,34 @@ def test_pool_that_does_not_match_data_is_refused(tmp_path, capsys):
     assert not run.exists()
 
 
+def test_a_pool_given_twice_under_other_names_is_refused(tmp_path, capsys):
+    from kerasssl.data.pool import convert_pool
+
+    pool = write_pool(tmp_path / "pool", 6)
+    (tmp_path / "link").symlink_to(pool)
+    convert_pool(pool, tmp_path / "shards", shards=2, progress=False)
+    shards = tmp_path / "shards"
+    cases = [([f"{pool}/", pool], f"{pool}: is the same folder as the pool {pool}/"),
+             ([pool, tmp_path / "link"], f"{tmp_path / 'link'}: is the same folder as the pool {pool}"),
+             ([pool, pool / "x"], f"{pool / 'x'}: overlaps the pool {pool}"),
+             ([shards, f"{shards}/*.tfrecord"], f"{shards}/*.tfrecord: reads the shard {shards}/data-00000-of-00002")]
+    for pools, message in cases:
+        run = tmp_path / "run"
+        args = ["pretrain", "--run-dir", run, "--encoder", "tiny", "--epochs", "1", "--batch-size", "4"]
+        for path in pools:
+            args += ["--unlabeled", path]
+        code, _, err = run_cli(args, capsys)
+        assert code == 2 and err.count("\n") == 1 and err.startswith(f"kerasssl: error: {message}"), err
+        assert "streamed twice; give each pool once" in err, err
+        assert not run.exists()
+    # sibling folders of one tree are separate pools
+    code, _, err = run_cli(["pretrain", "--run-dir", tmp_path / "run", "--unlabeled", pool / "lenses",
+                            "--unlabeled", pool / "nonlenses", "--encoder", "tiny", "--epochs", "1",
+                            "--batch-size", "4"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "pools.json").read_text())["unlabeled_images"] == 4
+
+
 def test_fit_with_a_pool_holding_test_images_never_pretrains_on_them(tmp_path, capsys, monkeypatch):
     data = write_class_folders(tmp_path / "lab", {"lenses": 20, "nonlenses": 20}, size=16)
     config = tmp_path / "tiny.yaml"

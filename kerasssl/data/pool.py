@@ -417,6 +417,41 @@ def check_pool_paths(paths) -> List[str]:
     return paths
 
 
+def check_pools_disjoint(pools) -> None:
+    """Refuse two pools that read the same files: each image would be streamed twice an epoch.
+
+    Folder pools overlap when one's folder is, or is inside, the other's (both
+    list every image below them); shard pools when they share a shard. Paths
+    are compared resolved, so ``pool``, ``pool/`` and a symlink to it are one.
+    Cheap: folders are compared by root, never file by file.
+
+    Args:
+        pools: the :class:`PoolFiles` of every ``--unlabeled`` pool.
+
+    Raises:
+        DataError: the later pool, and the earlier one it overlaps.
+    """
+    def resolved(path):
+        return path if "://" in path else os.path.realpath(path)
+
+    folders, shards = [], {}
+    for pool in pools:
+        if pool.kind == "folder":
+            root = resolved(pool.root)
+            for other, other_root in folders:
+                if root == other_root or root.startswith(other_root + os.sep) or other_root.startswith(root + os.sep):
+                    how = "is the same folder as" if root == other_root else "overlaps"
+                    raise DataError(pool.path, f"{how} the pool {other}: its images would be streamed twice; "
+                                               "give each pool once")
+            folders.append((pool.path, root))
+            continue
+        for shard in pool.files:
+            other = shards.setdefault(resolved(shard), pool.path)
+            if other != pool.path:
+                raise DataError(pool.path, f"reads the shard {shard}, which the pool {other} reads too: its "
+                                           "records would be streamed twice; give each pool once")
+
+
 def convert_pool(path, out_dir, **options) -> dict:
     """``kerasssl convert POOL OUT --unlabeled``: a folder pool -> TFRecord shards without labels.
 
