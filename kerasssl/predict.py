@@ -38,14 +38,16 @@ def read_inputs(survey, reader):
     converted from (``kerasssl convert`` stores it), else ``shard:index``.
     """
     from kerasssl.data.tfrecord.shards import read_records
-    from kerasssl.survey import ShardSource
+    from kerasssl.survey import ShardSource, parse_example
 
     names, images = [], []
     for source in survey.sources:
         if isinstance(source, ShardSource):
             for index, record in read_records(source.path, source.count):
-                images.append(reader.read_record(record, f"{source.path}: record {index}", source.channel_axis))
-                names.append(_stored_filename(record) or f"{source.path}:{index}")
+                where = f"{source.path}: record {index}"
+                example = parse_example(record, where)  # once: it holds both the image and its name
+                images.append(reader.read_example(example, where, source.channel_axis))
+                names.append(_stored_filename(example) or f"{source.path}:{index}")
         else:
             for path in source.paths:
                 images.append(reader.read_file(path))
@@ -53,10 +55,8 @@ def read_inputs(survey, reader):
     return names, images
 
 
-def _stored_filename(record: bytes) -> str:
-    import tensorflow as tf
-
-    feature = tf.train.Example.FromString(record).features.feature.get("filename")
+def _stored_filename(example) -> str:
+    feature = example.features.feature.get("filename")
     values = feature.bytes_list.value if feature is not None else []
     return values[0].decode("utf-8", "replace") if values else ""
 

@@ -276,6 +276,16 @@ def _check_unique(survey: Survey) -> None:
 # -- one image -------------------------------------------------------------------
 
 
+def parse_example(serialized: bytes, where: str):
+    """A serialized record -> ``tf.train.Example``; DataError naming ``where`` if it is not one."""
+    import tensorflow as tf
+
+    try:
+        return tf.train.Example.FromString(serialized)
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError differs across builds
+        raise DataError(where, "not a tf.Example protocol buffer") from None
+
+
 @dataclass
 class ImageReader:
     """Raw array -> the model's (H, W, C) input, as ``kerasssl predict`` reads a file.
@@ -341,12 +351,10 @@ class ImageReader:
 
     def read_record(self, serialized: bytes, where: str, channel_axis=None) -> np.ndarray:
         """One serialized ``tf.Example`` with ``image`` (raw little-endian float32) and ``shape``."""
-        import tensorflow as tf
+        return self.read_example(parse_example(serialized, where), where, channel_axis)
 
-        try:
-            example = tf.train.Example.FromString(serialized)
-        except Exception:  # noqa: BLE001 - protobuf's DecodeError differs across builds
-            raise DataError(where, "not a tf.Example protocol buffer") from None
+    def read_example(self, example, where: str, channel_axis=None) -> np.ndarray:
+        """A parsed ``tf.train.Example`` (:func:`parse_example`), as :meth:`read_record` reads it."""
         feature = example.features.feature
         if "image" not in feature or not feature["image"].bytes_list.value:
             raise DataError(where, "missing feature 'image'")
