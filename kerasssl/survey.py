@@ -258,19 +258,24 @@ def _glob_base(pattern: str) -> str:
 
 
 def _check_unique(survey: Survey) -> None:
-    seen = set()
+    """Refuse an id that two arguments (or one file list) give: it would be scored twice."""
+    first_source = {}  # id -> the source that gave it first
     for source in survey.sources:
-        if isinstance(source, FileSource):
-            for item_id in source.ids:
-                if "\n" in item_id:
-                    raise DataError(item_id, "a file name with a line break cannot be an id")
-                if item_id in seen:
-                    raise DataError(item_id, f"listed twice in {source.argument}")
-                seen.add(item_id)
-        elif source.name in seen:
-            raise DataError(source.path, "shard listed twice")
-        else:
-            seen.add(source.name)
+        for item_id in source.ids if isinstance(source, FileSource) else [source.name]:
+            if "\n" in item_id:
+                raise DataError(item_id, "a file name with a line break cannot be an id")
+            first = first_source.get(item_id)
+            if first is None:
+                first_source[item_id] = source
+                continue
+            if first is source:  # only a file list can name one file twice
+                problem = f"listed twice in {source.argument}"
+            elif first.argument == source.argument:
+                problem = "given twice"
+            else:
+                problem = f"given by both {first.argument} and {source.argument}"
+            raise DataError(source.path if isinstance(source, ShardSource) else item_id,
+                            f"{problem}; give each image once")
 
 
 # -- one image -------------------------------------------------------------------

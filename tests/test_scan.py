@@ -224,6 +224,28 @@ def test_a_survey_with_no_images_is_refused_not_an_empty_catalogue(exported, tmp
     assert not (tmp_path / "idx").exists()
 
 
+def test_an_image_given_twice_is_refused_with_where_it_came_from(exported, tmp_path, capsys):
+    from kerasssl.survey import list_survey
+
+    root = tmp_path / "survey"
+    write_hst_folder(root / "sub", 2, 2, size=SIZE)
+    image = root / "sub" / sorted(os.listdir(root / "sub"))[0]
+    (tmp_path / "list.txt").write_text(f"{image}\n{image}\n")
+    cases = [([root, root], f"{image}: given twice; give each image once"),
+             ([root, root / "sub"], f"{image}: given by both {root} and {root / 'sub'}; give each image once"),
+             ([root, image], f"{image}: given by both {root} and {image}; give each image once"),
+             ([tmp_path / "list.txt"], f"{image}: listed twice in {tmp_path / 'list.txt'}")]
+    for arguments, message in cases:
+        with pytest.raises(DataError) as e:
+            list_survey(arguments)
+        assert str(e.value).startswith(message), (arguments, str(e.value))
+    _, run, _ = exported
+    out = tmp_path / "c.csv"
+    code, err = cli(["scan", str(run / "classifier.keras"), str(root), str(root / "sub"), "--out", str(out)], capsys)
+    assert code == 2 and err == f"kerasssl: error: {cases[1][1]}", err
+    assert not out.exists() and not work_dir_of(out).exists()
+
+
 def test_a_format_that_contradicts_the_out_suffix_is_refused_before_the_scan(exported, tmp_path, capsys):
     _, run, _ = exported
     survey = nested_survey(tmp_path / "survey", seed=8)
