@@ -36,6 +36,7 @@ from typing import Callable, Optional
 
 import keras
 
+from kerasssl.batchnorm import freeze_batch_norm
 from kerasssl.config import FINETUNE_MODES
 from kerasssl.errors import DataError, KerassslError
 from kerasssl.layers.preprocess import Preprocess
@@ -141,23 +142,6 @@ def build_classifier(encoder, preprocess, n_classes: int, *, input_shape, mode: 
     head = keras.layers.Dense(n_classes, activation="softmax", dtype="float32", name="head")
     return LensClassifier(preprocess, encoder, head, image_shape=input_shape, augment=augmentation,
                           feature_norm=feature_norm, name=name)
-
-
-def freeze_batch_norm(model) -> int:
-    """Put every BatchNormalization layer inside ``model`` in inference mode.
-
-    A pretrained encoder keeps its BatchNorm statistics during full fine-tuning.
-    (Calling the encoder with ``training=False`` inside a functional model does
-    not do this in Keras 3: ``fit`` overrides the recorded flag.) A
-    non-trainable Keras BatchNormalization always uses its moving statistics,
-    and ``trainable`` is saved with the model. Returns how many were frozen.
-    """
-    frozen = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.trainable = False
-            frozen += 1
-    return frozen
 
 
 # -- the parts of any classifier ----------------------------------------------------

@@ -183,6 +183,12 @@ class PretrainConfig:
         checkpoint_every: also checkpoint every this many steps within an epoch
             (``--checkpoint-every``; 0 = at epoch ends only): for long epochs,
             ``--resume`` then continues from the step, with the same data order.
+        recalibrate_batchnorm: after the last epoch, recompute the encoder's
+            BatchNorm statistics over (at most 4096 of) the train split and the
+            pools' sample, with the final weights
+            (:func:`kerasssl.batchnorm.recalibrate_batch_norm`). The moving
+            averages of a short run are mostly their initial values: in inference
+            mode a B0 then gives every image nearly the same features.
         debug_nans: check every tensor of each train step (views, features,
             projections, loss terms, gradients, updated weights) and stop at the
             first non-finite one, naming it (``--debug-nans``, see
@@ -210,6 +216,7 @@ class PretrainConfig:
     shuffle_buffer: int = 2048
     skip_bad: bool = False
     checkpoint_every: int = 0
+    recalibrate_batchnorm: bool = True
     debug_nans: bool = False
 
     def __post_init__(self):
@@ -254,6 +261,7 @@ class PretrainConfig:
         if not _is_int(self.checkpoint_every) or self.checkpoint_every < 0:
             raise KerassslError(f"pretrain.checkpoint_every must be a step count >= 0 (0 = epoch ends only), "
                                 f"got {self.checkpoint_every!r}")
+        _check_bool("pretrain.recalibrate_batchnorm", self.recalibrate_batchnorm)
         _check_bool("pretrain.debug_nans", self.debug_nans)
         if self.debug_nans and strategy.lower() != "none":
             # Keras combines per-replica step outputs, which would blur "the first tensor".

@@ -43,7 +43,7 @@ import keras
 import numpy as np
 
 from kerasssl.callbacks import BestValAUC
-from kerasssl.classifier import build_classifier, freeze_batch_norm  # noqa: F401 - the classifier's home
+from kerasssl.classifier import build_classifier  # noqa: F401 - the classifier's home
 from kerasssl.errors import KerassslError
 from kerasssl.optimizers import ScaledAdamW
 from kerasssl.rundir import RunDir, save_keras_atomic

@@ -238,7 +238,8 @@ def _probe_callback(cfg, image_set, split, train_idx, val_idx):
                     seed=cfg.seed)
 
 
-def save_encoder(model, cfg, input_shape, path, train_images=None, pool_fingerprints=None):
+def save_encoder(model, cfg, input_shape, path, train_images=None, pool_fingerprints=None,
+                 calibration_images=None):
     """Save the backbone alone under the float32 policy (``RUN/encoder.keras``), atomically.
 
     With ``train_images`` (the images pretraining saw), their content
@@ -246,9 +247,13 @@ def save_encoder(model, cfg, input_shape, path, train_images=None, pool_fingerpr
     classifier fine-tuned from this encoder carries them, so ``evaluate``
     refuses them in any run. ``pool_fingerprints`` (uint8 (N, 16)) are those of
     the unlabeled pool images it saw, stored with them (16 bytes per image).
+    With ``calibration_images`` (raw training images), the saved encoder's
+    BatchNorm statistics are recomputed over them first
+    (:func:`kerasssl.batchnorm.recalibrate_batch_norm`, through ``model.preprocess``).
     """
     import keras
 
+    from kerasssl.batchnorm import recalibrate_batch_norm
     from kerasssl.encoders import build_encoder
     from kerasssl.fingerprints import TrainingFingerprints, fingerprints
 
@@ -257,6 +262,9 @@ def save_encoder(model, cfg, input_shape, path, train_images=None, pool_fingerpr
     try:
         encoder = build_encoder(cfg.pretrain.encoder, input_shape)
         encoder.set_weights(model.encoder.get_weights())
+        if calibration_images is not None:
+            recalibrate_batch_norm(encoder, calibration_images, preprocess=model.preprocess,
+                                   batch_size=cfg.pretrain.batch_size, seed=cfg.seed)
     finally:
         keras.mixed_precision.set_dtype_policy(policy)
     rows = [fingerprints(train_images)] if train_images is not None and len(train_images) else []
@@ -605,8 +613,10 @@ def _normalization_sample(cfg, train_images, pools):
 
 def _finish(model, cfg, input_shape, run_dir, history, dist, train_images, pools=None):
     """The end of every run: RUN/encoder.keras (with what trained it) and the final RUN/history.json."""
+    calibration = _stats_images(train_images, pools, input_shape) if cfg.pretrain.recalibrate_batchnorm else None
     save_encoder(model, cfg, input_shape, run_dir.encoder, train_images=train_images,
-                 pool_fingerprints=pools.fingerprints() if pools is not None else None)
+                 pool_fingerprints=pools.fingerprints() if pools is not None else None,
+                 calibration_images=calibration)
     write_json_atomic(run_dir.history, history)
     dist.cleanup()
     return history

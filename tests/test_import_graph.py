@@ -126,7 +126,7 @@ TIERS = [
     ["kerasssl.data", "kerasssl.simulate", "kerasssl.metrics", "kerasssl.completeness", "kerasssl.plots",
      "kerasssl.fingerprints"],
     ["kerasssl.layers", "kerasssl.encoders", "kerasssl.heads", "kerasssl.losses", "kerasssl.schedules",
-     "kerasssl.distribute", "kerasssl.optimizers", "kerasssl.nandebug"],
+     "kerasssl.distribute", "kerasssl.optimizers", "kerasssl.nandebug", "kerasssl.batchnorm"],
     ["kerasssl.methods", "kerasssl.checkpoints", "kerasssl.callbacks", "kerasssl.classifier", "kerasssl.models"],
     ["kerasssl.poolplan", "kerasssl.pretrain", "kerasssl.finetune", "kerasssl.evaluate", "kerasssl.tflite", "kerasssl.export",
      "kerasssl.predict", "kerasssl.survey", "kerasssl.inference", "kerasssl.scan", "kerasssl.similarity",
