@@ -54,7 +54,6 @@ End-to-end check (every variant, one seed, tiny sizes; numbers meaningless):
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import shutil
@@ -66,7 +65,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cell_settings import add_setting_flags, fill_settings  # noqa: E402  (benchmarks/cell_settings.py)
+from cell_settings import add_setting_flags, benchmark_parser, fill_settings  # noqa: E402  (benchmarks/cell_settings.py)
 
 VARIANTS = ("baseline", "shift", "reddening", "psf", "skynoise", "d4", "any-angle")
 ARMS = ("linear", "full")
@@ -84,17 +83,11 @@ QUICK = dict(n_lenses=40, n_nonlenses=40, size=32, encoder="tiny", pretrain_batc
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/ablation"),
-                   help="output folder (data, runs, results.json, results.md)")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny end-to-end check of every variant (numbers meaningless)")
+    p = benchmark_parser(__doc__, "benchmarks/results/ablation", "data, runs, results.json, results.md",
+                         quick_help="tiny end-to-end check of every variant (numbers meaningless)")
     p.add_argument("--estimate", action="store_true",
                    help="time one full-size cell (baseline, first seed) in OUT/estimate and "
                         "print the projected wall time of the whole ablation; writes no results")
-    p.add_argument("--data", type=Path, default=None,
-                   help="use this three-band folder instead of simulating one")
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
     p.add_argument("--normalization", choices=("dataset", "asinh", "none"), default="dataset",

@@ -24,7 +24,6 @@ End-to-end check (tiny encoder, one seed; numbers meaningless):
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -35,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cell_settings import add_setting_flags, fill_settings  # noqa: E402  (benchmarks/cell_settings.py)
+from cell_settings import add_setting_flags, benchmark_parser, fill_settings  # noqa: E402  (benchmarks/cell_settings.py)
 
 ARMS = ("ema", "recalibrated")
 MODES = ("linear", "full")
@@ -46,12 +45,7 @@ QUICK = dict(n_lenses=40, n_nonlenses=40, size=32, encoder="tiny", pretrain_epoc
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/batchnorm"),
-                   help="output folder (data, runs, results.json, results.md)")
-    p.add_argument("--quick", action="store_true", help="tiny end-to-end check (numbers meaningless)")
-    p.add_argument("--data", type=Path, default=None, help="a labelled folder instead of simulating one")
+    p = benchmark_parser(__doc__, "benchmarks/results/batchnorm", "data, runs, results.json, results.md")
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     add_setting_flags(p, FULL)
     args = p.parse_args(argv)

@@ -54,7 +54,6 @@ End-to-end check at a tiny size (~3 CPU-minutes; numbers meaningless):
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -69,7 +68,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cell_settings import add_setting_flags, fill_settings  # noqa: E402  (benchmarks/cell_settings.py)
+from cell_settings import add_setting_flags, benchmark_parser, fill_settings  # noqa: E402  (benchmarks/cell_settings.py)
 
 BASE_ARMS = ("supervised", "supervised-long", "ssl+linear", "ssl+full")
 POOL_ARMS = ("ssl+linear+pool", "ssl+full+pool")
@@ -102,13 +101,8 @@ SIMULATED_IMAGES_PER_SECOND = 250.0
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/label_efficiency_pool"),
-                   help="output folder (data, pool, runs, cells, results.json|md|png)")
-    p.add_argument("--quick", action="store_true", help="tiny end-to-end check (numbers meaningless)")
-    p.add_argument("--data", type=Path, default=None,
-                   help="use this three-band folder instead of simulating one")
+    p = benchmark_parser(__doc__, "benchmarks/results/label_efficiency_pool",
+                         "data, pool, runs, cells, results.json|md|png")
     add_setting_flags(p, FULL, special={
         "arms": dict(nargs="+", choices=BASE_ARMS,
                      help="arm families; with --pool > 0 each SSL arm also runs on the pool"),
