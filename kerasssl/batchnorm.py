@@ -21,6 +21,7 @@ no gradients: one forward pass over at most a few thousand images.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Optional
 
@@ -128,6 +129,31 @@ def recalibrate_batch_norm(model, images, *, preprocess=None, batch_size: int = 
         layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
         layer.moving_variance.assign(variance.astype(layer.moving_variance.dtype))
     summary = {"layers": len(layers), "images": batches * batch_size, "batches": batches, "batch_size": batch_size}
-    log.info("BatchNorm statistics recomputed: %(layers)d layer(s), %(images)d image(s) in %(batches)d "
+    log.debug("BatchNorm statistics recomputed: %(layers)d layer(s), %(images)d image(s) in %(batches)d "
              "batch(es) of %(batch_size)d", summary)
     return summary
+
+
+@contextlib.contextmanager
+def recalibrated_batch_norm(model, images, **options):
+    """Within the block, ``model``'s BatchNorm statistics are recomputed over ``images``; after it, restored.
+
+    For a look at a model mid-training as it will be saved (pretraining's kNN
+    monitor), without touching the training run's moving averages.
+
+    Args:
+        model, images, **options: as :func:`recalibrate_batch_norm`.
+
+    Example:
+        >>> with recalibrated_batch_norm(encoder, train_images, preprocess=preprocess):
+        ...     features = encoder(preprocess(val_images), training=False)
+    """
+    layers = batch_norm_layers(model)
+    value = keras.ops.convert_to_numpy
+    saved = [(value(layer.moving_mean), value(layer.moving_variance)) for layer in layers]
+    try:
+        yield recalibrate_batch_norm(model, images, **options)
+    finally:
+        for layer, (mean, variance) in zip(layers, saved):
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(variance)

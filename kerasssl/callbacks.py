@@ -115,7 +115,11 @@ class KNNProbe(keras.callbacks.Callback):
     """kNN probe ROC-AUC on frozen features, logged as ``val_knn_auc`` each epoch.
 
     Reference set: labelled training images; queries: the validation split.
-    Features are ``encoder(preprocess(x), training=False)``; no training.
+    Features are ``encoder(preprocess(x), training=False)``; no training. With
+    ``recalibrate``, the encoder's BatchNorm statistics are recomputed over the
+    reference images for the probe and restored after it
+    (:func:`kerasssl.batchnorm.recalibrated_batch_norm`): the probe then sees
+    the encoder as pretraining saves it, not the lagging moving averages.
 
     Args:
         train_images, train_labels: raw labelled reference images (N, H, W, C), (N,).
@@ -124,14 +128,19 @@ class KNNProbe(keras.callbacks.Callback):
         every: probe every this many epochs (others log nothing).
         max_reference: subsample the reference set to at most this many images
             (seeded) to bound the per-epoch cost.
+        recalibrate: recompute BatchNorm statistics for the probe (as
+            ``pretrain.recalibrate_batchnorm`` does for the saved encoder).
+        batch_size: the recalibration's batch size (the training batch size).
 
     Example:
         >>> probe = KNNProbe(x_train, y_train, x_val, y_val, k=20)
         >>> model.fit(ds, callbacks=[probe])  # history["val_knn_auc"]
     """
 
-    def __init__(self, train_images, train_labels, val_images, val_labels, k=20, every=1, max_reference=2000, seed=0):
+    def __init__(self, train_images, train_labels, val_images, val_labels, k=20, every=1, max_reference=2000, seed=0,
+                 recalibrate=False, batch_size=64):
         super().__init__()
+        self.recalibrate, self.batch_size, self.seed = bool(recalibrate), int(batch_size), seed
         if len(train_images) > max_reference:
             keep = np.sort(np.random.default_rng(seed).choice(len(train_images), max_reference, replace=False))
             train_images, train_labels = train_images[keep], train_labels[keep]
@@ -146,7 +155,15 @@ class KNNProbe(keras.callbacks.Callback):
             return
         if not np.isfinite(logs.get("loss", 0.0)):
             return
-        logs["val_knn_auc"] = self.evaluate(self.model.encoder, getattr(self.model, "preprocess", None))
+        encoder, preprocess = self.model.encoder, getattr(self.model, "preprocess", None)
+        if not self.recalibrate:
+            logs["val_knn_auc"] = self.evaluate(encoder, preprocess)
+            return
+        from kerasssl.batchnorm import recalibrated_batch_norm
+
+        with recalibrated_batch_norm(encoder, self.train_images, preprocess=preprocess,
+                                     batch_size=self.batch_size, seed=self.seed):
+            logs["val_knn_auc"] = self.evaluate(encoder, preprocess)
 
     def evaluate(self, encoder, preprocess):
         """The probe's ROC-AUC for an encoder (also used on a random baseline)."""

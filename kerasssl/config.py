@@ -172,7 +172,9 @@ class PretrainConfig:
             is quadratic in graph size on TF (EfficientNet-B0 on 2 logical
             CPUs did not finish tracing in 15 minutes).
         knn_monitor: a k-NN probe ROC-AUC on the validation split after each
-            epoch (``val_knn_auc`` in the history), when both have two classes.
+            epoch (``val_knn_auc`` in the history), when both have two classes; with
+            ``recalibrate_batchnorm``, on the encoder with recomputed BatchNorm
+            statistics, as it would be saved.
         unlabeled: unlabeled pools to pretrain on besides the labelled train
             split (``--unlabeled``): folders of .npy/FITS cutouts at any depth
             or TFRecord globs (see ``kerasssl.data.pool``); streamed, never loaded whole.

@@ -235,7 +235,8 @@ def _probe_callback(cfg, image_set, split, train_idx, val_idx):
     if len(np.unique(labels[val_idx])) < 2 or len(np.unique(labels[labelled])) < 2:
         return None
     return KNNProbe(image_set.images[labelled], labels[labelled], image_set.images[val_idx], labels[val_idx],
-                    seed=cfg.seed)
+                    seed=cfg.seed, recalibrate=cfg.pretrain.recalibrate_batchnorm,
+                    batch_size=cfg.pretrain.batch_size)
 
 
 def save_encoder(model, cfg, input_shape, path, train_images=None, pool_fingerprints=None,
@@ -263,8 +264,11 @@ def save_encoder(model, cfg, input_shape, path, train_images=None, pool_fingerpr
         encoder = build_encoder(cfg.pretrain.encoder, input_shape)
         encoder.set_weights(model.encoder.get_weights())
         if calibration_images is not None:
-            recalibrate_batch_norm(encoder, calibration_images, preprocess=model.preprocess,
-                                   batch_size=cfg.pretrain.batch_size, seed=cfg.seed)
+            done = recalibrate_batch_norm(encoder, calibration_images, preprocess=model.preprocess,
+                                          batch_size=cfg.pretrain.batch_size, seed=cfg.seed)
+            if done:
+                log.info("BatchNorm statistics of the encoder recomputed over %(images)d training image(s) "
+                         "(%(layers)d layer(s))", done)
     finally:
         keras.mixed_precision.set_dtype_policy(policy)
     rows = [fingerprints(train_images)] if train_images is not None and len(train_images) else []

@@ -142,3 +142,40 @@ def test_pretraining_saves_an_encoder_recalibrated_on_the_train_split(hst_folder
                                    keras.ops.convert_to_numpy(want.moving_mean), rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(got.moving_variance),
                                    keras.ops.convert_to_numpy(want.moving_variance), rtol=1e-5, atol=1e-6)
+
+
+def test_the_knn_probe_sees_the_recalibrated_encoder_and_leaves_training_statistics_alone():
+    from kerasssl.callbacks import KNNProbe
+    from kerasssl.encoders import build_encoder
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 32)
+    images = (rng.normal(0, 1, (64, 16, 16, 1)) + 1.5 * labels[:, None, None, None]).astype("float32")
+    keras.utils.set_random_seed(1)
+    encoder = build_encoder("tiny", (16, 16, 1))
+    for layer in batch_norm_layers(encoder):  # stale moving averages, as after a short run
+        layer.moving_mean.assign(np.full(layer.moving_mean.shape, 5.0, "float32"))
+    before = [keras.ops.convert_to_numpy(w) for w in encoder.weights]
+
+    class Holder:
+        pass
+
+    holder = Holder()
+    holder.encoder, holder.preprocess = encoder, None
+    train, val = np.r_[0:24, 32:56], np.r_[24:32, 56:64]
+    aucs = {}
+    for recalibrate in (False, True):
+        probe = KNNProbe(images[train], labels[train], images[val], labels[val], k=5, recalibrate=recalibrate,
+                         batch_size=16, seed=2)
+        probe.set_model(holder)
+        logs = {"loss": 1.0}
+        probe.on_epoch_end(0, logs)
+        aucs[recalibrate] = logs["val_knn_auc"]
+        for got, want in zip(encoder.weights, before):  # the training run's statistics are back
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(got), want)
+    copy = build_encoder("tiny", (16, 16, 1))
+    copy.set_weights(encoder.get_weights())
+    recalibrate_batch_norm(copy, images[train], batch_size=16, seed=2)
+    assert aucs[True] != pytest.approx(aucs[False]), aucs  # the stale statistics change the probe here
+    assert aucs[True] == pytest.approx(probe.evaluate(copy, None))
+    assert aucs[False] == pytest.approx(probe.evaluate(encoder, None))
