@@ -490,7 +490,11 @@ def _check_saved_model(model, path, images):
 
     loaded = tf.saved_model.load(str(path))
     got = loaded.signatures["serving_default"](images=tf.constant(images))["probabilities"].numpy()
-    diff = max_abs_diff(got, np.asarray(model(images, training=False)))
+    # The reference runs as a graph, as the SavedModel does: eager and graph kernels (oneDNN)
+    # differ by round-off that a deep encoder amplifies (B0: 5e-4 in a probability; graph vs
+    # SavedModel: 0), so an eager reference would refuse correct exports.
+    want = tf.function(lambda x: model(x, training=False))(tf.constant(images)).numpy()
+    diff = max_abs_diff(got, want)
     if not diff <= _SAVED_MODEL_TOLERANCE:
         raise KerassslError(f"the exported SavedModel differs from the Keras model (max |diff| {diff:.3g})")
 
