@@ -43,8 +43,11 @@ from kerasssl.models import TFLiteRunner
 
 log = logging.getLogger(__name__)
 
-# Max |probability difference| vs the Keras model that an export may have.
-PARITY_TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2}
+# Max |probability difference| vs the Keras model that an export may have. fp32 is float32
+# round-off between TFLite's and TensorFlow's kernels, which a deep encoder amplifies: a B0
+# classifier differed by 1.6e-4 to 6.2e-4 (TF's own eager and graph kernels: up to 5e-4), a
+# 3-layer CNN by 7e-7. A conversion bug (layout, preprocessing, NaN repair) is far above 1e-3.
+PARITY_TOLERANCE = {"fp32": 1e-3, "fp16": 1e-2}
 # |val ROC-AUC change| of an int8 file above which export warns (the goal is <= 0.01).
 INT8_AUC_WARNING = 0.01
 

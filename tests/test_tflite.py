@@ -229,3 +229,29 @@ def test_int8_auc_change_is_small_and_computed_as_evaluate_does(int8_export):
     assert auc["tflite"] == pytest.approx(roc_auc(data.labels[val], lite), abs=1e-12)
     assert auc["keras"] >= 0.8  # a classifier worth quantizing
     assert abs(auc["change"]) <= 0.01
+
+
+@pytest.mark.slow
+def test_a_b0_classifier_with_real_batchnorm_statistics_exports_with_fp32_tflite(tmp_path):
+    # With recalibrated BatchNorm a B0's features have their real range, and float32 round-off
+    # between kernels reaches ~2e-4 in a probability: both parity checks must let that through.
+    import keras
+
+    from kerasssl.batchnorm import recalibrate_batch_norm
+    from kerasssl.classifier import build_classifier
+    from kerasssl.encoders import build_encoder
+    from kerasssl.export import export_model
+    from kerasssl.finetune import feature_statistics
+    from kerasssl.layers import Preprocess
+
+    keras.utils.set_random_seed(0)
+    shape = (32, 32, 3)
+    images = raw_images(128, size=32, channels=3, seed=0, nan=False)
+    preprocess = Preprocess(nan_policy="median", normalization="asinh")
+    encoder = build_encoder("efficientnetb0", shape)
+    recalibrate_batch_norm(encoder, images, preprocess=preprocess)
+    model = build_classifier(encoder, preprocess, 2, input_shape=shape, mode="linear",
+                             feature_stats=feature_statistics(encoder, preprocess, images))
+    result = export_model(model, tmp_path / "sm", "lf", tflite="fp32",
+                          sample_inputs=raw_images(32, size=32, channels=3, seed=1))
+    assert result.parity["passed"] and 1e-6 < result.parity["max_abs_diff"] <= 1e-3, result.parity
