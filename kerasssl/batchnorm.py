@@ -96,8 +96,7 @@ def recalibrate_batch_norm(model, images, *, preprocess=None, batch_size: int = 
                 if isinstance(layer, keras.layers.Dropout)]
     # Momentum 0: each training-mode call leaves exactly that batch's statistics in the
     # moving variables; they are summed here and their mean assigned at the end.
-    value = keras.ops.convert_to_numpy
-    saved = [(layer.momentum, value(layer.moving_mean), value(layer.moving_variance)) for layer in layers]
+    momenta, saved = [layer.momentum for layer in layers], _statistics(layers)
     rates = [layer.rate for layer in dropouts]
     sums = [[np.zeros(layer.moving_mean.shape, np.float64), np.zeros(layer.moving_variance.shape, np.float64)]
             for layer in layers]
@@ -111,26 +110,21 @@ def recalibrate_batch_norm(model, images, *, preprocess=None, batch_size: int = 
             if preprocess is not None:
                 x = preprocess(x, training=False)
             model(x, training=True)
-            for total, layer in zip(sums, layers):
-                total[0] += value(layer.moving_mean)
-                total[1] += value(layer.moving_variance)
-        means = [(mean / batches, variance / batches) for mean, variance in sums]
+            for total, (mean, variance) in zip(sums, _statistics(layers)):
+                total[0] += mean
+                total[1] += variance
     except BaseException:
-        for layer, (_, mean, variance) in zip(layers, saved):
-            layer.moving_mean.assign(mean)
-            layer.moving_variance.assign(variance)
+        _assign(layers, saved)
         raise
     finally:
-        for layer, (momentum, _, _) in zip(layers, saved):
+        for layer, momentum in zip(layers, momenta):
             layer.momentum = momentum
         for layer, rate in zip(dropouts, rates):
             layer.rate = rate
-    for layer, (mean, variance) in zip(layers, means):
-        layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
-        layer.moving_variance.assign(variance.astype(layer.moving_variance.dtype))
+    _assign(layers, [(mean / batches, variance / batches) for mean, variance in sums])
     summary = {"layers": len(layers), "images": batches * batch_size, "batches": batches, "batch_size": batch_size}
     log.debug("BatchNorm statistics recomputed: %(layers)d layer(s), %(images)d image(s) in %(batches)d "
-             "batch(es) of %(batch_size)d", summary)
+              "batch(es) of %(batch_size)d", summary)
     return summary
 
 
@@ -149,11 +143,21 @@ def recalibrated_batch_norm(model, images, **options):
         ...     features = encoder(preprocess(val_images), training=False)
     """
     layers = batch_norm_layers(model)
-    value = keras.ops.convert_to_numpy
-    saved = [(value(layer.moving_mean), value(layer.moving_variance)) for layer in layers]
+    saved = _statistics(layers)
     try:
         yield recalibrate_batch_norm(model, images, **options)
     finally:
-        for layer, (mean, variance) in zip(layers, saved):
-            layer.moving_mean.assign(mean)
-            layer.moving_variance.assign(variance)
+        _assign(layers, saved)
+
+
+def _statistics(layers) -> list:
+    """``(moving_mean, moving_variance)`` of each layer, as float64 NumPy copies."""
+    value = keras.ops.convert_to_numpy
+    return [(np.array(value(layer.moving_mean), np.float64), np.array(value(layer.moving_variance), np.float64))
+            for layer in layers]
+
+
+def _assign(layers, statistics) -> None:
+    for layer, (mean, variance) in zip(layers, statistics):
+        layer.moving_mean.assign(mean.astype(layer.moving_mean.dtype))
+        layer.moving_variance.assign(variance.astype(layer.moving_variance.dtype))
