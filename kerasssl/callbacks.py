@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -184,6 +185,12 @@ class BestValAUC(keras.callbacks.Callback):
         every: check every this many epochs (and at the last one): tiny
             labelled sets have one-step epochs, where a check per epoch would
             cost more than the training.
+        recalibrate: ``(encoder, preprocess, images, batch_size)`` to check, and
+            keep, each epoch's model with the encoder's trainable BatchNorm
+            statistics recomputed over ``images`` (the labelled training images;
+            :func:`kerasssl.batchnorm.recalibrated_batch_norm`). The kept weights
+            hold those statistics, so the model returned is the one validated;
+            training continues on its own moving averages. None: as trained.
 
     Example:
         >>> best = BestValAUC(x_val, y_val, patience=5)
@@ -191,8 +198,9 @@ class BestValAUC(keras.callbacks.Callback):
     """
 
     def __init__(self, images, labels, patience: Optional[int] = None, batch_size: int = 256,
-                 every: int = 1):
+                 every: int = 1, recalibrate=None):
         super().__init__()
+        self.recalibrate = recalibrate
         self.every = max(1, int(every))
         self.images = np.asarray(images, np.float32)
         self.labels = np.asarray(labels)
@@ -209,17 +217,27 @@ class BestValAUC(keras.callbacks.Callback):
         if (epoch + 1) % self.every and not last:
             return
 
+        from kerasssl.batchnorm import recalibrated_batch_norm
         from kerasssl.distribute import predict_rows
 
-        probs = np.asarray(predict_rows(self.model, self.images, self.batch_size), np.float64)
-        auc = metrics.roc_auc(self.labels, probs) if np.all(np.isfinite(probs)) else float("nan")
+        if self.recalibrate is None:
+            checked = contextlib.nullcontext()
+        else:
+            encoder, preprocess, images, batch_size = self.recalibrate
+            checked = recalibrated_batch_norm(encoder, images, preprocess=preprocess, batch_size=batch_size,
+                                              seed=epoch)
+        with checked:
+            probs = np.asarray(predict_rows(self.model, self.images, self.batch_size), np.float64)
+            auc = metrics.roc_auc(self.labels, probs) if np.all(np.isfinite(probs)) else float("nan")
+            better = np.isfinite(auc) and auc > self.best_auc
+            if better:  # the weights as checked (recomputed statistics included)
+                self._best_weights = self.model.get_weights()
         self.history.append(auc)
         self.epochs_checked.append(epoch + 1)
         if logs is not None:
             logs["val_roc_auc"] = auc
-        if np.isfinite(auc) and auc > self.best_auc:
+        if better:
             self.best_auc, self.best_epoch = auc, epoch
-            self._best_weights = self.model.get_weights()
         elif self.patience is not None and self.best_epoch is not None \
                 and epoch - self.best_epoch >= self.patience:
             self.model.stop_training = True

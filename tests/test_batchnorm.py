@@ -179,3 +179,43 @@ def test_the_knn_probe_sees_the_recalibrated_encoder_and_leaves_training_statist
     assert aucs[True] != pytest.approx(aucs[False]), aucs  # the stale statistics change the probe here
     assert aucs[True] == pytest.approx(probe.evaluate(copy, None))
     assert aucs[False] == pytest.approx(probe.evaluate(encoder, None))
+
+
+def test_a_supervised_classifier_is_validated_and_kept_with_recalibrated_statistics():
+    from kerasssl import finetune as ft
+    from kerasssl.encoders import build_encoder
+    from kerasssl.layers import Preprocess
+
+    rng = np.random.default_rng(0)
+    shape = (16, 16, 3)
+    labels = np.repeat([0, 1], 24)
+    images = (rng.normal(0, 1, (48,) + shape) + 2.0 * labels[:, None, None, None]).astype("float32")
+    train, val = np.r_[0:16, 24:40], np.r_[16:24, 40:48]
+    models = {}
+    for mode in ("supervised", "linear"):
+        keras.utils.set_random_seed(0)
+        encoder = build_encoder("tiny", shape)
+        model = ft.build_classifier(encoder, Preprocess(normalization="zscore"), 2, input_shape=shape, mode=mode)
+        start = [keras.ops.convert_to_numpy(layer.moving_mean) for layer in batch_norm_layers(encoder)]
+        record = ft.train_classifier(model, encoder, images[train], labels[train], x_val=images[val],
+                                     y_val=labels[val], mode=mode, epochs=3, batch_size=8, learning_rate=1e-2,
+                                     encoder_lr_scale=0.1, weight_decay=0.0, class_weight=None)
+        models[mode] = (model, encoder, start, record)
+    model, encoder, _, record = models["supervised"]
+    # The kept statistics are the recalibration (seeded by the epoch) of the kept weights ...
+    expected = build_encoder("tiny", shape)
+    expected.set_weights(encoder.get_weights())
+    recalibrate_batch_norm(expected, images[train], preprocess=model.preprocess, batch_size=8,
+                           seed=record["best_epoch"] - 1)
+    for got, want in zip(batch_norm_layers(encoder), batch_norm_layers(expected)):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(got.moving_variance),
+                                   keras.ops.convert_to_numpy(want.moving_variance), rtol=1e-5, atol=1e-6)
+    # ... and the validation ROC-AUC recorded for that epoch is the returned model's.
+    from kerasssl import metrics
+
+    probs = np.asarray(model.predict(images[val], verbose=0), np.float64)
+    assert metrics.roc_auc(labels[val], probs) == pytest.approx(record["best_val_roc_auc"])
+    # A frozen encoder (linear probe) keeps the pretrained statistics.
+    _, encoder, start, _ = models["linear"]
+    for layer, before in zip(batch_norm_layers(encoder), start):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer.moving_mean), before)
