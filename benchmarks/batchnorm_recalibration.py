@@ -73,13 +73,12 @@ def feature_spread(run_dir, image_set, test_idx):
     """(mean per-feature std, smallest cosine) of the encoder's L2-normalised test features."""
     import keras
 
+    from kerasssl.callbacks import extract_features
     from kerasssl.layers.preprocess import load_preprocess
 
     encoder = keras.saving.load_model(run_dir / "encoder.keras", compile=False)
     preprocess = load_preprocess(run_dir / "preprocess.json")
-    images = image_set.images[test_idx]
-    features = np.concatenate([keras.ops.convert_to_numpy(encoder(preprocess(images[i:i + 64]), training=False))
-                               for i in range(0, len(images), 64)]).astype(np.float64)
+    features = extract_features(encoder, preprocess, image_set.images[test_idx]).astype(np.float64)
     features /= np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
     return float(features.std(axis=0).mean()), float((features @ features.T).min())
 

@@ -156,14 +156,13 @@ class KNNProbe(keras.callbacks.Callback):
             return
         if not np.isfinite(logs.get("loss", 0.0)):
             return
-        encoder, preprocess = self.model.encoder, getattr(self.model, "preprocess", None)
-        if not self.recalibrate:
-            logs["val_knn_auc"] = self.evaluate(encoder, preprocess)
-            return
         from kerasssl.batchnorm import recalibrated_batch_norm
 
-        with recalibrated_batch_norm(encoder, self.train_images, preprocess=preprocess,
-                                     batch_size=self.batch_size, seed=self.seed):
+        encoder, preprocess = self.model.encoder, getattr(self.model, "preprocess", None)
+        probed = (recalibrated_batch_norm(encoder, self.train_images, preprocess=preprocess,
+                                          batch_size=self.batch_size, seed=self.seed)
+                  if self.recalibrate else contextlib.nullcontext())
+        with probed:
             logs["val_knn_auc"] = self.evaluate(encoder, preprocess)
 
     def evaluate(self, encoder, preprocess):

@@ -209,14 +209,16 @@ def train_classifier(model, encoder, x_train, y_train, *, x_val=None, y_val=None
             loss=keras.losses.SparseCategoricalCrossentropy(dtype="float32"),
             jit_compile=jit_compile,
         )
+    x_train, y_train = _trim_for_devices(np.asarray(x_train, np.float32), np.asarray(y_train, np.int64),
+                                         batch_size, seed)
     callbacks = []
     best = None
-    recalibrate = None
+    preprocess, recalibrate = classifier_parts(model).preprocess, None
     if any(layer.trainable for layer in batch_norm_layers(encoder)):  # "supervised": BatchNorm trains
         # A few hundred labels make a few hundred steps: the moving averages still lag the
         # weights (a B0 gave every image one feature vector). Validate and ship the model
         # with them recomputed over the labelled images (kerasssl.batchnorm).
-        recalibrate = (encoder, classifier_parts(model).preprocess, np.asarray(x_train, np.float32), batch_size)
+        recalibrate = (encoder, preprocess, x_train, batch_size)
     if x_val is not None and len(x_val) and len(np.unique(y_val)) > 1:
         # About 50 checks per run at most, whatever the number of epochs.
         best = BestValAUC(x_val, y_val, patience=patience, every=max(1, epochs // 50),
@@ -225,13 +227,11 @@ def train_classifier(model, encoder, x_train, y_train, *, x_val=None, y_val=None
     # The labelled subset is small and in memory: Keras shuffles it each epoch
     # (seeded by keras.utils.set_random_seed), no tf.data pipeline needed.
     keras.utils.set_random_seed(seed)
-    x_train, y_train = _trim_for_devices(np.asarray(x_train, np.float32), np.asarray(y_train, np.int64),
-                                         batch_size, seed)
     history = model.fit(x_train, y_train,
                         batch_size=batch_size, epochs=epochs, shuffle=True, class_weight=class_weight,
                         callbacks=callbacks, verbose=verbose)
-    if recalibrate is not None and (best is None or best.best_epoch is None):
-        recalibrate_batch_norm(encoder, x_train, preprocess=recalibrate[1], batch_size=batch_size, seed=seed)
+    if recalibrate is not None and (best is None or best.best_epoch is None):  # nothing validated: the last
+        recalibrate_batch_norm(encoder, x_train, preprocess=preprocess, batch_size=batch_size, seed=seed)
     losses = [float(v) for v in history.history.get("loss", [])]
     if not all(np.isfinite(losses)):
         raise KerassslError("fine-tuning diverged (loss is NaN/Inf); lower the learning rate")
